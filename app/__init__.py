@@ -1,0 +1,1 @@
+"""Keychain server: an encrypted credential and token cache for workflow workers."""

@@ -1,0 +1,140 @@
+"""create_app(): the one place that wires routes, dependencies, error mapping, OpenAPI and lifespans."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import swagger_ui_bundle
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from app.crypto import KeyRing
+from app.db.engine import Database, make_engine
+from app.db.tables import build_metadata
+from app.errors import DatabaseUnavailable, EntryNotFound, InvalidEntry, KeychainError, UnreadableEntry
+from app.keychain.controller import AuthCacheController, ExecutionController
+from app.keychain.service import TtlPolicy
+from app.keychain.sweeper import run_sweeper
+from app.runtime import Runtime, provide_connection
+from app.settings import Settings, load_settings
+from app.system.controller import SystemController
+
+log = logging.getLogger(__name__)
+
+SWAGGER_ASSETS = "/static/swagger-ui"
+
+# Each domain error is one HTTP answer; anything unmapped is a 500 and a bug.
+_ERROR_STATUS: dict[type[KeychainError], int] = {
+    InvalidEntry: 400,
+    EntryNotFound: 404,
+    UnreadableEntry: 409,
+    DatabaseUnavailable: 503,
+}
+
+
+def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, object]]:
+    status = _ERROR_STATUS[type(exc)]
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return Response({"status_code": status, "detail": str(exc)}, status_code=status, headers=headers)
+
+
+def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, object]]:
+    # A bug: log it with its traceback (messages never hold secrets: the engine hides
+    # statement parameters), answer without details.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response({"status_code": 500, "detail": "internal error; see the server log"}, status_code=500)
+
+
+def _openapi_config() -> OpenAPIConfig:
+    # Served from the installed swagger-ui-bundle-v2 package: no CDN, works offline.
+    swagger = SwaggerRenderPlugin(
+        js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{SWAGGER_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{SWAGGER_ASSETS}/favicon-32x32.png'>",
+    )
+    return OpenAPIConfig(
+        title="Keychain",
+        version="0.1.0",
+        description="Encrypted credential and token cache for workflow workers.",
+        path="/schema",
+        render_plugins=[swagger],
+    )
+
+
+def _make_keyring(settings: Settings) -> KeyRing:
+    if settings.encryption_keys:
+        return KeyRing.parse(settings.encryption_keys)
+    return KeyRing.load_or_create_local(settings.data_dir)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Litestar) -> AsyncIterator[None]:
+    runtime: Runtime = app.state.runtime
+    owns_database = runtime.database is None
+    if owns_database:
+        runtime.database = Database(make_engine(runtime.settings))
+    sweeper = None
+    if runtime.settings.sweep_interval_seconds > 0:
+        sweeper = asyncio.create_task(
+            run_sweeper(
+                runtime.database,
+                runtime.table,
+                runtime.settings.sweep_interval_seconds,
+                runtime.settings.sweep_batch_size,
+            ),
+            name="keychain-sweeper",
+        )
+    try:
+        yield
+    finally:
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        if owns_database:
+            await runtime.database.dispose()
+            runtime.database = None
+
+
+def create_app(settings: Settings | None = None, *, database: Database | None = None) -> Litestar:
+    """Build the app. Tests pass their own settings and a Database bound to a test transaction."""
+    settings = settings or load_settings()
+    _, table = build_metadata(settings.db_schema)
+    runtime = Runtime(
+        settings=settings,
+        keyring=_make_keyring(settings),
+        table=table,
+        ttl=TtlPolicy(settings.default_ttl_seconds, settings.max_ttl_seconds),
+        database=database,
+    )
+    return Litestar(
+        route_handlers=[
+            AuthCacheController,
+            ExecutionController,
+            SystemController,
+            create_static_files_router(
+                path=SWAGGER_ASSETS,
+                directories=[swagger_ui_bundle.swagger_ui_path],
+                include_in_schema=False,
+            ),
+        ],
+        dependencies={"db_connection": Provide(provide_connection)},
+        exception_handlers={
+            **{cls: _error_response for cls in _ERROR_STATUS},
+            HTTP_500_INTERNAL_SERVER_ERROR: _unexpected_error,
+        },
+        openapi_config=_openapi_config(),
+        lifespan=[_lifespan],
+        state=State({"runtime": runtime}),
+        logging_config=None,  # app.logs configures logging once per process
+        request_max_body_size=settings.max_body_bytes,
+    )

@@ -1,0 +1,65 @@
+"""The one table, as SQLAlchemy Core. Alembic migrations create it; the app never does."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+
+# Postgres-style constraint names, so migrations can refer to them by a stable name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "%(table_name)s_%(column_0_N_name)s_key",
+    "ck": "%(table_name)s_%(constraint_name)s_check",
+    "fk": "%(table_name)s_%(column_0_N_name)s_fkey",
+    "pk": "%(table_name)s_pkey",
+}
+
+CACHE_TYPES = ("secret", "token", "config")
+SCOPE_TYPES = ("execution", "global", "session")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def build_metadata(schema: str) -> tuple[MetaData, Table]:
+    """The schema name is a setting, so the table is built per schema rather than at import."""
+    metadata = MetaData(schema=schema, naming_convention=NAMING_CONVENTION)
+    keychain = Table(
+        "keychain",
+        metadata,
+        Column("cache_key", Text, primary_key=True),
+        Column("credential_name", Text, nullable=False),
+        Column("credential_type", Text, nullable=False),
+        Column("cache_type", Text, nullable=False),
+        Column("scope_type", Text, nullable=False),
+        Column("execution_id", BigInteger),
+        Column("parent_execution_id", BigInteger),
+        Column("data", LargeBinary, nullable=False),
+        Column("key_id", Text, nullable=False),
+        Column("ttl_seconds", Integer, nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+        Column("accessed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+        Column("access_count", Integer, nullable=False, server_default=text("0")),
+        CheckConstraint(_in("cache_type", CACHE_TYPES), name="cache_type"),
+        CheckConstraint(_in("scope_type", SCOPE_TYPES), name="scope_type"),
+        CheckConstraint(
+            "scope_type <> 'execution' OR execution_id IS NOT NULL", name="execution_scope_has_id"
+        ),
+        Index(None, "expires_at"),
+        Index(None, "execution_id"),
+        Index(None, "parent_execution_id"),
+    )
+    return metadata, keychain

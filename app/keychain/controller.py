@@ -1,0 +1,100 @@
+"""HTTP routes for the auth cache: paths, status codes and operation ids; the service decides."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, Response, delete, get, post
+from litestar.di import Provide
+from litestar.openapi.spec import Example
+from litestar.params import Body, Parameter
+from litestar.openapi.datastructures import ResponseSpec
+
+from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, ScopeType
+from app.keychain.service import KeychainService
+from app.runtime import provide_keychain_service
+
+ExecutionIdPath = Annotated[int, Parameter(ge=0, le=2**63 - 1, description="Execution id")]
+
+# A made-up value: OpenAPI examples must never carry a real-looking secret.
+PUT_EXAMPLE = Example(
+    summary="An OAuth2 token, cached globally for 55 minutes",
+    value={
+        "token_data": {"access_token": "<access token>", "token_type": "bearer"},
+        "credential_type": "oauth2_client_credentials",
+        "cache_type": "token",
+        "scope_type": "global",
+        "credential_name": "test_token",
+        "ttl_seconds": "3300",
+    },
+)
+
+
+def _key(path_value: str) -> str:
+    # A :path parameter keeps the leading slash; keys themselves may contain more.
+    return path_value[1:] if path_value.startswith("/") else path_value
+
+
+class AuthCacheController(Controller):
+    path = "/api/auth-cache"
+    tags = ["auth-cache"]
+    dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
+
+    @get("/{cache_key:path}", operation_id="getEntry", summary="Read an entry (counts a hit)")
+    async def get_entry(self, service: KeychainService, cache_key: str) -> Entry:
+        return await service.get(_key(cache_key))
+
+    @post(
+        "/{cache_key:path}",
+        operation_id="putEntry",
+        summary="Create or replace an entry",
+        status_code=201,
+        responses={200: ResponseSpec(EntryMeta, description="An existing entry was replaced")},
+    )
+    async def put_entry(
+        self,
+        service: KeychainService,
+        cache_key: str,
+        data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
+    ) -> Response[EntryMeta]:
+        meta, created = await service.put(_key(cache_key), data)
+        return Response(meta, status_code=201 if created else 200)
+
+    @delete("/{cache_key:path}", operation_id="deleteEntry", summary="Invalidate an entry")
+    async def delete_entry(self, service: KeychainService, cache_key: str) -> None:
+        await service.delete(_key(cache_key))
+
+    @get("/", operation_id="listEntries", summary="List entries' metadata (never their data)")
+    async def list_entries(
+        self,
+        service: KeychainService,
+        execution_id: Annotated[int | None, Parameter(ge=0, le=2**63 - 1)] = None,
+        scope_type: ScopeType | None = None,
+        credential_name: Annotated[str | None, Parameter(max_length=512)] = None,
+        include_expired: bool = False,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+    ) -> EntryPage:
+        return await service.list_meta(
+            execution_id=execution_id,
+            scope_type=scope_type,
+            credential_name=credential_name,
+            include_expired=include_expired,
+            limit=limit,
+            offset=offset,
+        )
+
+
+class ExecutionController(Controller):
+    path = "/api/executions"
+    tags = ["executions"]
+    dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
+
+    @delete(
+        "/{execution_id:int}/auth-cache",
+        operation_id="cleanupExecution",
+        summary="Drop every entry of an execution and of its sub-executions",
+        status_code=200,
+    )
+    async def cleanup_execution(self, service: KeychainService, execution_id: ExecutionIdPath) -> Deleted:
+        return Deleted(deleted=await service.cleanup_execution(execution_id))

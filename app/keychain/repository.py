@@ -1,0 +1,135 @@
+"""SQL for the keychain table: one method per statement, on the caller's connection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, Table, and_, delete, func, literal_column, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.errors import InvalidEntry
+
+SWEEP_LOCK_ID = 0x6B63_7377_6565_70  # "kcsweep": one sweeping replica at a time
+
+# SQLSTATE -> what the caller did wrong; anything else is ours and propagates.
+_CALLER_ERRORS = {
+    "23514": "the entry breaks a table rule (scope or cache type)",
+    "22003": "a number is out of range",
+    "22P05": "the payload holds characters PostgreSQL cannot store",
+}
+
+
+@contextmanager
+def _caller_errors() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        message = _CALLER_ERRORS.get(getattr(exc.orig, "sqlstate", None) or "")
+        if message is None:
+            raise
+        raise InvalidEntry(message) from exc
+
+
+class KeychainRepository:
+    def __init__(self, conn: AsyncConnection, table: Table) -> None:
+        self.conn = conn
+        self.table = table
+        self._meta_columns = [c for c in table.c if c.name != "data"]
+
+    async def get_and_touch(self, cache_key: str) -> Row[Any] | None:
+        """Read a live row and count the hit in the same statement, so concurrent hits all count."""
+        t = self.table
+        stmt = (
+            update(t)
+            .where(t.c.cache_key == cache_key, t.c.expires_at > func.now())
+            .values(access_count=t.c.access_count + 1, accessed_at=func.now())
+            .returning(*t.c)
+        )
+        return (await self.conn.execute(stmt)).one_or_none()
+
+    async def expires_at(self, cache_key: str) -> datetime | None:
+        """Tell "expired, not yet swept" from "absent" after a miss."""
+        t = self.table
+        stmt = select(t.c.expires_at).where(t.c.cache_key == cache_key)
+        return (await self.conn.execute(stmt)).scalar_one_or_none()
+
+    async def upsert(self, values: Mapping[str, Any]) -> tuple[Row[Any], bool]:
+        """Create or replace; answers the row's metadata and whether it was created."""
+        t = self.table
+        stmt = insert(t).values(**values, created_at=func.now(), accessed_at=func.now())
+        replaced = {name: stmt.excluded[name] for name in values if name != "cache_key"}
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.c.cache_key],
+            set_={**replaced, "created_at": func.now(), "accessed_at": func.now(), "access_count": 0},
+        ).returning(*self._meta_columns, literal_column("xmax = 0").label("inserted"))
+        with _caller_errors():
+            row = (await self.conn.execute(stmt)).one()
+        return row, row.inserted
+
+    async def delete(self, cache_key: str) -> bool:
+        t = self.table
+        result = await self.conn.execute(delete(t).where(t.c.cache_key == cache_key))
+        return result.rowcount > 0
+
+    async def delete_execution(self, execution_id: int) -> int:
+        t = self.table
+        stmt = delete(t).where(
+            or_(t.c.execution_id == execution_id, t.c.parent_execution_id == execution_id)
+        )
+        return (await self.conn.execute(stmt)).rowcount
+
+    async def list_meta(
+        self,
+        *,
+        execution_id: int | None,
+        scope_type: str | None,
+        credential_name: str | None,
+        include_expired: bool,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[Row[Any]], int]:
+        t = self.table
+        conditions = []
+        if execution_id is not None:
+            conditions.append(
+                or_(t.c.execution_id == execution_id, t.c.parent_execution_id == execution_id)
+            )
+        if scope_type is not None:
+            conditions.append(t.c.scope_type == scope_type)
+        if credential_name is not None:
+            conditions.append(t.c.credential_name == credential_name)
+        if not include_expired:
+            conditions.append(t.c.expires_at > func.now())
+        where = and_(True, *conditions)
+        page = (
+            select(*self._meta_columns)
+            .where(where)
+            .order_by(t.c.cache_key)
+            .limit(limit)
+            .offset(offset)
+        )
+        rows = (await self.conn.execute(page)).all()
+        total = (await self.conn.execute(select(func.count()).select_from(t).where(where))).scalar_one()
+        return list(rows), total
+
+    async def try_sweep_lock(self) -> bool:
+        """Transaction-scoped, so a crashed sweeper can never hold it."""
+        stmt = text("SELECT pg_try_advisory_xact_lock(:id)")
+        return bool((await self.conn.execute(stmt, {"id": SWEEP_LOCK_ID})).scalar_one())
+
+    async def delete_expired(self, batch_size: int) -> int:
+        t = self.table
+        doomed = (
+            select(t.c.cache_key)
+            .where(t.c.expires_at <= func.now())
+            .order_by(t.c.expires_at)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        result = await self.conn.execute(delete(t).where(t.c.cache_key.in_(doomed.scalar_subquery())))
+        return result.rowcount

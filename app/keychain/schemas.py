@@ -1,0 +1,63 @@
+"""Request and response bodies, one struct per direction. Field names are the original API's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+CacheType = Literal["secret", "token", "config"]
+ScopeType = Literal["execution", "global", "session"]
+ExecutionId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class EntryPut(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """POST body. Unknown fields are refused so a typo (say `ttl`) cannot silently fall back."""
+
+    token_data: dict[str, Any]
+    credential_type: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    cache_type: CacheType = "secret"
+    # None: "execution" when execution_id is given, else "global".
+    scope_type: ScopeType | None = None
+    execution_id: ExecutionId | None = None
+    parent_execution_id: ExecutionId | None = None
+    credential_name: Name | None = None
+    # Playbooks render templates into strings, so "3300" is as good as 3300.
+    ttl_seconds: int | str | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class EntryMeta(msgspec.Struct, kw_only=True):
+    """Everything about an entry except its payload."""
+
+    cache_key: str
+    credential_name: str
+    credential_type: str
+    cache_type: CacheType
+    scope_type: ScopeType
+    execution_id: int | None
+    parent_execution_id: int | None
+    key_id: str
+    ttl_seconds: int
+    expires_at: datetime
+    created_at: datetime
+    accessed_at: datetime
+    access_count: int
+
+
+class Entry(EntryMeta, kw_only=True):
+    data: dict[str, Any]
+
+
+class EntryPage(msgspec.Struct, kw_only=True):
+    items: list[EntryMeta]
+    total: int
+    limit: int
+    offset: int
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    deleted: int

@@ -1,0 +1,161 @@
+"""The rules of the cache: key syntax, TTL, scopes, encryption and access tracking."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import func
+
+from app.crypto import KeyRing
+from app.errors import EntryNotFound, InvalidEntry
+from app.keychain.repository import KeychainRepository
+from app.keychain.schemas import Entry, EntryMeta, EntryPage, EntryPut
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_LENGTH = 512
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_WHOLE_NUMBER = re.compile(r"^\s*[+-]?\d{1,12}\s*$")
+
+
+@dataclass(frozen=True)
+class TtlPolicy:
+    default_seconds: int
+    max_seconds: int
+
+
+def check_cache_key(cache_key: str) -> str:
+    if not cache_key:
+        raise InvalidEntry("cache key is empty")
+    if len(cache_key) > MAX_KEY_LENGTH:
+        raise InvalidEntry(
+            f"cache key is {len(cache_key)} characters long; the limit is {MAX_KEY_LENGTH}"
+        )
+    if _CONTROL_CHARACTERS.search(cache_key):
+        raise InvalidEntry("cache key contains control characters")
+    return cache_key
+
+
+def _whole_seconds(value: int | str) -> int:
+    if isinstance(value, str):
+        if not _WHOLE_NUMBER.match(value):
+            raise InvalidEntry(
+                f"ttl_seconds must be a whole number of seconds, got {value[:32]!r}"
+            )
+        value = int(value)
+    return value
+
+
+class KeychainService:
+    def __init__(self, repository: KeychainRepository, keyring: KeyRing, ttl: TtlPolicy) -> None:
+        self.repository = repository
+        self.keyring = keyring
+        self.ttl = ttl
+
+    async def get(self, cache_key: str) -> Entry:
+        check_cache_key(cache_key)
+        row = await self.repository.get_and_touch(cache_key)
+        if row is None:
+            expired = await self.repository.expires_at(cache_key) is not None
+            reason = "expired" if expired else "absent"
+            log.info("cache miss", extra={"cache_key": cache_key, "reason": reason})
+            raise EntryNotFound(f"no live entry for this key ({reason})", reason=reason)
+        payload = self.keyring.open(row.data, cache_key.encode())
+        log.info("cache hit", extra={"cache_key": cache_key, "access_count": row.access_count})
+        return Entry(**_meta_fields(row), data=msgspec.json.decode(payload))
+
+    async def put(self, cache_key: str, body: EntryPut) -> tuple[EntryMeta, bool]:
+        check_cache_key(cache_key)
+        scope_type = body.scope_type or ("execution" if body.execution_id is not None else "global")
+        if scope_type == "execution" and body.execution_id is None:
+            raise InvalidEntry("scope_type 'execution' needs an execution_id")
+        credential_name = body.credential_name or cache_key.split(":", 1)[0]
+        if not credential_name:
+            raise InvalidEntry("credential_name is empty and the cache key does not start with one")
+        ttl_seconds, expires_at = self._expiry(body)
+        sealed = self.keyring.seal(msgspec.json.encode(body.token_data), cache_key.encode())
+        row, created = await self.repository.upsert(
+            {
+                "cache_key": cache_key,
+                "credential_name": credential_name,
+                "credential_type": body.credential_type,
+                "cache_type": body.cache_type,
+                "scope_type": scope_type,
+                "execution_id": body.execution_id,
+                "parent_execution_id": body.parent_execution_id,
+                "data": sealed.envelope,
+                "key_id": sealed.key_id,
+                "ttl_seconds": ttl_seconds,
+                "expires_at": expires_at,
+            }
+        )
+        log.info("cache write", extra={"cache_key": cache_key, "outcome": "created" if created else "replaced"})
+        return EntryMeta(**_meta_fields(row)), created
+
+    def _expiry(self, body: EntryPut) -> tuple[int, Any]:
+        """TTL in seconds and the expiry: as given, or now() + TTL computed by the database."""
+        if body.expires_at is not None:
+            remaining = (body.expires_at - datetime.now(UTC)).total_seconds()
+            if remaining <= 0:
+                raise InvalidEntry("expires_at is in the past")
+            ttl = _whole_seconds(body.ttl_seconds) if body.ttl_seconds is not None else math.ceil(remaining)
+            self._check_ttl(math.ceil(remaining), "expires_at")
+            self._check_ttl(ttl, "ttl_seconds")
+            return ttl, body.expires_at
+        ttl = self.ttl.default_seconds if body.ttl_seconds is None else _whole_seconds(body.ttl_seconds)
+        self._check_ttl(ttl, "ttl_seconds")
+        return ttl, func.now() + timedelta(seconds=ttl)
+
+    def _check_ttl(self, seconds: int, field: str) -> None:
+        if seconds <= 0:
+            raise InvalidEntry(f"{field} must give a positive lifetime, got {seconds} seconds")
+        if seconds > self.ttl.max_seconds:
+            raise InvalidEntry(
+                f"{field} gives {seconds} seconds; the maximum is {self.ttl.max_seconds}"
+            )
+
+    async def delete(self, cache_key: str) -> None:
+        check_cache_key(cache_key)
+        if not await self.repository.delete(cache_key):
+            raise EntryNotFound("no entry for this key", reason="absent")
+        log.info("cache delete", extra={"cache_key": cache_key})
+
+    async def cleanup_execution(self, execution_id: int) -> int:
+        deleted = await self.repository.delete_execution(execution_id)
+        log.info("execution cleanup", extra={"execution_id": execution_id, "deleted": deleted})
+        return deleted
+
+    async def list_meta(
+        self,
+        *,
+        execution_id: int | None = None,
+        scope_type: str | None = None,
+        credential_name: str | None = None,
+        include_expired: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> EntryPage:
+        rows, total = await self.repository.list_meta(
+            execution_id=execution_id,
+            scope_type=scope_type,
+            credential_name=credential_name,
+            include_expired=include_expired,
+            limit=limit,
+            offset=offset,
+        )
+        items = [EntryMeta(**_meta_fields(row)) for row in rows]
+        return EntryPage(items=items, total=total, limit=limit, offset=offset)
+
+
+_META_FIELDS = EntryMeta.__struct_fields__
+
+
+def _meta_fields(row: Any) -> dict[str, Any]:
+    mapping = row._mapping
+    return {name: mapping[name] for name in _META_FIELDS}

@@ -1,0 +1,51 @@
+"""Deleting expired rows. Correctness never depends on this: every read filters on expires_at."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Table
+
+from app.db.engine import Database
+from app.errors import DatabaseUnavailable
+from app.keychain.repository import KeychainRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    deleted: int
+    # False when another replica held the sweep lock, so this pass did nothing.
+    swept: bool
+
+
+async def sweep_once(database: Database, table: Table, batch_size: int) -> SweepResult:
+    """Delete expired rows batch by batch, each batch its own short transaction."""
+    deleted = 0
+    while True:
+        async with database.transaction() as conn:
+            repository = KeychainRepository(conn, table)
+            if not await repository.try_sweep_lock():
+                log.info("sweep skipped: another replica is sweeping")
+                return SweepResult(deleted=deleted, swept=False)
+            batch = await repository.delete_expired(batch_size)
+        deleted += batch
+        if batch < batch_size:
+            break
+    log.info("sweep done", extra={"rows_swept": deleted})
+    return SweepResult(deleted=deleted, swept=True)
+
+
+async def run_sweeper(database: Database, table: Table, interval: float, batch_size: int) -> None:
+    """Sweep every `interval` seconds until cancelled; a failed pass is logged and retried."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sweep_once(database, table, batch_size)
+        except DatabaseUnavailable:
+            log.warning("sweep skipped: the database is unreachable")
+        except Exception:
+            log.exception("sweep failed")

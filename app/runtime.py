@@ -1,0 +1,43 @@
+"""What one server process shares between requests, and the per-request dependencies."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from litestar.datastructures import State
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.crypto import KeyRing
+from app.db.engine import Database
+from app.keychain.repository import KeychainRepository
+from app.keychain.service import KeychainService, TtlPolicy
+from app.settings import Settings
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    keyring: KeyRing
+    table: Table
+    ttl: TtlPolicy
+    # Set by the lifespan (or injected by tests) before the first request.
+    database: Database | None = None
+
+    def keychain_service(self, conn: AsyncConnection) -> KeychainService:
+        return KeychainService(KeychainRepository(conn, self.table), self.keyring, self.ttl)
+
+
+def runtime_of(state: State) -> Runtime:
+    return state.runtime
+
+
+async def provide_connection(state: State) -> AsyncIterator[AsyncConnection]:
+    """The request owns the transaction: committed before the response, rolled back on error."""
+    async with runtime_of(state).database.transaction() as conn:
+        yield conn
+
+
+def provide_keychain_service(state: State, db_connection: AsyncConnection) -> KeychainService:
+    return runtime_of(state).keychain_service(db_connection)
