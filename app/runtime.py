@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -39,5 +40,7 @@ async def provide_connection(state: State) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
-def provide_keychain_service(state: State, db_connection: AsyncConnection) -> KeychainService:
+def provide_keychain_service(
+    state: State, db_connection: NamedDependency[AsyncConnection]
+) -> KeychainService:
     return runtime_of(state).keychain_service(db_connection)

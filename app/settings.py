@@ -39,6 +39,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 _RENAMED = {"schema": "db_schema"}
 
 
+def _decode_path(type_: type, value: object) -> object:
+    if type_ is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError
+
+
 def load_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Build Settings from KEYCHAIN_* variables; a bad value fails here, at start-up."""
     environ = os.environ if environ is None else environ
@@ -53,6 +59,6 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
             raw[field] = value
     raw.update(overrides)
     try:
-        return msgspec.convert(raw, Settings, strict=False)
+        return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)
     except msgspec.ValidationError as exc:
         raise ConfigurationError(f"invalid Keychain setting: {exc}") from exc

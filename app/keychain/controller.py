@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, Response, delete, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
-from litestar.params import Body, Parameter
+from litestar.params import Body, PathParameter, QueryParameter
 from litestar.openapi.datastructures import ResponseSpec
 
 from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, ScopeType
 from app.keychain.service import KeychainService
 from app.runtime import provide_keychain_service
 
-ExecutionIdPath = Annotated[int, Parameter(ge=0, le=2**63 - 1, description="Execution id")]
+Service = NamedDependency[KeychainService]
+CacheKeyPath = Annotated[str, PathParameter(description="The cache key; may contain '/'")]
+ExecutionIdPath = Annotated[int, PathParameter(ge=0, le=2**63 - 1, description="Execution id")]
 
 # A made-up value: OpenAPI examples must never carry a real-looking secret.
 PUT_EXAMPLE = Example(
@@ -41,7 +43,7 @@ class AuthCacheController(Controller):
     dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
 
     @get("/{cache_key:path}", operation_id="getEntry", summary="Read an entry (counts a hit)")
-    async def get_entry(self, service: KeychainService, cache_key: str) -> Entry:
+    async def get_entry(self, service: Service, cache_key: CacheKeyPath) -> Entry:
         return await service.get(_key(cache_key))
 
     @post(
@@ -53,27 +55,27 @@ class AuthCacheController(Controller):
     )
     async def put_entry(
         self,
-        service: KeychainService,
-        cache_key: str,
+        service: Service,
+        cache_key: CacheKeyPath,
         data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
     ) -> Response[EntryMeta]:
         meta, created = await service.put(_key(cache_key), data)
         return Response(meta, status_code=201 if created else 200)
 
     @delete("/{cache_key:path}", operation_id="deleteEntry", summary="Invalidate an entry")
-    async def delete_entry(self, service: KeychainService, cache_key: str) -> None:
+    async def delete_entry(self, service: Service, cache_key: CacheKeyPath) -> None:
         await service.delete(_key(cache_key))
 
     @get("/", operation_id="listEntries", summary="List entries' metadata (never their data)")
     async def list_entries(
         self,
-        service: KeychainService,
-        execution_id: Annotated[int | None, Parameter(ge=0, le=2**63 - 1)] = None,
-        scope_type: ScopeType | None = None,
-        credential_name: Annotated[str | None, Parameter(max_length=512)] = None,
-        include_expired: bool = False,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+        service: Service,
+        execution_id: Annotated[int | None, QueryParameter(ge=0, le=2**63 - 1)] = None,
+        scope_type: Annotated[ScopeType | None, QueryParameter()] = None,
+        credential_name: Annotated[str | None, QueryParameter(max_length=512)] = None,
+        include_expired: Annotated[bool, QueryParameter()] = False,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
     ) -> EntryPage:
         return await service.list_meta(
             execution_id=execution_id,
@@ -96,5 +98,5 @@ class ExecutionController(Controller):
         summary="Drop every entry of an execution and of its sub-executions",
         status_code=200,
     )
-    async def cleanup_execution(self, service: KeychainService, execution_id: ExecutionIdPath) -> Deleted:
+    async def cleanup_execution(self, service: Service, execution_id: ExecutionIdPath) -> Deleted:
         return Deleted(deleted=await service.cleanup_execution(execution_id))

@@ -1,0 +1,184 @@
+"""A migrated real PostgreSQL, and one rolled-back transaction per test.
+
+The server under test is KEYCHAIN_TEST_DATABASE_URL when set (CI points it at the machine's
+PostgreSQL), else an embedded one (pgserver) in a temporary directory. Either way the suite
+creates a database of its own, migrates it with Alembic once, and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+import pytest_asyncio
+from litestar import Litestar
+from sqlalchemy import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+from app.asgi import create_app
+from app.cli import migrate
+from app.db.engine import Database, async_url
+from app.db.tables import build_metadata
+from app.settings import Settings, load_settings
+
+TEST_KEY_ID = "test-k1"
+TEST_KEY = base64.b64encode(bytes(range(32))).decode()
+
+
+class SavepointDatabase(Database):
+    """Every unit of work is a savepoint inside the test's one outer transaction.
+
+    The lock serialises requests on the single connection (asyncpg allows one statement
+    at a time); commits become savepoint releases, rollbacks roll back to the savepoint.
+    """
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        super().__init__(conn.engine)
+        self.conn = conn
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with self._lock, self.conn.begin_nested():
+            yield self.conn
+
+    async def dispose(self) -> None:
+        """The test owns the connection."""
+
+
+def _server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    given = os.environ.get("KEYCHAIN_TEST_DATABASE_URL")
+    if given:
+        yield async_url(given)
+        return
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield async_url(server.get_uri())
+    server.cleanup()
+
+
+async def _admin(url: str, sql: str) -> None:
+    engine = create_async_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(sql)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _server_url(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def make_empty_database(postgres_server_url: str) -> Iterator[Callable[[], str]]:
+    """Create throwaway databases on the test server; all are dropped at session end."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"keychain_test_{uuid.uuid4().hex[:12]}"
+        asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+        created.append(name)
+        return make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+
+    yield make
+    for name in created:
+        asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(
+        {},
+        database_url="postgresql://unused",  # tests hand the app their own Database
+        data_dir=str(tmp_path_factory.mktemp("data")),
+        encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
+        sweep_interval_seconds=0,
+    )
+
+
+@pytest.fixture(scope="session")
+def database_url(make_empty_database: Callable[[], str], test_settings: Settings) -> str:
+    """The suite's database, migrated once with the real Alembic migrations."""
+    url = make_empty_database()
+    migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
+    return url
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_async_engine(database_url, pool_size=5)
+    yield engine
+    await engine.dispose()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One outer transaction per test, rolled back at teardown: tests never see each other."""
+    async with engine.connect() as conn:
+        outer = await conn.begin()
+        try:
+            yield conn
+        finally:
+            await outer.rollback()
+
+
+@pytest.fixture
+def database(connection: AsyncConnection) -> SavepointDatabase:
+    return SavepointDatabase(connection)
+
+
+@pytest.fixture
+def table(test_settings: Settings) -> Table:
+    return build_metadata(test_settings.db_schema)[1]
+
+
+@pytest.fixture
+def make_app(test_settings: Settings, database: SavepointDatabase) -> Callable[..., Litestar]:
+    """create_app() on the test transaction; keyword arguments override settings."""
+
+    def make(**overrides: object) -> Litestar:
+        settings = msgspec_replace(test_settings, **overrides)
+        return create_app(settings, database=database)
+
+    return make
+
+
+def msgspec_replace(settings: Settings, **overrides: object) -> Settings:
+    return msgspec.structs.replace(settings, **overrides)
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Litestar]) -> Litestar:
+    return make_app()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client on the real app, in-process and on the fixtures' event loop.
+
+    Litestar's AsyncTestClient runs the app through a blocking portal on another loop,
+    which cannot share the test's asyncpg connection; ASGITransport runs it right here.
+    The lifespan is not entered: with an injected Database and no sweeper it has nothing
+    to do (tests/server/test_lifespan.py covers it).
+    """
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://keychain.test") as client:
+        yield client
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
