@@ -14,7 +14,10 @@ down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
 
-SCHEMA = context.config.attributes["keychain_schema"]
+
+def schema() -> str:
+    """The configured schema (KEYCHAIN_SCHEMA), known only once env.py runs."""
+    return context.config.attributes["keychain_schema"]
 
 
 def upgrade() -> None:

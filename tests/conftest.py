@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -56,14 +57,16 @@ class SavepointDatabase(Database):
         """The test owns the connection."""
 
 
-def _server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def _server_url() -> Iterator[str]:
     given = os.environ.get("KEYCHAIN_TEST_DATABASE_URL")
     if given:
         yield async_url(given)
         return
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    # Not under pytest's basetemp: a concurrent pytest run prunes old basetemps.
+    pgdata = tempfile.mkdtemp(prefix="keychain-test-pg-")
+    server = pgserver.get_server(pgdata, cleanup_mode="delete")
     yield async_url(server.get_uri())
     server.cleanup()
 
@@ -78,8 +81,8 @@ async def _admin(url: str, sql: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _server_url(tmp_path_factory)
+def postgres_server_url() -> Iterator[str]:
+    yield from _server_url()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,10 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-SCHEMA = context.config.attributes["keychain_schema"]
+
+def schema() -> str:
+    """The configured schema (KEYCHAIN_SCHEMA), known only once env.py runs."""
+    return context.config.attributes["keychain_schema"]
 
 
 def upgrade() -> None:
@@ -38,22 +41,22 @@ def upgrade() -> None:
         ),
         sa.Column("access_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.CheckConstraint(
-            "cache_type IN ('secret', 'token', 'config')", name="keychain_cache_type_check"
+            "cache_type IN ('secret', 'token', 'config')", name=op.f("keychain_cache_type_check")
         ),
         sa.CheckConstraint(
-            "scope_type IN ('execution', 'global', 'session')", name="keychain_scope_type_check"
+            "scope_type IN ('execution', 'global', 'session')", name=op.f("keychain_scope_type_check")
         ),
         sa.CheckConstraint(
             "scope_type <> 'execution' OR execution_id IS NOT NULL",
-            name="keychain_execution_scope_has_id_check",
+            name=op.f("keychain_execution_scope_has_id_check"),
         ),
-        sa.PrimaryKeyConstraint("cache_key", name="keychain_pkey"),
-        schema=SCHEMA,
+        sa.PrimaryKeyConstraint("cache_key", name=op.f("keychain_pkey")),
+        schema=schema(),
     )
     for column in ("expires_at", "execution_id", "parent_execution_id"):
-        op.create_index(f"ix_keychain_{column}", "keychain", [column], schema=SCHEMA)
+        op.create_index(op.f(f"ix_keychain_{column}"), "keychain", [column], schema=schema())
 
 
 def downgrade() -> None:
     # The schema itself is shared with the workflow platform, so only our table goes.
-    op.drop_table("keychain", schema=SCHEMA)
+    op.drop_table("keychain", schema=schema())

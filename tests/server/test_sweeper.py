@@ -1,0 +1,69 @@
+"""Expired rows are swept in batches, by one replica at a time, and the task stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+
+from app.keychain.repository import SWEEP_LOCK_ID
+from app.keychain.sweeper import run_sweeper, sweep_once
+
+BODY = {"token_data": {"v": "x"}, "credential_type": "bearer", "ttl_seconds": 60}
+
+
+async def _expire(connection, *keys: str) -> None:
+    await connection.execute(
+        text("UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = ANY(:k)"),
+        {"k": list(keys)},
+    )
+
+
+async def _keys(connection) -> list[str]:
+    return list((await connection.scalars(text("SELECT cache_key FROM noetl.keychain ORDER BY 1"))).all())
+
+
+async def test_a_sweep_deletes_only_expired_rows_in_batches(client, connection, database, table):
+    for i in range(5):
+        await client.post(f"/api/auth-cache/old-{i}", json=BODY)
+    await client.post("/api/auth-cache/live", json=BODY)
+    await _expire(connection, *(f"old-{i}" for i in range(5)))
+
+    result = await sweep_once(database, table, batch_size=2)
+    assert result.swept and result.deleted == 5
+    assert await _keys(connection) == ["live"]
+    again = await sweep_once(database, table, batch_size=2)
+    assert again.swept and again.deleted == 0
+
+
+async def test_only_one_replica_sweeps_at_a_time(client, connection, database, table, engine):
+    await client.post("/api/auth-cache/old", json=BODY)
+    await _expire(connection, "old")
+    async with engine.connect() as other_replica, other_replica.begin():
+        await other_replica.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID})
+        result = await sweep_once(database, table, batch_size=10)
+    assert not result.swept
+    assert await _keys(connection) == ["old"]
+
+
+async def test_the_background_task_sweeps_and_is_cancelled_cleanly(client, connection, database, table):
+    await client.post("/api/auth-cache/old", json=BODY)
+    await _expire(connection, "old")
+    task = asyncio.create_task(run_sweeper(database, table, interval=0.01, batch_size=10))
+    for _ in range(200):
+        async with database.transaction() as conn:  # the sweeper shares this connection
+            if not await _keys(conn):
+                break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert await _keys(connection) == []
+
+
+async def test_the_lifespan_starts_and_stops_the_sweeper(make_app):
+    app = make_app(sweep_interval_seconds=3600)
+    async with app.lifespan():
+        tasks = [t for t in asyncio.all_tasks() if t.get_name() == "keychain-sweeper"]
+        assert len(tasks) == 1 and not tasks[0].done()
+    assert tasks[0].cancelled()
