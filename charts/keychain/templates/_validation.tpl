@@ -1,0 +1,84 @@
+{{/*
+Fail the install or upgrade early, with a message that says what to set,
+rather than let pods crash-loop on a bad setting. Messages never echo a secret
+value (CI logs are not a safe place for one); they name the field, and at most
+a key id or token name.
+*/}}
+{{- define "keychain.validate" -}}
+{{- $hint := "or name a Secret you made in secrets.existingSecret (keys KEYCHAIN_DATABASE_URL, KEYCHAIN_ENCRYPTION_KEYS, KEYCHAIN_API_TOKENS)" }}
+{{- $extraEnvNames := list }}
+{{- range .Values.extraEnv }}
+{{- $extraEnvNames = append $extraEnvNames .name }}
+{{- end }}
+
+{{- if not .Values.secrets.existingSecret }}
+
+{{- /* Database URL: given inline, or via extraEnv (e.g. a secretKeyRef to the database operator's Secret). */}}
+{{- $url := .Values.secrets.databaseUrl }}
+{{- if and (not $url) (not (has "KEYCHAIN_DATABASE_URL" $extraEnvNames)) }}
+{{- fail (printf "\n\nkeychain: no database URL. Set secrets.databaseUrl to a postgresql:// URL, %s, or set KEYCHAIN_DATABASE_URL in extraEnv." $hint) }}
+{{- end }}
+{{- if and $url (not (regexMatch "^postgresql(\\+asyncpg)?://" $url)) }}
+{{- fail "\n\nkeychain: secrets.databaseUrl must start with postgresql:// or postgresql+asyncpg:// (value not shown)." }}
+{{- end }}
+
+{{- /* Encryption keys: "id:<base64 of 32 bytes>,...", as app/crypto.py parses them. */}}
+{{- $keys := .Values.secrets.encryptionKeys }}
+{{- if not $keys }}
+{{- fail (printf "\n\nkeychain: no encryption key. Set secrets.encryptionKeys to \"k1:<base64 of 32 random bytes>\" (make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'), %s." $hint) }}
+{{- end }}
+{{- $ids := list }}
+{{- range $i, $entry := splitList "," $keys }}
+{{- $entry = trim $entry }}
+{{- if $entry }}
+{{- $parts := splitn ":" 2 $entry }}
+{{- $id := $parts._0 }}
+{{- if not (regexMatch "^[A-Za-z0-9_.-]{1,64}$" $id) }}
+{{- fail (printf "\n\nkeychain: secrets.encryptionKeys entry %d must look like \"<id>:<base64 key>\" with an id of letters, digits, _ . - (value not shown)." (add1 $i)) }}
+{{- end }}
+{{- if not (regexMatch "^[A-Za-z0-9+/]{43}=$" (default "" $parts._1)) }}
+{{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is not the standard base64 of exactly 32 bytes (value not shown)." $id) }}
+{{- end }}
+{{- if has $id $ids }}
+{{- fail (printf "\n\nkeychain: secrets.encryptionKeys lists key id %q twice." $id) }}
+{{- end }}
+{{- $ids = append $ids $id }}
+{{- end }}
+{{- end }}
+
+{{- /* API tokens: "name:role:token,..." (the token itself may contain ':', as in sha256:<hex>). */}}
+{{- $tokens := .Values.secrets.apiTokens }}
+{{- if not $tokens }}
+{{- fail (printf "\n\nkeychain: no API tokens. Set secrets.apiTokens to \"<name>:<worker|admin>:<token>,...\", %s. Without tokens the API would be open to anyone in the cluster." $hint) }}
+{{- end }}
+{{- range $i, $entry := splitList "," $tokens }}
+{{- $entry = trim $entry }}
+{{- if $entry }}
+{{- $parts := splitn ":" 3 $entry }}
+{{- if or (not $parts._0) (not $parts._2) }}
+{{- fail (printf "\n\nkeychain: secrets.apiTokens entry %d must look like \"<name>:<worker|admin>:<token>\" (value not shown)." (add1 $i)) }}
+{{- end }}
+{{- if not (has $parts._1 (list "worker" "admin")) }}
+{{- fail (printf "\n\nkeychain: secrets.apiTokens token %q needs the role worker or admin as its second field (value not shown)." $parts._0) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- end }}{{/* not existingSecret */}}
+
+{{- if gt (int64 .Values.config.defaultTtlSeconds) (int64 .Values.config.maxTtlSeconds) }}
+{{- fail "\n\nkeychain: config.defaultTtlSeconds is larger than config.maxTtlSeconds." }}
+{{- end }}
+
+{{- if and .Values.autoscaling.enabled (gt (int64 .Values.autoscaling.minReplicas) (int64 .Values.autoscaling.maxReplicas)) }}
+{{- fail "\n\nkeychain: autoscaling.minReplicas is larger than autoscaling.maxReplicas." }}
+{{- end }}
+
+{{- if .Values.podDisruptionBudget.enabled }}
+{{- $min := .Values.podDisruptionBudget.minAvailable }}
+{{- $max := .Values.podDisruptionBudget.maxUnavailable }}
+{{- if and (not (kindIs "invalid" $min)) (not (kindIs "invalid" $max)) }}
+{{- fail "\n\nkeychain: podDisruptionBudget takes minAvailable or maxUnavailable, not both." }}
+{{- end }}
+{{- end }}
+{{- end }}

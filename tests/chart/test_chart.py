@@ -1,0 +1,413 @@
+"""The Helm chart: it lints, renders valid Kubernetes objects, refuses bad
+values with a clear message, and behaves as an operator expects (hardened
+pods, probes, a migration hook that runs before the pods)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "keychain"
+PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+
+# Obvious placeholders, distinctive enough to search for in rendered output.
+DATABASE_URL = "postgresql+asyncpg://keychain:not-a-password@db.example.internal:5432/keychain"
+ENCRYPTION_KEYS = "k2:{},k1:{}".format(
+    base64.b64encode(b"\x02" * 32).decode(), base64.b64encode(bytes(32)).decode()
+)
+API_TOKENS = "ci:worker:not-a-real-worker-token,ops:admin:sha256:" + "0" * 64
+SECRETS = {
+    "secrets": {"databaseUrl": DATABASE_URL, "encryptionKeys": ENCRYPTION_KEYS, "apiTokens": API_TOKENS}
+}
+
+DEFAULT_KINDS = sorted(
+    ["ConfigMap", "Deployment", "Job", "PodDisruptionBudget", "Secret", "Secret", "Service", "ServiceAccount"]
+)
+PRODUCTION_KINDS = sorted(DEFAULT_KINDS + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"])
+# Custom resources kubernetes-validate has no schema for.
+CRD_API_GROUPS = ("monitoring.coreos.com/",)
+
+
+def secrets_with(**overrides: str) -> dict:
+    values = copy.deepcopy(SECRETS)
+    values["secrets"].update(overrides)
+    return values
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def annotations(doc: dict) -> dict:
+    return doc["metadata"].get("annotations") or {}
+
+
+def is_hook(doc: dict) -> bool:
+    return "helm.sh/hook" in annotations(doc)
+
+
+def plain_secret(docs: list[dict]) -> dict:
+    return next(d for d in by_kind(docs, "Secret") if not is_hook(d))
+
+
+def hook_secret(docs: list[dict]) -> dict:
+    return next(d for d in by_kind(docs, "Secret") if is_hook(d))
+
+
+def container(workload: dict) -> dict:
+    (only,) = workload["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+@pytest.fixture(scope="module")
+def default_docs(helm) -> list[dict]:
+    return helm.render(SECRETS)
+
+
+@pytest.fixture(scope="module")
+def production_docs(helm) -> list[dict]:
+    return helm.render(PRODUCTION_VALUES)
+
+
+# --- lint and render ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", ["default", "production"])
+def test_helm_lint_passes(helm, values):
+    files = helm.value_args([SECRETS if values == "default" else PRODUCTION_VALUES])
+    result = helm.run("lint", "--strict", str(CHART), *files)
+    assert result.returncode == 0, result.output
+    assert "0 chart(s) failed" in result.output
+    # Lint renders with `fail` downgraded to a log line: none of ours may appear.
+    assert "keychain:" not in result.output, result.output
+
+
+def test_default_values_render_the_expected_objects(default_docs):
+    assert sorted(doc["kind"] for doc in default_docs) == DEFAULT_KINDS
+
+
+def test_production_values_render_the_expected_objects(production_docs):
+    assert sorted(doc["kind"] for doc in production_docs) == PRODUCTION_KINDS
+
+
+@pytest.mark.parametrize("which", ["default", "production"])
+def test_every_object_validates_against_the_kubernetes_schemas(request, which):
+    docs = request.getfixturevalue(f"{which}_docs")
+    version = kubernetes_validate.latest_version()
+    checked = []
+    for doc in docs:
+        if doc["apiVersion"].startswith(CRD_API_GROUPS):
+            assert doc["kind"] and doc["metadata"]["name"], doc
+            continue
+        kubernetes_validate.validate(doc, version, strict=True)
+        checked.append(doc["kind"])
+    assert "Deployment" in checked and "Job" in checked
+
+
+def test_schema_validation_catches_a_broken_object(default_docs):
+    # The check above is only worth something if the validator rejects mistakes.
+    deployment = copy.deepcopy(one(default_docs, "Deployment"))
+    container(deployment)["readinessProbe"]["httpGet"]["pathh"] = "/ready"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+
+
+# --- bad values fail at template time -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"replicaCount": "three"}, "replicaCount"),
+        ({"config": {"logFormat": "xml"}}, "logFormat"),
+        ({"config": {"sweepIntervalSeconds": -1}}, "sweepIntervalSeconds"),
+        ({"config": {"maxTtlSeconds": 0}}, "maxTtlSeconds"),
+        ({"service": {"port": 70000}}, "port"),
+        ({"replicaCount": 2, "replicas": 3}, "replicas"),
+    ],
+)
+def test_values_schema_rejects_bad_values(helm, values, field):
+    result = helm.template(SECRETS, values)
+    assert result.returncode != 0
+    assert "schema" in result.stderr and field in result.stderr, result.stderr
+
+
+SHORT_KEY = base64.b64encode(b"short").decode()
+
+
+@pytest.mark.parametrize(
+    ("secrets", "message", "hidden"),
+    [
+        ({"encryptionKeys": ""}, "keychain: no encryption key", None),
+        ({"apiTokens": ""}, "keychain: no API tokens", None),
+        ({"databaseUrl": ""}, "keychain: no database URL", None),
+        (
+            {"encryptionKeys": "k1:" + SHORT_KEY},
+            'key "k1" is not the standard base64 of exactly 32 bytes',
+            SHORT_KEY,
+        ),
+        ({"encryptionKeys": ENCRYPTION_KEYS + ",k1:" + "A" * 43 + "="}, 'lists key id "k1" twice', "A" * 43),
+        (
+            {"apiTokens": "ci:reader:not-a-real-token"},
+            'token "ci" needs the role worker or admin',
+            "not-a-real-token",
+        ),
+        (
+            {"apiTokens": "ci:not-a-real-token"},
+            "secrets.apiTokens entry 1 must look like",
+            "not-a-real-token",
+        ),
+        ({"databaseUrl": "mysql://keychain:hunter2@db/keychain"}, "must start with postgresql://", "hunter2"),
+    ],
+)
+def test_validation_fails_fast_with_a_clear_message(helm, secrets, message, hidden):
+    result = helm.template(secrets_with(**secrets))
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    # Messages name the field, never the secret.
+    if hidden:
+        assert hidden not in result.stderr
+
+
+def test_existing_secret_replaces_the_inline_secrets(helm):
+    docs = helm.render({"secrets": {"existingSecret": "keychain-credentials"}})
+    assert by_kind(docs, "Secret") == []
+    for workload in (one(docs, "Deployment"), one(docs, "Job")):
+        refs = [
+            source["secretRef"]["name"] for source in container(workload)["envFrom"] if "secretRef" in source
+        ]
+        assert refs == ["keychain-credentials"]
+
+
+def test_database_url_may_come_from_extra_env(helm):
+    from_operator = {
+        "name": "KEYCHAIN_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "pg-app", "key": "uri"}},
+    }
+    docs = helm.render(secrets_with(databaseUrl=""), {"extraEnv": [from_operator]})
+    assert "KEYCHAIN_DATABASE_URL" not in plain_secret(docs)["data"]
+    for workload in (one(docs, "Deployment"), one(docs, "Job")):
+        assert from_operator in container(workload)["env"]
+
+
+# --- what an operator would notice ---------------------------------------
+
+
+def test_server_pods_run_hardened(default_docs):
+    pod = one(default_docs, "Deployment")["spec"]["template"]["spec"]
+    security = container(one(default_docs, "Deployment"))["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert isinstance(pod["securityContext"]["runAsUser"], int) and pod["securityContext"]["runAsUser"] > 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    assert pod["automountServiceAccountToken"] is False
+    assert one(default_docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    # The one writable path: /tmp on an emptyDir.
+    (mount,) = container(one(default_docs, "Deployment"))["volumeMounts"]
+    assert mount["mountPath"] == "/tmp"
+    assert next(v for v in pod["volumes"] if v["name"] == mount["name"])["emptyDir"] is not None
+
+
+def test_probes_hit_ready_and_health(default_docs):
+    server = container(one(default_docs, "Deployment"))
+    assert server["ports"] == [{"name": "http", "containerPort": 8082, "protocol": "TCP"}]
+    assert server["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    # A database blip must not restart pods: liveness and startup do no I/O.
+    assert server["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert server["startupProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+
+
+def test_service_routes_port_8082_to_the_server_pods_only(default_docs):
+    service = one(default_docs, "Service")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"][0]["name"] == "http"
+    assert service["spec"]["ports"][0]["port"] == 8082
+    server_labels = one(default_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    migration_labels = one(default_docs, "Job")["spec"]["template"]["metadata"]["labels"]
+    assert matches(service["spec"]["selector"], server_labels)
+    assert not matches(service["spec"]["selector"], migration_labels)
+
+
+def test_migration_runs_as_a_hook_before_install_and_upgrade(default_docs):
+    job = one(default_docs, "Job")
+    hook = annotations(job)
+    assert set(hook["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
+    assert set(hook["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    migrate = container(job)
+    assert migrate["command"] + migrate["args"] == ["keychain", "migrate"]
+    assert job["spec"]["activeDeadlineSeconds"] > 0
+    assert job["spec"]["backoffLimit"] >= 0
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    # The Job's pod must not count as a server pod (Deployment, PDB, Service).
+    selector = one(default_docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not matches(selector, job["spec"]["template"]["metadata"]["labels"])
+
+
+def test_migration_hook_only_uses_what_exists_before_install(default_docs):
+    # A pre-install hook runs before the release's ordinary objects exist.
+    job = one(default_docs, "Job")
+    migrate = container(job)
+    (secret_ref,) = [s["secretRef"]["name"] for s in migrate["envFrom"]]
+    secret = hook_secret(default_docs)
+    assert secret["metadata"]["name"] == secret_ref
+    assert secret_ref != plain_secret(default_docs)["metadata"]["name"]
+    assert "pre-install" in annotations(secret)["helm.sh/hook"]
+    assert int(annotations(secret)["helm.sh/hook-weight"]) < int(annotations(job)["helm.sh/hook-weight"])
+    assert secret["data"] == plain_secret(default_docs)["data"]
+    assert not any("configMapRef" in source for source in migrate["envFrom"])
+    config = one(default_docs, "ConfigMap")["data"]
+    assert {e["name"]: e["value"] for e in migrate["env"]} == config
+    assert (
+        job["spec"]["template"]["spec"]["serviceAccountName"]
+        != one(default_docs, "ServiceAccount")["metadata"]["name"]
+    )
+
+
+def test_server_pods_never_migrate(default_docs, production_docs):
+    for docs in (default_docs, production_docs):
+        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        assert "initContainers" not in pod
+        server = container(one(docs, "Deployment"))
+        assert server["command"] + server["args"] == ["keychain", "serve"]
+
+
+def test_settings_split_between_configmap_and_secret(default_docs):
+    config = one(default_docs, "ConfigMap")["data"]
+    for secret_value in (
+        DATABASE_URL,
+        ENCRYPTION_KEYS,
+        API_TOKENS,
+        "not-a-password",
+        "not-a-real-worker-token",
+    ):
+        assert not any(secret_value in value for value in config.values())
+    assert not {"KEYCHAIN_DATABASE_URL", "KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"} & set(config)
+    assert config["KEYCHAIN_HOST"] == "0.0.0.0"
+    assert config["KEYCHAIN_PORT"] == "8082"
+    assert config["KEYCHAIN_LOG_FORMAT"] == "json"
+    # Large numbers must stay integers (Helm turns them into 2.592e+06 unless told).
+    assert config["KEYCHAIN_MAX_TTL_SECONDS"] == "2592000"
+    assert config["KEYCHAIN_MAX_BODY_BYTES"] == "1048576"
+    decoded = {k: base64.b64decode(v).decode() for k, v in plain_secret(default_docs)["data"].items()}
+    assert decoded == {
+        "KEYCHAIN_DATABASE_URL": DATABASE_URL,
+        "KEYCHAIN_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
+        "KEYCHAIN_API_TOKENS": API_TOKENS,
+    }
+    sources = container(one(default_docs, "Deployment"))["envFrom"]
+    assert {"configMapRef": {"name": one(default_docs, "ConfigMap")["metadata"]["name"]}} in sources
+    assert {"secretRef": {"name": plain_secret(default_docs)["metadata"]["name"]}} in sources
+
+
+def test_pods_roll_when_settings_change(helm, default_docs):
+    def checksums(docs):
+        pod_annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        return pod_annotations["checksum/config"], pod_annotations["checksum/secret"]
+
+    config, secret = checksums(default_docs)
+    assert checksums(helm.render(SECRETS, {"config": {"logLevel": "DEBUG"}})) != (config, secret)
+    assert checksums(helm.render(SECRETS, {"config": {"logLevel": "DEBUG"}}))[1] == secret
+    assert checksums(helm.render(secrets_with(apiTokens="ci:worker:another-fake-token")))[1] != secret
+
+
+def test_autoscaler_owns_the_replica_count(default_docs, production_docs):
+    assert one(default_docs, "Deployment")["spec"]["replicas"] == 2
+    deployment = one(production_docs, "Deployment")
+    assert "replicas" not in deployment["spec"]
+    hpa = one(production_docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert hpa["spec"]["minReplicas"] == 3
+
+
+def test_disruption_budget_covers_the_server_pods(default_docs, production_docs):
+    pdb = one(default_docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    production_pdb = one(production_docs, "PodDisruptionBudget")
+    assert production_pdb["spec"]["minAvailable"] == 2 and "maxUnavailable" not in production_pdb["spec"]
+    labels = one(production_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert matches(production_pdb["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_service_monitor_scrapes_metrics(production_docs):
+    monitor = one(production_docs, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    assert matches(
+        monitor["spec"]["selector"]["matchLabels"], one(production_docs, "Service")["metadata"]["labels"]
+    )
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+
+
+def test_network_policy_allows_callers_dns_and_the_database(production_docs):
+    policy = one(production_docs, "NetworkPolicy")["spec"]
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert matches(
+        policy["podSelector"]["matchLabels"],
+        one(production_docs, "Deployment")["spec"]["template"]["metadata"]["labels"],
+    )
+    (ingress,) = policy["ingress"]
+    assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert len(ingress["from"]) == 2
+    egress_ports = [(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]]
+    assert (53, "UDP") in egress_ports and (53, "TCP") in egress_ports
+    database_rule = next(
+        rule for rule in policy["egress"] if rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    )
+    assert database_rule["to"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "databases"
+    }
+
+
+def test_optional_objects_are_off_by_default(default_docs):
+    kinds = {doc["kind"] for doc in default_docs}
+    assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"}
+
+
+def test_topology_spread_gets_the_server_selector(production_docs):
+    deployment = one(production_docs, "Deployment")
+    constraints = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in constraints} == {
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    }
+    for constraint in constraints:
+        assert constraint["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_image_defaults_to_the_app_version(default_docs, helm):
+    assert container(one(default_docs, "Deployment"))["image"] == "noetl/keychain:0.1.0"
+    assert container(one(default_docs, "Job"))["image"] == "noetl/keychain:0.1.0"
+    digest = "sha256:" + "a" * 64
+    docs = helm.render(SECRETS, {"image": {"digest": digest}})
+    assert container(one(docs, "Deployment"))["image"] == f"noetl/keychain@{digest}"
+
+
+def test_notes_tell_how_to_reach_the_ui_and_metrics(helm):
+    result = helm.notes(SECRETS)
+    assert result.returncode == 0, result.output
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n keychain port-forward service/kc-keychain 8082:8082" in notes
+    assert "http://localhost:8082/schema" in notes
+    assert "http://localhost:8082/metrics" in notes
