@@ -13,9 +13,12 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
+from app.audit import AuditMiddleware
+from app.auth import TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database, make_engine
 from app.db.tables import build_metadata
@@ -67,6 +70,10 @@ def _openapi_config() -> OpenAPIConfig:
         description="Encrypted credential and token cache for workflow workers.",
         path="/schema",
         render_plugins=[swagger],
+        # Declared so the UI's "Authorize" button sends the bearer token.
+        components=Components(
+            security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+        ),
     )
 
 
@@ -108,10 +115,17 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> Litestar:
     """Build the app. Tests pass their own settings and a Database bound to a test transaction."""
     settings = settings or load_settings()
+    tokens = TokenTable.parse(settings.api_tokens)
+    if tokens.is_open:
+        log.warning(
+            "NO API TOKENS CONFIGURED: the Keychain API is open to anyone who can reach it. "
+            "Set KEYCHAIN_API_TOKENS for anything but local development."
+        )
     _, table = build_metadata(settings.db_schema)
     runtime = Runtime(
         settings=settings,
         keyring=_make_keyring(settings),
+        tokens=tokens,
         table=table,
         ttl=TtlPolicy(settings.default_ttl_seconds, settings.max_ttl_seconds),
         database=database,
@@ -134,6 +148,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         },
         openapi_config=_openapi_config(),
         lifespan=[_lifespan],
+        middleware=[AuditMiddleware()],
         state=State({"runtime": runtime}),
         logging_config=None,  # app.logs configures logging once per process
         request_max_body_size=settings.max_body_bytes,

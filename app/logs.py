@@ -58,6 +58,13 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
+    # Audit events are always JSON lines, whatever the format of the rest, so they can be
+    # shipped and parsed on their own.
+    audit = logging.getLogger("keychain.audit")
+    audit_handler = logging.StreamHandler(sys.stderr)
+    audit_handler.setFormatter(JsonFormatter())
+    audit.handlers[:] = [audit_handler]
+    audit.propagate = False
     # Their INFO lines are start-up chatter (full initdb/pg_ctl transcripts, plugin setup).
     for noisy in ("pgserver", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

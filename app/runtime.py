@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.auth import TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database
 from app.keychain.repository import KeychainRepository
@@ -21,6 +22,7 @@ from app.settings import Settings
 class Runtime:
     settings: Settings
     keyring: KeyRing
+    tokens: TokenTable
     table: Table
     ttl: TtlPolicy
     # Set by the lifespan (or injected by tests) before the first request.

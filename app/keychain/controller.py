@@ -10,6 +10,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, PathParameter, QueryParameter
 from litestar.openapi.datastructures import ResponseSpec
 
+from app.auth import require_role
 from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, ScopeType
 from app.keychain.service import KeychainService
 from app.runtime import provide_keychain_service
@@ -40,6 +41,8 @@ def _key(path_value: str) -> str:
 class AuthCacheController(Controller):
     path = "/api/auth-cache"
     tags = ["auth-cache"]
+    guards = [require_role]
+    security = [{"bearer": []}]
     dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
 
     @get("/{cache_key:path}", operation_id="getEntry", summary="Read an entry (counts a hit)")
@@ -51,6 +54,7 @@ class AuthCacheController(Controller):
         operation_id="putEntry",
         summary="Create or replace an entry",
         status_code=201,
+        opt={"audit": True},
         responses={200: ResponseSpec(EntryMeta, description="An existing entry was replaced")},
     )
     async def put_entry(
@@ -62,11 +66,18 @@ class AuthCacheController(Controller):
         meta, created = await service.put(_key(cache_key), data)
         return Response(meta, status_code=201 if created else 200)
 
-    @delete("/{cache_key:path}", operation_id="deleteEntry", summary="Invalidate an entry")
+    @delete(
+        "/{cache_key:path}", operation_id="deleteEntry", summary="Invalidate an entry", opt={"audit": True}
+    )
     async def delete_entry(self, service: Service, cache_key: CacheKeyPath) -> None:
         await service.delete(_key(cache_key))
 
-    @get("/", operation_id="listEntries", summary="List entries' metadata (never their data)")
+    @get(
+        "/",
+        operation_id="listEntries",
+        summary="List entries' metadata, never their data (admin)",
+        opt={"role": "admin"},
+    )
     async def list_entries(
         self,
         service: Service,
@@ -90,13 +101,16 @@ class AuthCacheController(Controller):
 class ExecutionController(Controller):
     path = "/api/executions"
     tags = ["executions"]
+    guards = [require_role]
+    security = [{"bearer": []}]
     dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
 
     @delete(
         "/{execution_id:int}/auth-cache",
         operation_id="cleanupExecution",
-        summary="Drop every entry of an execution and of its sub-executions",
+        summary="Drop every entry of an execution and of its sub-executions (admin)",
         status_code=200,
+        opt={"role": "admin", "audit": True},
     )
     async def cleanup_execution(self, service: Service, execution_id: ExecutionIdPath) -> Deleted:
         return Deleted(deleted=await service.cleanup_execution(execution_id))
