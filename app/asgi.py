@@ -77,7 +77,7 @@ def _openapi_config() -> OpenAPIConfig:
     )
 
 
-def _make_keyring(settings: Settings) -> KeyRing:
+def make_keyring(settings: Settings) -> KeyRing:
     if settings.encryption_keys:
         return KeyRing.parse(settings.encryption_keys)
     return KeyRing.load_or_create_local(settings.data_dir)
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     _, table = build_metadata(settings.db_schema)
     runtime = Runtime(
         settings=settings,
-        keyring=_make_keyring(settings),
+        keyring=make_keyring(settings),
         tokens=tokens,
         table=table,
         ttl=TtlPolicy(settings.default_ttl_seconds, settings.max_ttl_seconds),

@@ -64,6 +64,41 @@ async def _sweep(settings: Settings) -> int:
     return EXIT_OK
 
 
+async def _rotate_keys(settings: Settings, batch_size: int) -> int:
+    from rich.progress import Progress
+
+    from app.asgi import make_keyring
+    from app.db.engine import Database, make_engine
+    from app.db.tables import build_metadata
+    from app.keychain.rotation import count_to_reseal, reseal_all
+
+    keyring = make_keyring(settings)
+    _, table = build_metadata(settings.db_schema)
+    database = Database(make_engine(settings))
+    try:
+        total = await count_to_reseal(database, table, keyring)
+        with Progress(transient=False) as progress:
+            task = progress.add_task(f"re-sealing under {keyring.primary_key_id!r}", total=total)
+            result = await reseal_all(
+                database,
+                table,
+                keyring,
+                batch_size,
+                on_batch=lambda done: progress.advance(task, done),
+            )
+    finally:
+        await database.dispose()
+    print(f"re-sealed {result.resealed} rows under key {keyring.primary_key_id!r}")
+    if result.unreadable:
+        print(
+            f"{result.unreadable} rows open with no configured key and were left as they were;"
+            " see the log for their cache keys",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="keychain", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -72,6 +107,14 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--port", type=int, help="listen port (KEYCHAIN_PORT, default 8082)")
     commands.add_parser("migrate", help="bring the schema up to date (alembic upgrade head)")
     commands.add_parser("sweep", help="delete expired rows once, now")
+    rotate_cmd = commands.add_parser(
+        "rotate-keys",
+        help="re-seal every row not sealed by the primary (first) key of KEYCHAIN_ENCRYPTION_KEYS",
+        description="Re-seal rows under the primary key, in batches, each its own transaction; "
+        "safe to interrupt and rerun. Once it reports 0 unreadable rows, older keys may be "
+        "removed from KEYCHAIN_ENCRYPTION_KEYS.",
+    )
+    rotate_cmd.add_argument("--batch-size", type=int, default=500, help="rows per transaction (500)")
     return parser
 
 
@@ -87,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             migrate(settings)
         elif args.command == "sweep":
             return asyncio.run(_sweep(settings))
+        elif args.command == "rotate-keys":
+            return asyncio.run(_rotate_keys(settings, args.batch_size))
     except ConfigurationError as exc:
         print(f"keychain {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED

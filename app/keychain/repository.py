@@ -133,3 +133,27 @@ class KeychainRepository:
         )
         result = await self.conn.execute(delete(t).where(t.c.cache_key.in_(doomed.scalar_subquery())))
         return result.rowcount
+
+    async def sealed_by_other_keys(
+        self, primary_key_id: str, after_key: str, batch_size: int
+    ) -> list[Row[Any]]:
+        """Rows to re-seal, in key order after `after_key` (keyset paging makes it resumable)."""
+        t = self.table
+        stmt = (
+            select(t.c.cache_key, t.c.data)
+            .where(t.c.key_id != primary_key_id, t.c.cache_key > after_key)
+            .order_by(t.c.cache_key)
+            .limit(batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        return list((await self.conn.execute(stmt)).all())
+
+    async def count_sealed_by_other_keys(self, primary_key_id: str) -> int:
+        t = self.table
+        stmt = select(func.count()).select_from(t).where(t.c.key_id != primary_key_id)
+        return (await self.conn.execute(stmt)).scalar_one()
+
+    async def replace_sealed(self, cache_key: str, data: bytes, key_id: str) -> None:
+        """Swap the ciphertext only: TTL, counters and timestamps stay as they were."""
+        t = self.table
+        await self.conn.execute(update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id))

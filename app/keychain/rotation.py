@@ -1,0 +1,60 @@
+"""Re-sealing rows under the primary key, so an old key can leave the ring."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Table
+
+from app.crypto import KeyRing
+from app.db.engine import Database
+from app.errors import UnreadableEntry
+from app.keychain.repository import KeychainRepository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RotationResult:
+    resealed: int = 0
+    # Rows no configured key opens: left untouched for an operator, never deleted here.
+    unreadable: int = 0
+
+
+async def count_to_reseal(database: Database, table: Table, keyring: KeyRing) -> int:
+    async with database.transaction() as conn:
+        return await KeychainRepository(conn, table).count_sealed_by_other_keys(keyring.primary_key_id)
+
+
+async def reseal_all(
+    database: Database,
+    table: Table,
+    keyring: KeyRing,
+    batch_size: int,
+    on_batch: Callable[[int], None] = lambda done: None,
+) -> RotationResult:
+    """Each batch is its own transaction, so a crash loses at most one batch of work and a
+    rerun simply continues: rows already under the primary key are no longer selected."""
+    result = RotationResult()
+    after_key = ""
+    while True:
+        async with database.transaction() as conn:
+            repository = KeychainRepository(conn, table)
+            rows = await repository.sealed_by_other_keys(keyring.primary_key_id, after_key, batch_size)
+            for row in rows:
+                associated_data = row.cache_key.encode()
+                try:
+                    payload = keyring.open(row.data, associated_data)
+                except UnreadableEntry as exc:
+                    result.unreadable += 1
+                    log.warning("cannot re-seal entry: %s", exc, extra={"cache_key": row.cache_key})
+                    continue
+                sealed = keyring.seal(payload, associated_data)
+                await repository.replace_sealed(row.cache_key, sealed.envelope, sealed.key_id)
+                result.resealed += 1
+        if not rows:
+            return result
+        after_key = rows[-1].cache_key
+        on_batch(len(rows))

@@ -1,0 +1,126 @@
+"""Key rotation: re-seal under the new key, then the old key can leave the ring."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import sys
+
+import httpx
+from sqlalchemy import text
+
+from app.crypto import KeyRing
+from app.keychain.rotation import count_to_reseal, reseal_all
+
+K1 = "k1:" + base64.b64encode(os.urandom(32)).decode()
+K2 = "k2:" + base64.b64encode(os.urandom(32)).decode()
+
+
+async def _write(client, key: str, value: str) -> None:
+    body = {"token_data": {"value": value}, "credential_type": "bearer", "ttl_seconds": 600}
+    assert (await client.post(f"/api/auth-cache/{key}", json=body)).status_code == 201
+
+
+def client_for(make_app, keys: str) -> httpx.AsyncClient:
+    """A client on an app that runs with this key ring (same test transaction)."""
+    transport = httpx.ASGITransport(app=make_app(encryption_keys=keys))
+    return httpx.AsyncClient(transport=transport, base_url="http://keychain.test")
+
+
+async def _rows(connection) -> dict[str, tuple]:
+    result = await connection.execute(
+        text("SELECT cache_key, key_id, access_count, expires_at, created_at FROM noetl.keychain")
+    )
+    return {row.cache_key: tuple(row) for row in result}
+
+
+async def test_rotate_k1_to_k2_then_drop_k1_and_read_everything(make_app, connection, database, table):
+    async with client_for(make_app, K1) as old:
+        for i in range(7):
+            await _write(old, f"entry-{i}", f"value-{i}")
+        await old.get("/api/auth-cache/entry-0")
+    before = await _rows(connection)
+
+    ring = KeyRing.parse(f"{K2},{K1}")
+    assert await count_to_reseal(database, table, ring) == 7
+    batches: list[int] = []
+    result = await reseal_all(database, table, ring, batch_size=3, on_batch=batches.append)
+    assert (result.resealed, result.unreadable) == (7, 0)
+    assert batches == [3, 3, 1]
+    assert await count_to_reseal(database, table, ring) == 0
+
+    after = await _rows(connection)
+    assert {key: row[1] for key, row in after.items()} == {key: "k2" for key in before}
+    # TTL, counters and timestamps are untouched by re-sealing.
+    assert {k: r[2:] for k, r in after.items()} == {k: r[2:] for k, r in before.items()}
+
+    async with client_for(make_app, K2) as new:
+        for i in range(7):
+            answer = await new.get(f"/api/auth-cache/entry-{i}")
+            assert answer.status_code == 200
+            assert answer.json()["data"] == {"value": f"value-{i}"}
+
+
+async def test_reads_keep_working_during_rotation(make_app, database, table):
+    async with client_for(make_app, f"{K2},{K1}") as client:
+        async with client_for(make_app, K1) as old:
+            for i in range(20):
+                await _write(old, f"entry-{i}", f"value-{i}")
+
+        async def read_all() -> list[int]:
+            return [(await client.get(f"/api/auth-cache/entry-{i}")).status_code for i in range(20)]
+
+        rotation = asyncio.create_task(reseal_all(database, table, KeyRing.parse(f"{K2},{K1}"), 2))
+        statuses = await read_all()
+        result = await rotation
+    assert statuses == [200] * 20
+    assert result.resealed == 20
+
+
+async def test_rows_no_key_opens_are_reported_and_left_alone(make_app, connection, database, table):
+    lost = "lost:" + base64.b64encode(os.urandom(32)).decode()
+    async with client_for(make_app, lost) as client:
+        await _write(client, "orphan", "v")
+    before = await _rows(connection)
+    result = await reseal_all(database, table, KeyRing.parse(f"{K2},{K1}"), batch_size=10)
+    assert (result.resealed, result.unreadable) == (0, 1)
+    assert await _rows(connection) == before
+
+
+async def test_the_rotate_keys_command_reseals_committed_rows(make_empty_database, test_settings):
+    import msgspec
+
+    from app.asgi import create_app
+    from app.cli import migrate
+    from app.db.engine import Database, make_engine
+
+    url = await asyncio.to_thread(make_empty_database)  # it drives its own event loop
+    await asyncio.to_thread(migrate, msgspec.structs.replace(test_settings, database_url=url))
+
+    async def committed_client(keys: str):
+        settings = msgspec.structs.replace(test_settings, database_url=url, encryption_keys=keys)
+        database = Database(make_engine(settings))
+        transport = httpx.ASGITransport(app=create_app(settings, database=database))
+        return database, httpx.AsyncClient(transport=transport, base_url="http://keychain.test")
+
+    database, client = await committed_client(K1)
+    async with client:
+        for i in range(3):
+            await _write(client, f"entry-{i}", f"value-{i}")
+    await database.dispose()
+
+    env = {**os.environ, "KEYCHAIN_DATABASE_URL": url, "KEYCHAIN_ENCRYPTION_KEYS": f"{K2},{K1}"}
+    process = await asyncio.create_subprocess_exec(
+        os.path.join(os.path.dirname(sys.executable), "keychain"), "rotate-keys", "--batch-size", "2",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert "re-sealed 3 rows under key 'k2'" in stdout.decode()
+
+    database, client = await committed_client(K2)
+    async with client:
+        for i in range(3):
+            assert (await client.get(f"/api/auth-cache/entry-{i}")).json()["data"] == {"value": f"value-{i}"}
+    await database.dispose()
