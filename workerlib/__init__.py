@@ -1,0 +1,54 @@
+"""workerlib: how workers reach Keychain. HTTP only; never the database, never `app`."""
+
+from workerlib.auth import resolve_auth
+from workerlib.client import KeychainClient
+from workerlib.compat import CredentialCache
+from workerlib.errors import (
+    AuthConfigError,
+    BadRequest,
+    Forbidden,
+    InvalidKey,
+    KeychainAPIError,
+    KeychainError,
+    KeychainUnavailable,
+    NotFound,
+    RateLimited,
+    SecretError,
+    SecretNotFound,
+    TokenEndpointError,
+    Unauthorized,
+    UnreadableEntry,
+)
+from workerlib.models import Entry, EntryMeta, EntryPage
+from workerlib.oauth import client_credentials_token
+from workerlib.providers import EnvProvider, FileProvider, GoogleSecretManagerProvider, SecretProvider
+from workerlib.secrets import fetch_secret
+
+__all__ = [
+    "AuthConfigError",
+    "BadRequest",
+    "CredentialCache",
+    "Entry",
+    "EntryMeta",
+    "EntryPage",
+    "EnvProvider",
+    "FileProvider",
+    "Forbidden",
+    "GoogleSecretManagerProvider",
+    "InvalidKey",
+    "KeychainAPIError",
+    "KeychainClient",
+    "KeychainError",
+    "KeychainUnavailable",
+    "NotFound",
+    "RateLimited",
+    "SecretError",
+    "SecretNotFound",
+    "SecretProvider",
+    "TokenEndpointError",
+    "Unauthorized",
+    "UnreadableEntry",
+    "client_credentials_token",
+    "fetch_secret",
+    "resolve_auth",
+]

@@ -1,0 +1,163 @@
+"""Turn a playbook `auth:` map into request headers, every secret through fetch_secret.
+
+    {"openai": {"type": "bearer", "provider": "secret_manager", "key": "projects/1/secrets/openai/versions/1"},
+     "jira":   {"type": "basic", "username": "bot", "password_key": "projects/1/secrets/jira/versions/2"},
+     "maps":   {"type": "api_key", "header": "X-Goog-Api-Key", "key": "projects/1/secrets/maps/versions/1"},
+     "crm":    {"type": "bearer", "oauth_credential": "crm", "token_url": "https://crm/oauth/token",
+                "client_id": "worker", "client_secret_key": "projects/1/secrets/crm-client/versions/1"}}
+
+`provider` picks where secrets come from: `secret_manager` (default; KEYCHAIN_SECRET_PROVIDER
+can redirect it for local work), `env` or `file`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+
+from workerlib.client import KeychainClient, default_client
+from workerlib.errors import AuthConfigError
+from workerlib.oauth import client_credentials_token
+from workerlib.providers import (
+    SECRETS_DIR_ENV,
+    EnvProvider,
+    FileProvider,
+    SecretProvider,
+    default_provider,
+)
+from workerlib.secrets import fetch_secret
+
+DEFAULT_API_KEY_HEADER = "X-API-Key"
+
+
+def _provider(entry: str, spec: Mapping[str, Any], providers: Mapping[str, SecretProvider]) -> SecretProvider:
+    kind = str(spec.get("provider") or "secret_manager")
+    if kind in providers:
+        return providers[kind]
+    if kind == "secret_manager":
+        return default_provider()
+    if kind == "env":
+        return EnvProvider()
+    if kind == "file":
+        directory = spec.get("directory") or os.environ.get(SECRETS_DIR_ENV)
+        if not directory:
+            raise AuthConfigError(f"auth entry {entry!r}: provider 'file' needs 'directory' or {SECRETS_DIR_ENV}")
+        return FileProvider(directory)
+    raise AuthConfigError(f"auth entry {entry!r}: unknown provider {kind!r}; use secret_manager, env or file")
+
+
+async def resolve_auth(
+    auth: Mapping[str, Mapping[str, Any]],
+    *,
+    execution_id: int | None = None,
+    client: KeychainClient | None = None,
+    providers: Mapping[str, SecretProvider] | None = None,
+    http_client: httpx.AsyncClient | None = None,
+) -> dict[str, str]:
+    """All entries' headers merged; two entries setting the same header is an error."""
+    client = client or default_client()
+    providers = providers or {}
+    # Refuse a bad map before any secret is fetched.
+    owner: dict[str, str] = {}
+    for name, spec in auth.items():
+        header = _header_name(name, spec)
+        if header.lower() in owner:
+            raise AuthConfigError(
+                f"auth entries {owner[header.lower()]!r} and {name!r} both set the {header} header"
+            )
+        owner[header.lower()] = name
+    resolved = await asyncio.gather(
+        *(
+            _resolve_one(name, spec, execution_id, client, providers, http_client)
+            for name, spec in auth.items()
+        )
+    )
+    return dict(resolved)
+
+
+def _kind(spec: Mapping[str, Any]) -> str:
+    kind = str(spec.get("type", "")).lower().replace("-", "_")
+    return "api_key" if kind == "apikey" else kind
+
+
+def _header_name(name: str, spec: Mapping[str, Any]) -> str:
+    if not isinstance(spec, Mapping):
+        raise AuthConfigError(f"auth entry {name!r} must be a mapping")
+    kind = _kind(spec)
+    if kind == "bearer":
+        return str(spec.get("header") or "Authorization")
+    if kind == "basic":
+        return "Authorization"
+    if kind == "api_key":
+        return str(spec.get("header") or DEFAULT_API_KEY_HEADER)
+    raise AuthConfigError(f"auth entry {name!r}: unknown type {spec.get('type')!r}; use bearer, basic or api_key")
+
+
+async def _resolve_one(
+    name: str,
+    spec: Mapping[str, Any],
+    execution_id: int | None,
+    client: KeychainClient,
+    providers: Mapping[str, SecretProvider],
+    http_client: httpx.AsyncClient | None,
+) -> tuple[str, str]:
+    kind = _kind(spec)
+    header = _header_name(name, spec)
+    provider = _provider(name, spec, providers)
+
+    async def secret(field: str) -> str:
+        path = spec.get(field)
+        if not path:
+            raise AuthConfigError(f"auth entry {name!r}: type {kind!r} needs {field!r}")
+        # Header values cannot carry line breaks; a secret saved with `echo` has one.
+        return (await fetch_secret(str(path), execution_id=execution_id, client=client, provider=provider)).strip()
+
+    if kind == "bearer":
+        if spec.get("oauth_credential"):
+            token = await _oauth_token(name, spec, secret, client, http_client)
+        else:
+            token = await secret("key")
+        return header, f"Bearer {token}"
+    if kind == "basic":
+        if spec.get("username_key"):
+            username = await secret("username_key")
+        elif spec.get("username") is not None:
+            username = str(spec["username"])
+        else:
+            raise AuthConfigError(f"auth entry {name!r}: type 'basic' needs 'username' or 'username_key'")
+        password = await secret("password_key" if spec.get("password_key") else "key")
+        encoded = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        return header, f"Basic {encoded}"
+    value = await secret("key")  # api_key, the only type left
+    return header, f"{spec.get('prefix') or ''}{value}"
+
+
+async def _oauth_token(
+    name: str,
+    spec: Mapping[str, Any],
+    secret: Callable[[str], Awaitable[str]],
+    client: KeychainClient,
+    http_client: httpx.AsyncClient | None,
+) -> str:
+    token_url = spec.get("token_url")
+    if not token_url:
+        raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'token_url'")
+    client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
+    if not client_id:
+        raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
+    return await client_credentials_token(
+        str(spec["oauth_credential"]),
+        token_url=str(token_url),
+        client_id=str(client_id),
+        client_secret=await secret("client_secret_key"),
+        scope=spec.get("scope"),
+        audience=spec.get("audience"),
+        auth_method=str(spec.get("auth_method") or "client_secret_basic"),
+        client=client,
+        http_client=http_client,
+    )

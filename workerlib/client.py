@@ -1,0 +1,371 @@
+"""KeychainClient: the one way a worker talks to the Keychain server.
+
+Every call goes through `_request()`, which owns authentication, retries and the mapping of
+HTTP statuses to exceptions. Retries cover what a retry can fix (no connection, 429, 503), are
+bounded, back off with jitter and never come sooner than the server's Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from workerlib.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidKey,
+    KeychainAPIError,
+    KeychainError,
+    KeychainUnavailable,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    UnreadableEntry,
+)
+from workerlib.models import Deleted, Entry, EntryMeta, EntryPage, EntryPut
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVER_URL = "http://localhost:8082"
+SERVER_URL_ENV = "KEYCHAIN_SERVER_URL"
+API_TOKEN_ENV = "KEYCHAIN_API_TOKEN"
+
+T = TypeVar("T")
+
+_STATUS_ERRORS: dict[int, type[KeychainAPIError]] = {
+    400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: UnreadableEntry,
+    413: BadRequest,
+    422: BadRequest,
+    429: RateLimited,
+}
+_RETRY_STATUSES = frozenset({429, 503})
+# The request may not have reached the server, or the pooled connection died under it.
+# A read timeout is not retried: the server is there but slow, and more load will not help.
+_RETRY_TRANSPORT_ERRORS = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+
+
+def encode_key(cache_key: str) -> str:
+    """Percent-encode a cache key for the URL path.
+
+    '/' and ':' stay readable (Secret Manager paths, `name:execution_id`); everything else
+    that is not unreserved is escaped, so '?', '#', '%', spaces and non-ASCII survive.
+    Dot segments would be collapsed by URL normalisation, so their dots are escaped too.
+    The server's router drops a leading or trailing '/' and merges '//', so such keys
+    would silently land on another key: they are refused here instead.
+    """
+    if not cache_key:
+        raise InvalidKey("cache key is empty")
+    if cache_key.startswith("/") or cache_key.endswith("/") or "//" in cache_key:
+        raise InvalidKey(
+            "cache key may not start or end with '/' or contain '//' "
+            "(the server's URL routing would store it under a different key)"
+        )
+    encoded = quote(cache_key, safe="/:")
+    if "." in cache_key:
+        segments = encoded.split("/")
+        encoded = "/".join(s.replace(".", "%2E") if s in (".", "..") else s for s in segments)
+    return encoded
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's `detail`, plus validation specifics when Litestar gives them."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    if not isinstance(body, dict):
+        return response.reason_phrase or f"HTTP {response.status_code}"
+    detail = str(body.get("detail") or response.reason_phrase or f"HTTP {response.status_code}")
+    extra = body.get("extra")
+    if isinstance(extra, list):
+        # Litestar's validation errors: [{"message": ..., "key": ..., "source": ...}]; values
+        # are never echoed, so these are safe to show.
+        parts = [
+            f"{item.get('key')}: {item.get('message')}" if item.get("key") else str(item.get("message"))
+            for item in extra
+            if isinstance(item, dict) and item.get("message")
+        ]
+        if parts:
+            detail = f"{detail} ({'; '.join(parts)})"
+    return detail
+
+
+class KeychainClient:
+    """Async client for the Keychain HTTP API; one pooled connection set for its whole life.
+
+    base_url and token default to KEYCHAIN_SERVER_URL (else http://localhost:8082) and
+    KEYCHAIN_API_TOKEN. Pass `http_client` to share a pool (or to reach an in-process app);
+    the client closes only the httpx client it made itself.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 5.0,
+        retries: int = 2,
+        backoff: float = 0.1,
+        max_backoff: float = 2.0,
+        max_retry_after: float = 2.0,
+        http_client: httpx.AsyncClient | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        self.base_url = (base_url or environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL).rstrip("/")
+        self._token = token if token is not None else (environ.get(API_TOKEN_ENV) or None)
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        # A Retry-After longer than this is not waited for: the call fails now (and
+        # fetch_secret degrades) rather than stalling a workflow step.
+        self.max_retry_after = max_retry_after
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        )
+
+    def __repr__(self) -> str:
+        # Never show the token.
+        return f"KeychainClient(base_url={self.base_url!r}, token={'set' if self._token else 'unset'})"
+
+    async def __aenter__(self) -> KeychainClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def get(self, cache_key: str) -> Entry | None:
+        """The live entry under `cache_key` (the server counts the hit), or None on a miss."""
+        try:
+            response = await self._request("GET", f"/api/auth-cache/{encode_key(cache_key)}")
+        except NotFound:
+            return None
+        return self._decode(response, Entry)
+
+    async def put(
+        self,
+        cache_key: str,
+        token_data: Mapping[str, Any],
+        *,
+        credential_type: str,
+        cache_type: str = "secret",
+        scope_type: str | None = None,
+        execution_id: int | None = None,
+        parent_execution_id: int | None = None,
+        credential_name: str | None = None,
+        ttl_seconds: int | str | None = None,
+        expires_at: datetime | None = None,
+    ) -> EntryMeta:
+        """Create or replace an entry; the answer is its metadata (the payload is not echoed)."""
+        body = EntryPut(
+            token_data=dict(token_data),
+            credential_type=credential_type,
+            cache_type=cache_type,
+            scope_type=scope_type,
+            execution_id=execution_id,
+            parent_execution_id=parent_execution_id,
+            credential_name=credential_name,
+            ttl_seconds=ttl_seconds,
+            expires_at=expires_at,
+        )
+        response = await self._request(
+            "POST", f"/api/auth-cache/{encode_key(cache_key)}", content=msgspec.json.encode(body)
+        )
+        return self._decode(response, EntryMeta)
+
+    async def delete(self, cache_key: str) -> bool:
+        """True when an entry was deleted, False when there was none."""
+        try:
+            await self._request("DELETE", f"/api/auth-cache/{encode_key(cache_key)}")
+        except NotFound:
+            return False
+        return True
+
+    async def cleanup_execution(self, execution_id: int) -> int:
+        """Drop an execution's entries and its sub-executions'; returns how many went."""
+        response = await self._request("DELETE", f"/api/executions/{int(execution_id)}/auth-cache")
+        return self._decode(response, Deleted).deleted
+
+    async def list_entries(
+        self,
+        *,
+        execution_id: int | None = None,
+        scope_type: str | None = None,
+        credential_name: str | None = None,
+        include_expired: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> EntryPage:
+        """Entries' metadata, never their data; listing does not count as a hit."""
+        params: dict[str, Any] = {"limit": limit, "offset": offset}
+        if execution_id is not None:
+            params["execution_id"] = execution_id
+        if scope_type is not None:
+            params["scope_type"] = scope_type
+        if credential_name is not None:
+            params["credential_name"] = credential_name
+        if include_expired:
+            params["include_expired"] = "true"
+        response = await self._request("GET", "/api/auth-cache", params=params)
+        return self._decode(response, EntryPage)
+
+    # -- the choke point ---------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> httpx.Response:
+        url = f"{self.base_url}{path}"
+        headers = {"Accept": "application/json"}
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        attempt = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    method, url, content=content, params=params, headers=headers, timeout=self.timeout
+                )
+            except _RETRY_TRANSPORT_ERRORS as exc:
+                if attempt < self.retries:
+                    await self._sleep(attempt, None, method, path, type(exc).__name__)
+                    attempt += 1
+                    continue
+                raise KeychainUnavailable(
+                    f"cannot reach the keychain server at {self.base_url} "
+                    f"({type(exc).__name__}, {attempt + 1} attempts)"
+                ) from exc
+            except httpx.TimeoutException as exc:
+                raise KeychainUnavailable(
+                    f"the keychain server at {self.base_url} did not answer {method} in time "
+                    f"({type(exc).__name__})"
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise KeychainUnavailable(
+                    f"talking to the keychain server at {self.base_url} failed ({type(exc).__name__})"
+                ) from exc
+
+            status = response.status_code
+            if status < 400:
+                return response
+            if status in _RETRY_STATUSES and attempt < self.retries:
+                wait = _retry_after_seconds(response.headers.get("Retry-After"))
+                if wait is None or wait <= self.max_retry_after:
+                    await self._sleep(attempt, wait, method, path, f"HTTP {status}")
+                    attempt += 1
+                    continue
+            detail = _detail(response)
+            if status >= 500:
+                raise KeychainUnavailable(
+                    f"keychain answered {status} on {method} {path}: {detail}", status_code=status
+                )
+            error = _STATUS_ERRORS.get(status, KeychainAPIError)
+            raise error(status, detail, method=method, path=path)
+
+    async def _sleep(
+        self, attempt: int, retry_after: float | None, method: str, path: str, reason: str
+    ) -> None:
+        # Full jitter under a capped exponential, but never sooner than the server asked.
+        delay = random.uniform(0, min(self.max_backoff, self.backoff * 2**attempt))
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        log.info(
+            "keychain request retried",
+            extra={"method": method, "path": path, "reason": reason, "attempt": attempt + 1, "delay_s": round(delay, 3)},
+        )
+        await asyncio.sleep(delay)
+
+    @staticmethod
+    def _decode(response: httpx.Response, type_: type[T]) -> T:
+        try:
+            return msgspec.json.decode(response.content, type=type_)
+        except msgspec.DecodeError as exc:
+            raise KeychainError(
+                f"unexpected answer from the keychain server to {response.request.method} "
+                f"{response.request.url.path}: {exc}"
+            ) from exc
+
+
+# A worker process shares one client; it is built from the environment on first use.
+_default_client: KeychainClient | None = None
+_default_loop: asyncio.AbstractEventLoop | None = None
+
+
+def default_client() -> KeychainClient:
+    """The process's KeychainClient, built from KEYCHAIN_SERVER_URL / KEYCHAIN_API_TOKEN.
+
+    An httpx pool belongs to one event loop; a new loop (a second asyncio.run) gets a new client.
+    """
+    global _default_client, _default_loop
+    loop = asyncio.get_running_loop()
+    if _default_client is None or (_default_loop is not None and _default_loop is not loop):
+        _default_client = KeychainClient()
+        _default_loop = loop
+    return _default_client
+
+
+def set_default_client(client: KeychainClient | None) -> KeychainClient | None:
+    """Install the client that fetch_secret and CredentialCache use by default; returns the old one."""
+    global _default_client, _default_loop
+    previous = _default_client
+    _default_client = client
+    # An injected client is the caller's to manage; do not replace it on another loop.
+    _default_loop = None
+    return previous

@@ -1,0 +1,114 @@
+"""CredentialCache: the original worker interface, now over HTTP instead of SQL.
+
+Same names, arguments, key formats and return shapes as before, so existing callers change
+only their import. Like the original, these never raise for a cache that is unavailable:
+get_cached answers None and the others False, with a warning in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from workerlib.client import KeychainClient, default_client
+from workerlib.errors import KeychainError
+
+log = logging.getLogger(__name__)
+
+
+def cache_key(credential_name: str, execution_id: int | None = None, token_type: str | None = None) -> str:
+    """`{name}:{execution_id}`, else `{name}:global:{token_type}` or `{name}:global`."""
+    if execution_id is not None:
+        return f"{credential_name}:{execution_id}"
+    if token_type:
+        return f"{credential_name}:global:{token_type}"
+    return f"{credential_name}:global"
+
+
+class CredentialCache:
+    """Async static methods over the process's KeychainClient (see `use_client`)."""
+
+    _client: KeychainClient | None = None
+
+    @staticmethod
+    def use_client(client: KeychainClient | None) -> None:
+        """Inject the client (tests, or a worker that builds its own); None goes back to the
+        process default, built from the environment."""
+        CredentialCache._client = client
+
+    @staticmethod
+    def _keychain() -> KeychainClient:
+        return CredentialCache._client or default_client()
+
+    @staticmethod
+    async def get_cached(
+        credential_name: str,
+        execution_id: int | None = None,
+        token_type: str | None = None,
+    ) -> dict[str, Any] | None:
+        key = cache_key(credential_name, execution_id, token_type)
+        try:
+            entry = await CredentialCache._keychain().get(key)
+        except KeychainError as exc:
+            log.warning("credential cache read failed for %s: %s", credential_name, exc,
+                        extra={"credential_name": credential_name, "execution_id": execution_id})
+            return None
+        if entry is None:
+            return None
+        return {
+            "credential_name": entry.credential_name,
+            "data": entry.data,
+            "credential_type": entry.credential_type,
+            "cache_type": entry.cache_type,
+            "expires_at": entry.expires_at,
+        }
+
+    @staticmethod
+    async def set_cached(
+        credential_name: str,
+        credential_type: str,
+        data: Mapping[str, Any],
+        cache_type: str = "secret",
+        execution_id: int | None = None,
+        parent_execution_id: int | None = None,
+        token_type: str | None = None,
+        ttl_seconds: int | str | None = None,
+        expires_at: datetime | None = None,
+    ) -> bool:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"data must be a mapping (a JSON object), not {type(data).__name__}")
+        key = cache_key(credential_name, execution_id, token_type)
+        try:
+            await CredentialCache._keychain().put(
+                key,
+                data,
+                credential_type=credential_type,
+                cache_type=cache_type,
+                scope_type="execution" if execution_id is not None else "global",
+                execution_id=execution_id,
+                parent_execution_id=parent_execution_id,
+                credential_name=credential_name,
+                ttl_seconds=ttl_seconds,
+                expires_at=expires_at,
+            )
+        except KeychainError as exc:
+            log.warning("credential cache write failed for %s: %s", credential_name, exc,
+                        extra={"credential_name": credential_name, "execution_id": execution_id})
+            return False
+        return True
+
+    @staticmethod
+    async def delete_cached(
+        credential_name: str,
+        execution_id: int | None = None,
+        token_type: str | None = None,
+    ) -> bool:
+        key = cache_key(credential_name, execution_id, token_type)
+        try:
+            return await CredentialCache._keychain().delete(key)
+        except KeychainError as exc:
+            log.warning("credential cache delete failed for %s: %s", credential_name, exc,
+                        extra={"credential_name": credential_name, "execution_id": execution_id})
+            return False

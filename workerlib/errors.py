@@ -1,0 +1,76 @@
+"""The errors workerlib raises. Messages are safe to log: they never hold a secret or a payload."""
+
+from __future__ import annotations
+
+
+class KeychainError(Exception):
+    """Base class of everything workerlib raises on purpose."""
+
+
+class InvalidKey(KeychainError, ValueError):
+    """A cache key workerlib will not send: it could not reach the server unchanged."""
+
+
+class KeychainUnavailable(KeychainError):
+    """The Keychain server could not be reached, or answered 5xx, after the retries.
+
+    Callers that can work without the cache (fetch_secret, CredentialCache) degrade on this.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class KeychainAPIError(KeychainError):
+    """The server refused the request (4xx); `detail` is the server's own explanation."""
+
+    def __init__(self, status_code: int, detail: str, *, method: str = "", path: str = "") -> None:
+        where = f" on {method} {path}" if method else ""
+        super().__init__(f"keychain answered {status_code}{where}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+
+
+class BadRequest(KeychainAPIError):
+    """400/413/422: the key or the body is not acceptable; fix the call, retrying will not help."""
+
+
+class Unauthorized(KeychainAPIError):
+    """401: no token, or a token the server does not know (KEYCHAIN_API_TOKEN)."""
+
+
+class Forbidden(KeychainAPIError):
+    """403: the token's role may not do this."""
+
+
+class NotFound(KeychainAPIError):
+    """404 where a miss is not a normal answer (get() returns None, delete() returns False)."""
+
+
+class UnreadableEntry(KeychainAPIError):
+    """409: the stored entry no longer opens with the server's keys; write it again."""
+
+
+class RateLimited(KeychainAPIError):
+    """429 that outlasted the retries."""
+
+
+class SecretError(KeychainError):
+    """A secret could not be read from its provider (Secret Manager, environment, file)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.secret_name = name
+
+
+class SecretNotFound(SecretError):
+    """The provider has no such secret (or version)."""
+
+
+class AuthConfigError(KeychainError):
+    """A playbook `auth:` entry is incomplete or of an unknown type."""
+
+
+class TokenEndpointError(KeychainError):
+    """An OAuth2 token endpoint refused the request or answered something unusable."""

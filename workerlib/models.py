@@ -1,0 +1,62 @@
+"""The server's answers and the POST body, as msgspec structs.
+
+Mirrors app/keychain/schemas.py by hand: workerlib never imports the server. Unknown fields in
+answers are ignored, so a newer server can add fields without breaking older workers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+CacheType = Literal["secret", "token", "config"]
+ScopeType = Literal["execution", "global", "session"]
+
+
+class EntryPut(msgspec.Struct, kw_only=True, omit_defaults=True):
+    token_data: dict[str, Any]
+    credential_type: str
+    cache_type: str = "secret"
+    scope_type: str | None = None
+    execution_id: int | None = None
+    parent_execution_id: int | None = None
+    credential_name: str | None = None
+    ttl_seconds: int | str | None = None
+    expires_at: datetime | None = None
+
+
+class EntryMeta(msgspec.Struct, kw_only=True):
+    """An entry without its payload: what POST and the list endpoint answer."""
+
+    cache_key: str
+    credential_name: str
+    credential_type: str
+    cache_type: str
+    scope_type: str
+    execution_id: int | None
+    parent_execution_id: int | None
+    ttl_seconds: int
+    expires_at: datetime
+    created_at: datetime
+    accessed_at: datetime
+    access_count: int
+    key_id: str | None = None
+
+
+class Entry(EntryMeta, kw_only=True):
+    """A hit: the metadata after this read was counted, and the decrypted payload."""
+
+    data: dict[str, Any]
+
+
+class EntryPage(msgspec.Struct, kw_only=True):
+    items: list[EntryMeta]
+    total: int
+    limit: int
+    offset: int
+
+
+class Deleted(msgspec.Struct, kw_only=True):
+    deleted: int

@@ -1,0 +1,142 @@
+"""OAuth2 client-credentials tokens, cached globally so every worker shares one token.
+
+Cached under `{name}:global:oauth2` for `expires_in - 300` seconds (never below a floor, never
+past the token's own expiry), so a token handed out is always good for a while yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+
+from workerlib._flight import single_flight
+from workerlib.client import KeychainClient, default_client
+from workerlib.errors import BadRequest, KeychainUnavailable, TokenEndpointError, UnreadableEntry
+
+log = logging.getLogger(__name__)
+
+CREDENTIAL_TYPE = "oauth2_client_credentials"
+REFRESH_MARGIN_SECONDS = 300
+MIN_TTL_SECONDS = 60
+# RFC 6749 makes expires_in optional; assume the common hour when a server leaves it out.
+DEFAULT_EXPIRES_IN = 3600
+
+
+def oauth_cache_key(name: str) -> str:
+    return f"{name}:global:oauth2"
+
+
+def cache_ttl(expires_in: int, *, margin: int = REFRESH_MARGIN_SECONDS, floor: int = MIN_TTL_SECONDS) -> int:
+    """expires_in - margin, at least `floor`, but never longer than the token lives."""
+    return min(expires_in, max(floor, expires_in - margin))
+
+
+async def client_credentials_token(
+    name: str,
+    *,
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    scope: str | None = None,
+    audience: str | None = None,
+    auth_method: str = "client_secret_basic",
+    client: KeychainClient | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    timeout: float = 10.0,
+) -> str:
+    """An access token for `name`: from the cache, else from `token_url` (then cached)."""
+    if auth_method not in ("client_secret_basic", "client_secret_post"):
+        raise ValueError("auth_method must be 'client_secret_basic' or 'client_secret_post'")
+    client = client or default_client()
+    key = oauth_cache_key(name)
+
+    async def load() -> str:
+        cacheable = True
+        try:
+            entry = await client.get(key)
+        except KeychainUnavailable as exc:
+            log.warning("keychain unavailable; OAuth2 token %s fetched without the cache (degraded): %s",
+                        name, exc, extra={"credential_name": name, "degraded": True})
+            entry, cacheable = None, False
+        except UnreadableEntry:
+            entry = None
+        if entry is not None and isinstance(entry.data.get("access_token"), str):
+            return entry.data["access_token"]
+
+        token = await _request_token(
+            token_url, client_id, client_secret, scope, audience, auth_method, http_client, timeout
+        )
+        expires_in = _expires_in(token)
+        if cacheable and expires_in > 0:
+            data = {k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token}
+            try:
+                await client.put(
+                    key,
+                    data,
+                    credential_type=CREDENTIAL_TYPE,
+                    cache_type="token",
+                    scope_type="global",
+                    credential_name=name,
+                    ttl_seconds=cache_ttl(expires_in),
+                )
+            except (KeychainUnavailable, BadRequest) as exc:
+                log.warning("OAuth2 token %s was not cached: %s", name, exc,
+                            extra={"credential_name": name, "degraded": True})
+        return token["access_token"]
+
+    return await single_flight(("oauth2", client.base_url, key), load)
+
+
+def _expires_in(token: dict[str, Any]) -> int:
+    value = token.get("expires_in", DEFAULT_EXPIRES_IN)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return DEFAULT_EXPIRES_IN
+
+
+async def _request_token(
+    token_url: str,
+    client_id: str,
+    client_secret: str,
+    scope: str | None,
+    audience: str | None,
+    auth_method: str,
+    http_client: httpx.AsyncClient | None,
+    timeout: float,
+) -> dict[str, Any]:
+    form = {"grant_type": "client_credentials"}
+    if scope:
+        form["scope"] = scope
+    if audience:
+        form["audience"] = audience
+    auth: httpx.Auth | None = None
+    if auth_method == "client_secret_basic":
+        auth = httpx.BasicAuth(client_id, client_secret)
+    else:
+        form.update(client_id=client_id, client_secret=client_secret)
+
+    owned = http_client is None
+    http = http_client or httpx.AsyncClient(timeout=timeout)
+    try:
+        response = await http.post(token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise TokenEndpointError(f"cannot reach the token endpoint {token_url} ({type(exc).__name__})") from exc
+    finally:
+        if owned:
+            await http.aclose()
+
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200 or not isinstance(body, dict):
+        # Only the RFC 6749 error code: a body might echo what we sent.
+        error = body.get("error") if isinstance(body, dict) else None
+        reason = f", error {error!r}" if isinstance(error, str) else ""
+        raise TokenEndpointError(f"token endpoint {token_url} answered {response.status_code}{reason}")
+    if not isinstance(body.get("access_token"), str) or not body["access_token"]:
+        raise TokenEndpointError(f"token endpoint {token_url} answered without an access_token")
+    return body

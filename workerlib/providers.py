@@ -1,0 +1,184 @@
+"""Where secrets come from on a cache miss: Google Secret Manager, or env/files for local work.
+
+A provider is anything with `async def access(name) -> str`. Names are Secret Manager version
+paths (`projects/123/secrets/openai-api-key/versions/1`); the env and file providers use the
+secret id part (`openai-api-key`) so the same playbook runs locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from workerlib.errors import SecretError, SecretNotFound
+
+EMULATOR_HOST_ENV = "SECRET_MANAGER_EMULATOR_HOST"
+PROVIDER_ENV = "KEYCHAIN_SECRET_PROVIDER"
+SECRETS_DIR_ENV = "KEYCHAIN_SECRETS_DIR"
+
+_VERSION_PATH = re.compile(r"^projects/[^/]+/secrets/(?P<id>[^/]+)(?:/versions/[^/]+)?$")
+_SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+@runtime_checkable
+class SecretProvider(Protocol):
+    async def access(self, name: str) -> str:
+        """The secret's value; SecretNotFound when there is no such secret."""
+        ...
+
+
+def secret_id(name: str) -> str:
+    """`projects/1/secrets/openai-api-key/versions/1` -> `openai-api-key`; a bare id is kept."""
+    match = _VERSION_PATH.match(name)
+    return match["id"] if match else name
+
+
+class GoogleSecretManagerProvider:
+    """The real google-cloud-secret-manager async client.
+
+    With SECRET_MANAGER_EMULATOR_HOST=host:port (or `emulator_host=`) it talks to that address
+    over an insecure channel with anonymous credentials, as PUBSUB_EMULATOR_HOST does; otherwise
+    it uses Application Default Credentials. The client is made lazily, on the running loop.
+    """
+
+    def __init__(
+        self,
+        *,
+        emulator_host: str | None = None,
+        timeout: float = 10.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        environ = os.environ if environ is None else environ
+        self.emulator_host = emulator_host or environ.get(EMULATOR_HOST_ENV) or None
+        self.timeout = timeout
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _get_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is not None and self._loop is loop:
+            return self._client
+        from google.cloud import secretmanager_v1
+
+        if self.emulator_host:
+            import grpc
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
+                SecretManagerServiceGrpcAsyncIOTransport,
+            )
+
+            transport = SecretManagerServiceGrpcAsyncIOTransport(
+                channel=grpc.aio.insecure_channel(self.emulator_host),
+                credentials=AnonymousCredentials(),
+            )
+            client = secretmanager_v1.SecretManagerServiceAsyncClient(transport=transport)
+        else:
+            client = secretmanager_v1.SecretManagerServiceAsyncClient()
+        self._client, self._loop = client, loop
+        return client
+
+    async def access(self, name: str) -> str:
+        from google.api_core import exceptions as gexc
+
+        client = self._get_client()
+        try:
+            response = await client.access_secret_version(name=name, timeout=self.timeout)
+        except gexc.NotFound as exc:
+            raise SecretNotFound(name, f"secret {name!r} not found in Secret Manager") from exc
+        except gexc.PermissionDenied as exc:
+            raise SecretError(name, f"permission denied reading secret {name!r} from Secret Manager") from exc
+        except gexc.GoogleAPIError as exc:
+            code = getattr(exc, "code", None)
+            raise SecretError(
+                name, f"Secret Manager failed reading secret {name!r} ({type(exc).__name__}, code {code})"
+            ) from exc
+        try:
+            return response.payload.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise SecretError(name, f"secret {name!r} is not UTF-8 text") from exc
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.transport.close()
+            self._client = None
+
+
+class EnvProvider:
+    """Secrets from environment variables: `openai-api-key` -> `{prefix}OPENAI_API_KEY`."""
+
+    def __init__(self, *, prefix: str = "", environ: Mapping[str, str] | None = None) -> None:
+        self.prefix = prefix
+        self._environ = environ
+
+    def variable(self, name: str) -> str:
+        return self.prefix + re.sub(r"[^A-Za-z0-9]", "_", secret_id(name)).upper()
+
+    async def access(self, name: str) -> str:
+        environ = os.environ if self._environ is None else self._environ
+        variable = self.variable(name)
+        value = environ.get(variable)
+        if value is None:
+            raise SecretNotFound(name, f"secret {name!r} not found: environment variable {variable} is not set")
+        return value
+
+
+class FileProvider:
+    """Secrets from files in a directory (one file per secret id, as Kubernetes mounts them)."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+
+    def path(self, name: str) -> Path:
+        sid = secret_id(name)
+        if not _SECRET_ID.match(sid):
+            # Secret ids are letters, digits, '-' and '_'; anything else could escape the directory.
+            raise SecretNotFound(name, f"secret {name!r} has no valid secret id for a file name")
+        return self.directory / sid
+
+    async def access(self, name: str) -> str:
+        path = self.path(name)
+        try:
+            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise SecretNotFound(name, f"secret {name!r} not found: no file {path}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SecretError(name, f"cannot read secret {name!r} from {path} ({type(exc).__name__})") from exc
+        # Files written by `echo` end in a newline that is not part of the secret.
+        return text.rstrip("\r\n")
+
+
+def provider_from_env(environ: Mapping[str, str] | None = None) -> SecretProvider:
+    """KEYCHAIN_SECRET_PROVIDER: `secret_manager` (default), `env`, or `file` (KEYCHAIN_SECRETS_DIR)."""
+    environ = os.environ if environ is None else environ
+    kind = (environ.get(PROVIDER_ENV) or "secret_manager").strip().lower()
+    if kind in ("secret_manager", "google", "gcp"):
+        return GoogleSecretManagerProvider(environ=environ)
+    if kind == "env":
+        return EnvProvider(environ=environ)
+    if kind == "file":
+        directory = environ.get(SECRETS_DIR_ENV)
+        if not directory:
+            raise SecretError("", f"{PROVIDER_ENV}=file needs {SECRETS_DIR_ENV}")
+        return FileProvider(directory)
+    raise SecretError("", f"unknown {PROVIDER_ENV} {kind!r}; use secret_manager, env or file")
+
+
+_default_provider: SecretProvider | None = None
+
+
+def default_provider() -> SecretProvider:
+    """The process's provider, from the environment on first use (Secret Manager by default)."""
+    global _default_provider
+    if _default_provider is None:
+        _default_provider = provider_from_env()
+    return _default_provider
+
+
+def set_default_provider(provider: SecretProvider | None) -> SecretProvider | None:
+    global _default_provider
+    previous, _default_provider = _default_provider, provider
+    return previous
