@@ -1,0 +1,253 @@
+"""KeychainClient against the real app: round trips, key encoding, errors and retries."""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+
+from tests.workerlib.conftest import BASE_URL, ScriptedServer
+from workerlib import (
+    BadRequest,
+    Entry,
+    EntryMeta,
+    Forbidden,
+    InvalidKey,
+    KeychainClient,
+    KeychainUnavailable,
+    RateLimited,
+    Unauthorized,
+    UnreadableEntry,
+)
+
+SECRET_PATH = "projects/123/secrets/openai-api-key/versions/1"
+
+
+def counting_client(app, requests: list[httpx.Request]) -> httpx.AsyncClient:  # type: ignore[no-untyped-def]
+    async def record(request: httpx.Request) -> None:
+        requests.append(request)
+
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, event_hooks={"request": [record]}
+    )
+
+
+async def test_put_get_delete_round_trip(keychain: KeychainClient) -> None:
+    meta = await keychain.put(
+        f"{SECRET_PATH}:42",
+        {"value": "sk-test"},
+        credential_type="secret_manager",
+        cache_type="secret",
+        scope_type="execution",
+        execution_id=42,
+        ttl_seconds=600,
+    )
+    assert isinstance(meta, EntryMeta)
+    assert meta.cache_key == f"{SECRET_PATH}:42"
+    assert meta.credential_name == SECRET_PATH  # the part before the first ':'
+    assert meta.access_count == 0 and meta.ttl_seconds == 600
+
+    entry = await keychain.get(f"{SECRET_PATH}:42")
+    assert isinstance(entry, Entry)
+    assert entry.data == {"value": "sk-test"}
+    assert entry.scope_type == "execution" and entry.execution_id == 42
+    assert entry.access_count == 1
+    assert entry.expires_at > entry.created_at
+
+    assert await keychain.delete(f"{SECRET_PATH}:42") is True
+    assert await keychain.get(f"{SECRET_PATH}:42") is None
+    assert await keychain.delete(f"{SECRET_PATH}:42") is False
+
+
+async def test_a_miss_is_none_not_an_error(keychain: KeychainClient) -> None:
+    assert await keychain.get("never-written:global") is None
+
+
+async def test_put_replaces_an_existing_entry(keychain: KeychainClient) -> None:
+    await keychain.put("svc:global", {"v": 1}, credential_type="bearer")
+    await keychain.put("svc:global", {"v": 2}, credential_type="bearer")
+    entry = await keychain.get("svc:global")
+    assert entry is not None and entry.data == {"v": 2}
+
+
+async def test_cleanup_execution_drops_its_entries_and_sub_executions_only(keychain: KeychainClient) -> None:
+    await keychain.put("a:7", {"v": 1}, credential_type="t", execution_id=7)
+    await keychain.put("b:7", {"v": 1}, credential_type="t", execution_id=7)
+    await keychain.put("a:8", {"v": 1}, credential_type="t", execution_id=8, parent_execution_id=7)
+    await keychain.put("a:9", {"v": 1}, credential_type="t", execution_id=9)
+
+    assert await keychain.cleanup_execution(7) == 3
+    assert await keychain.get("a:7") is None and await keychain.get("a:8") is None
+    assert await keychain.get("a:9") is not None
+    assert await keychain.cleanup_execution(7) == 0
+
+
+async def test_list_entries_gives_metadata_without_counting_a_hit(keychain: KeychainClient) -> None:
+    await keychain.put("listed:5", {"value": "sk-list"}, credential_type="t", execution_id=5)
+    page = await keychain.list_entries(execution_id=5)
+    assert [item.cache_key for item in page.items] == ["listed:5"]
+    assert page.items[0].access_count == 0
+    assert not hasattr(page.items[0], "data")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "projects/123/secrets/openai-api-key/versions/1:42",
+        "name with spaces:global",
+        "100%:global",
+        "%2F-looks-encoded:global",
+        "what?query=1&x:global",
+        "frag#ment:global",
+        "plus+and=equals;semi,comma:global",
+        "ключ-🔑:global:oauth2",
+        "dots/../and/./more:global",
+        "quotes'\"<>{}|^`[]\\:global",
+    ],
+)
+async def test_keys_round_trip_unchanged(keychain: KeychainClient, key: str) -> None:
+    meta = await keychain.put(key, {"v": key}, credential_type="t", credential_name="n")
+    assert meta.cache_key == key
+    entry = await keychain.get(key)
+    assert entry is not None and entry.cache_key == key and entry.data == {"v": key}
+    assert await keychain.delete(key) is True
+
+
+@pytest.mark.parametrize("key", ["", "/leading", "trailing/", "double//slash"])
+async def test_keys_the_server_router_would_alter_are_refused_before_sending(
+    keychain: KeychainClient, key: str
+) -> None:
+    with pytest.raises(InvalidKey):
+        await keychain.put(key, {"v": 1}, credential_type="t")
+    with pytest.raises(InvalidKey):
+        await keychain.get(key)
+
+
+async def test_a_4xx_carries_the_server_message_and_is_not_retried(app) -> None:  # type: ignore[no-untyped-def]
+    requests: list[httpx.Request] = []
+    async with counting_client(app, requests) as http, KeychainClient(BASE_URL, http_client=http) as keychain:
+        with pytest.raises(BadRequest) as caught:
+            await keychain.put("k:global", {"v": 1}, credential_type="t", ttl_seconds="soon")
+    assert caught.value.status_code == 400
+    assert "ttl_seconds must be a whole number" in caught.value.detail
+    assert "ttl_seconds must be a whole number" in str(caught.value)
+    assert len(requests) == 1
+
+
+async def test_execution_scope_without_an_execution_id_is_a_bad_request(keychain: KeychainClient) -> None:
+    with pytest.raises(BadRequest, match="needs an execution_id"):
+        await keychain.put("k:1", {"v": 1}, credential_type="t", scope_type="execution")
+
+
+async def test_an_entry_sealed_under_a_lost_key_is_unreadable(make_app) -> None:  # type: ignore[no-untyped-def]
+    other_key = base64.b64encode(bytes(range(100, 132))).decode()
+    writer, reader = make_app(), make_app(encryption_keys=f"other:{other_key}")
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=writer), base_url=BASE_URL) as w,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=reader), base_url=BASE_URL) as r,
+    ):
+        await KeychainClient(BASE_URL, http_client=w).put("sealed:global", {"v": 1}, credential_type="t")
+        with pytest.raises(UnreadableEntry) as caught:
+            await KeychainClient(BASE_URL, http_client=r).get("sealed:global")
+    assert caught.value.status_code == 409
+
+
+async def test_connection_errors_are_retried_up_to_the_bound_then_unavailable(closed_port: int) -> None:
+    requests: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        requests.append(request)
+
+    async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
+        keychain = KeychainClient(f"http://127.0.0.1:{closed_port}", http_client=http, retries=3, backoff=0.01)
+        with pytest.raises(KeychainUnavailable) as caught:
+            await keychain.get("k:global")
+    assert len(requests) == 4  # the first try and three retries
+    assert f"127.0.0.1:{closed_port}" in str(caught.value)
+
+
+async def test_503_is_retried_honouring_retry_after_then_succeeds() -> None:
+    hit = {
+        "cache_key": "k:global", "credential_name": "k", "credential_type": "t", "cache_type": "secret",
+        "scope_type": "global", "execution_id": None, "parent_execution_id": None, "key_id": "k1",
+        "ttl_seconds": 60, "expires_at": "2030-01-01T00:00:00Z", "created_at": "2029-12-31T23:59:00Z",
+        "accessed_at": "2029-12-31T23:59:30Z", "access_count": 1, "data": {"v": 1},
+    }
+    server = ScriptedServer(
+        (503, {"Retry-After": "0"}, {"status_code": 503, "detail": "the database is unreachable"}),
+        (429, {"Retry-After": "0"}, {"status_code": 429, "detail": "slow down"}),
+        (200, {}, hit),
+    )
+    async with server.http_client() as http:
+        entry = await KeychainClient(BASE_URL, http_client=http, retries=2).get("k:global")
+    assert entry is not None and entry.data == {"v": 1}
+    assert len(server.requests) == 3
+
+
+async def test_503_after_the_retries_is_unavailable_with_the_server_detail() -> None:
+    server = ScriptedServer((503, {"Retry-After": "0"}, {"status_code": 503, "detail": "the database is unreachable"}))
+    async with server.http_client() as http:
+        with pytest.raises(KeychainUnavailable, match="the database is unreachable") as caught:
+            await KeychainClient(BASE_URL, http_client=http, retries=2).get("k:global")
+    assert caught.value.status_code == 503
+    assert len(server.requests) == 3
+
+
+async def test_a_retry_after_longer_than_we_wait_fails_now_instead_of_stalling() -> None:
+    server = ScriptedServer((429, {"Retry-After": "120"}, {"status_code": 429, "detail": "slow down"}))
+    async with server.http_client() as http:
+        with pytest.raises(RateLimited):
+            await KeychainClient(BASE_URL, http_client=http, retries=5).get("k:global")
+    assert len(server.requests) == 1
+
+
+async def test_other_5xx_are_not_retried() -> None:
+    server = ScriptedServer((500, {}, {"status_code": 500, "detail": "internal error; see the server log"}))
+    async with server.http_client() as http:
+        with pytest.raises(KeychainUnavailable, match="500"):
+            await KeychainClient(BASE_URL, http_client=http, retries=3).get("k:global")
+    assert len(server.requests) == 1
+
+
+async def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYCHAIN_SERVER_URL", "http://keychain.test/")
+    monkeypatch.setenv("KEYCHAIN_API_TOKEN", "tok-from-env")
+    server = ScriptedServer((404, {}, {"status_code": 404, "detail": "no live entry"}))
+    async with server.http_client() as http:
+        keychain = KeychainClient(http_client=http)
+        assert keychain.base_url == "http://keychain.test"
+        assert await keychain.get("k:global") is None
+    assert server.requests[0]["headers"]["authorization"] == "Bearer tok-from-env"
+    assert "tok-from-env" not in repr(keychain)
+
+
+async def test_without_configuration_the_default_server_is_localhost_8082(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KEYCHAIN_SERVER_URL", raising=False)
+    monkeypatch.delenv("KEYCHAIN_API_TOKEN", raising=False)
+    async with KeychainClient() as keychain:
+        assert keychain.base_url == "http://localhost:8082"
+
+
+async def test_close_leaves_an_injected_http_client_open(client: httpx.AsyncClient) -> None:
+    async with KeychainClient(BASE_URL, http_client=client):
+        pass
+    assert not client.is_closed
+    own = KeychainClient(BASE_URL)
+    await own.close()
+    assert own._http.is_closed
+
+
+async def test_the_api_token_is_sent_and_the_server_enforces_it(make_app) -> None:  # type: ignore[no-untyped-def]
+    app = make_app(api_tokens="ci:worker:tok-0123456789abcdef")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL) as http:
+        with pytest.raises(Unauthorized):
+            await KeychainClient(BASE_URL, token="", http_client=http).get("k:global")
+        with pytest.raises(Unauthorized):
+            await KeychainClient(BASE_URL, token="not-the-token-0000", http_client=http).get("k:global")
+        keychain = KeychainClient(BASE_URL, token="tok-0123456789abcdef", http_client=http)
+        await keychain.put("k:1", {"v": 1}, credential_type="t", execution_id=1)
+        entry = await keychain.get("k:1")
+        with pytest.raises(Forbidden):  # cleanup is an admin's job
+            await keychain.cleanup_execution(1)
+    assert entry is not None and entry.data == {"v": 1}

@@ -1,0 +1,74 @@
+"""CredentialCache keeps the original worker interface: names, key formats and return shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from workerlib import CredentialCache, KeychainClient
+
+TOKEN = {"access_token": "test123", "token_type": "bearer"}
+
+
+@pytest.fixture(autouse=True)
+def _use(keychain: KeychainClient) -> None:
+    CredentialCache.use_client(keychain)
+
+
+async def test_global_token_round_trip_with_the_original_shapes(keychain: KeychainClient) -> None:
+    stored = await CredentialCache.set_cached(
+        "test_token", "oauth2_client_credentials", TOKEN, cache_type="token", token_type="bearer", ttl_seconds="3300"
+    )
+    assert stored is True
+
+    cached = await CredentialCache.get_cached("test_token", token_type="bearer")
+    assert cached is not None
+    assert set(cached) == {"credential_name", "data", "credential_type", "cache_type", "expires_at"}
+    assert cached["credential_name"] == "test_token"
+    assert cached["data"] == TOKEN
+    assert cached["credential_type"] == "oauth2_client_credentials"
+    assert cached["cache_type"] == "token"
+    assert isinstance(cached["expires_at"], datetime) and cached["expires_at"].tzinfo is not None
+
+    # The original key format, visible to anyone using the HTTP API directly.
+    entry = await keychain.get("test_token:global:bearer")
+    assert entry is not None and entry.scope_type == "global" and entry.ttl_seconds == 3300
+
+    assert await CredentialCache.delete_cached("test_token", token_type="bearer") is True
+    assert await CredentialCache.get_cached("test_token", token_type="bearer") is None
+    assert await CredentialCache.delete_cached("test_token", token_type="bearer") is False
+
+
+async def test_execution_scoped_key_is_name_colon_execution_id(keychain: KeychainClient) -> None:
+    assert await CredentialCache.set_cached(
+        "projects/1/secrets/db/versions/3", "secret_manager", {"value": "pw"}, execution_id=555, parent_execution_id=500
+    )
+    entry = await keychain.get("projects/1/secrets/db/versions/3:555")
+    assert entry is not None
+    assert (entry.scope_type, entry.execution_id, entry.parent_execution_id) == ("execution", 555, 500)
+    assert entry.ttl_seconds == 3600  # the default
+
+    assert (await CredentialCache.get_cached("projects/1/secrets/db/versions/3", execution_id=555))["data"] == {"value": "pw"}
+    assert await CredentialCache.get_cached("projects/1/secrets/db/versions/3", execution_id=556) is None
+    assert await keychain.cleanup_execution(500) == 1  # found through its parent
+
+
+async def test_global_without_token_type_is_name_colon_global(keychain: KeychainClient) -> None:
+    assert await CredentialCache.set_cached("svc", "bearer", {"token": "t"})
+    assert await keychain.get("svc:global") is not None
+    assert (await CredentialCache.get_cached("svc"))["data"] == {"token": "t"}
+
+
+async def test_a_refused_write_is_false_not_an_exception() -> None:
+    assert await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, ttl_seconds=-5) is False
+
+
+async def test_an_unavailable_server_is_a_miss_and_false(
+    down_keychain: KeychainClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    CredentialCache.use_client(down_keychain)
+    assert await CredentialCache.get_cached("svc", execution_id=1) is None
+    assert await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1) is False
+    assert await CredentialCache.delete_cached("svc", execution_id=1) is False
+    assert "credential cache" in caplog.text and "hush-123" not in caplog.text

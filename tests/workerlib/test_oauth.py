@@ -1,0 +1,94 @@
+"""OAuth2 client credentials: a token endpoint served in-process, the token cached globally."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import parse_qs
+
+import pytest
+
+from tests.workerlib.conftest import ScriptedServer
+from workerlib import KeychainClient, TokenEndpointError, client_credentials_token
+from workerlib.oauth import cache_ttl
+
+TOKEN_URL = "http://idp.test/oauth/token"
+CLIENT_SECRET = "client-secret-0000"
+
+
+def token_endpoint(expires_in: int = 3600, access_token: str = "at-first") -> ScriptedServer:
+    return ScriptedServer(
+        (200, {}, {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}),
+        (200, {}, {"access_token": "at-second", "token_type": "Bearer", "expires_in": expires_in}),
+    )
+
+
+async def test_the_token_is_cached_globally_with_ttl_expires_in_minus_300_and_reused(
+    keychain: KeychainClient,
+) -> None:
+    idp = token_endpoint(expires_in=3600)
+    async with idp.http_client("http://idp.test") as http:
+        kwargs = dict(token_url=TOKEN_URL, client_id="worker", client_secret=CLIENT_SECRET, scope="read",
+                      client=keychain, http_client=http)
+        assert await client_credentials_token("crm", **kwargs) == "at-first"
+        assert await client_credentials_token("crm", **kwargs) == "at-first"
+    assert len(idp.requests) == 1
+
+    request = idp.requests[0]
+    assert parse_qs(request["body"].decode()) == {"grant_type": ["client_credentials"], "scope": ["read"]}
+    expected_basic = base64.b64encode(f"worker:{CLIENT_SECRET}".encode()).decode()
+    assert request["headers"]["authorization"] == f"Basic {expected_basic}"
+
+    entry = await keychain.get("crm:global:oauth2")
+    assert entry is not None
+    assert entry.ttl_seconds == 3300
+    assert (entry.scope_type, entry.cache_type, entry.credential_type) == ("global", "token", "oauth2_client_credentials")
+    assert entry.data["access_token"] == "at-first"
+    assert CLIENT_SECRET not in str(entry.data)
+
+
+async def test_a_short_lived_token_is_cached_for_the_floor(keychain: KeychainClient) -> None:
+    idp = token_endpoint(expires_in=200)
+    async with idp.http_client("http://idp.test") as http:
+        await client_credentials_token("short", token_url=TOKEN_URL, client_id="w", client_secret=CLIENT_SECRET,
+                                       client=keychain, http_client=http)
+    entry = await keychain.get("short:global:oauth2")
+    assert entry is not None and entry.ttl_seconds == 60
+
+
+def test_the_cache_never_outlives_the_token() -> None:
+    assert cache_ttl(3600) == 3300
+    assert cache_ttl(200) == 60
+    assert cache_ttl(30) == 30
+
+
+async def test_client_secret_post_sends_the_credentials_in_the_form(keychain: KeychainClient) -> None:
+    idp = token_endpoint()
+    async with idp.http_client("http://idp.test") as http:
+        await client_credentials_token("post", token_url=TOKEN_URL, client_id="w", client_secret=CLIENT_SECRET,
+                                       auth_method="client_secret_post", client=keychain, http_client=http)
+    form = parse_qs(idp.requests[0]["body"].decode())
+    assert form["client_id"] == ["w"] and form["client_secret"] == [CLIENT_SECRET]
+    assert "authorization" not in idp.requests[0]["headers"]
+
+
+async def test_a_refusal_names_the_oauth_error_but_never_echoes_the_body(keychain: KeychainClient) -> None:
+    idp = ScriptedServer(
+        (401, {}, {"error": "invalid_client", "error_description": f"bad secret {CLIENT_SECRET}"})
+    )
+    async with idp.http_client("http://idp.test") as http:
+        with pytest.raises(TokenEndpointError) as caught:
+            await client_credentials_token("bad", token_url=TOKEN_URL, client_id="w", client_secret=CLIENT_SECRET,
+                                           client=keychain, http_client=http)
+    assert "invalid_client" in str(caught.value) and "401" in str(caught.value)
+    assert CLIENT_SECRET not in str(caught.value)
+    assert await keychain.get("bad:global:oauth2") is None
+
+
+async def test_keychain_down_still_gives_a_token(down_keychain: KeychainClient, caplog: pytest.LogCaptureFixture) -> None:
+    idp = token_endpoint()
+    async with idp.http_client("http://idp.test") as http:
+        token = await client_credentials_token("down", token_url=TOKEN_URL, client_id="w",
+                                               client_secret=CLIENT_SECRET, client=down_keychain, http_client=http)
+    assert token == "at-first"
+    assert "degraded" in caplog.text
+    assert "at-first" not in caplog.text and CLIENT_SECRET not in caplog.text

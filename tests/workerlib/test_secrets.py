@@ -1,0 +1,170 @@
+"""fetch_secret: the real Secret Manager client against the emulator, the real Keychain app."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from pathlib import Path
+
+import httpx
+import pytest
+
+from demo.secret_manager_emulator import SecretManagerEmulator
+from tests.workerlib.conftest import BASE_URL, ScriptedServer
+from workerlib import (
+    EnvProvider,
+    FileProvider,
+    GoogleSecretManagerProvider,
+    KeychainClient,
+    SecretNotFound,
+    fetch_secret,
+)
+from workerlib import client as client_module
+from workerlib import providers as providers_module
+
+NAME = "projects/123/secrets/openai-api-key/versions/1"
+VALUE = "sk-live-0000-very-secret"
+
+
+async def test_a_miss_reads_the_provider_and_caches_execution_scoped(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    secret_manager.add(NAME, VALUE)
+
+    assert await fetch_secret(NAME, execution_id=42, client=keychain, provider=provider) == VALUE
+    assert await fetch_secret(NAME, execution_id=42, client=keychain, provider=provider) == VALUE
+    assert secret_manager.calls[NAME] == 1
+
+    entry = await keychain.get(f"{NAME}:42")
+    assert entry is not None
+    assert entry.data == {"value": VALUE}
+    assert entry.credential_name == NAME
+    assert (entry.credential_type, entry.cache_type, entry.scope_type) == ("secret_manager", "secret", "execution")
+    assert entry.execution_id == 42
+    assert entry.ttl_seconds == 3600
+    assert entry.access_count == 2  # the second fetch_secret, then this read
+
+
+async def test_25_concurrent_misses_make_one_provider_call(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    values = await asyncio.gather(
+        *(fetch_secret(NAME, execution_id=7, client=keychain, provider=provider) for _ in range(25))
+    )
+    assert values == [VALUE] * 25
+    assert secret_manager.total_calls == 1
+
+
+async def test_another_execution_does_not_see_the_entry(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    await fetch_secret(NAME, execution_id=1, client=keychain, provider=provider)
+    await fetch_secret(NAME, execution_id=2, client=keychain, provider=provider)
+    assert secret_manager.calls[NAME] == 2
+
+    await keychain.cleanup_execution(1)
+    assert await keychain.get(f"{NAME}:1") is None
+    assert await keychain.get(f"{NAME}:2") is not None
+
+
+async def test_without_an_execution_the_secret_is_cached_globally(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    await fetch_secret(NAME, client=keychain, provider=provider)
+    entry = await keychain.get(f"{NAME}:global")
+    assert entry is not None and entry.scope_type == "global" and entry.execution_id is None
+
+
+async def test_server_down_still_returns_the_secret_and_logs_degraded_without_it(
+    down_keychain: KeychainClient,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    with caplog.at_level(logging.INFO):
+        assert await fetch_secret(NAME, execution_id=3, client=down_keychain, provider=provider) == VALUE
+
+    degraded = [r for r in caplog.records if r.name.startswith("workerlib") and r.levelno == logging.WARNING]
+    assert degraded and "degraded" in degraded[0].getMessage()
+    assert NAME in degraded[0].getMessage()
+    assert VALUE not in caplog.text
+    assert all(VALUE not in repr(r.__dict__) for r in caplog.records)
+
+
+async def test_a_failing_server_5xx_still_returns_the_secret(
+    provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    server = ScriptedServer((500, {}, {"status_code": 500, "detail": "internal error; see the server log"}))
+    async with server.http_client() as http:
+        keychain = KeychainClient(BASE_URL, http_client=http)
+        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
+    assert "degraded" in caplog.text and VALUE not in caplog.text
+
+
+async def test_a_missing_secret_raises_an_error_that_names_it(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    missing = "projects/123/secrets/does-not-exist/versions/4"
+    with pytest.raises(SecretNotFound) as caught:
+        await fetch_secret(missing, execution_id=5, client=keychain, provider=provider)
+    assert missing in str(caught.value)
+    assert caught.value.secret_name == missing
+    assert await keychain.get(f"{missing}:5") is None  # nothing cached for a miss
+
+
+async def test_an_unreadable_entry_is_a_miss_and_is_overwritten(
+    make_app, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator  # type: ignore[no-untyped-def]
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    other_key = base64.b64encode(bytes(range(100, 132))).decode()
+    old_app, new_app = make_app(encryption_keys=f"old:{other_key}"), make_app()
+    async with (
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=old_app), base_url=BASE_URL) as old,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=new_app), base_url=BASE_URL) as new,
+    ):
+        await KeychainClient(BASE_URL, http_client=old).put(
+            f"{NAME}:9", {"value": "stale"}, credential_type="secret_manager", execution_id=9
+        )
+        keychain = KeychainClient(BASE_URL, http_client=new)
+        assert await fetch_secret(NAME, execution_id=9, client=keychain, provider=provider) == VALUE
+        entry = await keychain.get(f"{NAME}:9")
+    assert entry is not None and entry.data == {"value": VALUE}
+    assert secret_manager.calls[NAME] == 1
+
+
+async def test_with_nothing_given_it_builds_client_and_provider_from_the_environment(
+    keychain: KeychainClient, secret_manager: SecretManagerEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", secret_manager.address)
+    monkeypatch.delenv("KEYCHAIN_SECRET_PROVIDER", raising=False)
+    client_module.set_default_client(keychain)
+    providers_module.set_default_provider(None)
+    try:
+        assert await fetch_secret(NAME, execution_id=11) == VALUE
+        assert isinstance(providers_module.default_provider(), GoogleSecretManagerProvider)
+        assert await keychain.get(f"{NAME}:11") is not None
+    finally:
+        await providers_module.default_provider().close()  # type: ignore[attr-defined]
+
+
+async def test_env_provider_reads_the_secret_id_as_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", VALUE)
+    assert await EnvProvider().access(NAME) == VALUE
+    with pytest.raises(SecretNotFound, match="projects/123/secrets/nope/versions/1"):
+        await EnvProvider().access("projects/123/secrets/nope/versions/1")
+
+
+async def test_file_provider_reads_one_file_per_secret_id(tmp_path: Path) -> None:
+    (tmp_path / "openai-api-key").write_text(VALUE + "\n")
+    assert await FileProvider(tmp_path).access(NAME) == VALUE
+    with pytest.raises(SecretNotFound, match="nope"):
+        await FileProvider(tmp_path).access("projects/123/secrets/nope/versions/1")
+    with pytest.raises(SecretNotFound):
+        await FileProvider(tmp_path).access("../etc/passwd")
