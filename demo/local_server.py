@@ -1,0 +1,124 @@
+"""Run a real Keychain server for the demo and the benchmark: `keychain migrate`, then
+`keychain serve` on 127.0.0.1 and a free port, on the embedded PostgreSQL in a data directory
+of our own. Inherited KEYCHAIN_* variables are dropped so a run never touches a real database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+READY_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def keychain_command() -> list[str]:
+    """The `keychain` console script of this interpreter's environment."""
+    script = Path(sys.executable).with_name("keychain")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
+
+
+class LocalKeychainServer:
+    def __init__(self, data_dir: Path, *, api_tokens: str = "", log_level: str = "INFO") -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir / "server.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("KEYCHAIN_")}
+        self.env.update(
+            KEYCHAIN_DATA_DIR=str(data_dir),
+            KEYCHAIN_HOST="127.0.0.1",
+            KEYCHAIN_PORT=str(self.port),
+            KEYCHAIN_API_TOKENS=api_tokens,
+            KEYCHAIN_LOG_LEVEL=log_level,
+        )
+        self.commands: list[str] = []
+        self._process: subprocess.Popen[bytes] | None = None
+        # Set when the server had already exited (say, killed from outside) before stop().
+        self.exited_early: int | None = None
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            migrate = [*keychain_command(), "migrate"]
+            self.commands.append(" ".join(migrate))
+            done = subprocess.run(migrate, env=self.env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+            if done.returncode != 0:
+                raise RuntimeError(f"keychain migrate failed (exit {done.returncode}):\n{self.log_tail()}")
+            serve = [*keychain_command(), "serve"]
+            self.commands.append(f"KEYCHAIN_PORT={self.port} " + " ".join(serve))
+            # A file, not a pipe: nobody drains a pipe, and a full one would stall the server.
+            self._process = subprocess.Popen(serve, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise RuntimeError(f"keychain serve exited with {self._process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"keychain serve was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is not None:
+            self.exited_early = process.returncode
+            return
+        # SIGTERM lets uvicorn shut down, and the embedded PostgreSQL stop with the process.
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            tail = "(no server log)"
+        if self.exited_early is not None:
+            tail += f"\n(the server process had exited on its own, status {self.exited_early})"
+        return tail
+
+    def __enter__(self) -> LocalKeychainServer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
