@@ -26,5 +26,14 @@ run: install
 test: install $(BIN)/helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The original cache test on this machine alone: Secret Manager emulator, a Keychain server on an
+# embedded PostgreSQL in a temporary directory, one execution; prints the table, stops everything.
+demo: install
+	$(BIN)/python -m demo.run
+
+# 1,000 sequential cache hits against a real server (uvicorn, embedded PostgreSQL): median, p95, p99.
+bench: install
+	$(BIN)/python -m bench.get_latency
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
