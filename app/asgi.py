@@ -11,6 +11,7 @@ import swagger_ui_bundle
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -26,6 +27,7 @@ from app.errors import DatabaseUnavailable, EntryNotFound, InvalidEntry, Keychai
 from app.keychain.controller import AuthCacheController, ExecutionController
 from app.keychain.service import TtlPolicy
 from app.keychain.sweeper import run_sweeper
+from app.metrics import RequestMetricsMiddleware
 from app.runtime import Runtime, provide_connection
 from app.settings import Settings, load_settings
 from app.system.controller import SystemController
@@ -97,6 +99,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
                 runtime.table,
                 runtime.settings.sweep_interval_seconds,
                 runtime.settings.sweep_batch_size,
+                runtime.metrics,
             ),
             name="keychain-sweeper",
         )
@@ -148,7 +151,11 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         },
         openapi_config=_openapi_config(),
         lifespan=[_lifespan],
-        middleware=[AuditMiddleware()],
+        # Outermost first: the latency includes the audit event.
+        middleware=[
+            DefineMiddleware(RequestMetricsMiddleware, metrics=runtime.metrics),
+            AuditMiddleware(),
+        ],
         state=State({"runtime": runtime}),
         logging_config=None,  # app.logs configures logging once per process
         request_max_body_size=settings.max_body_bytes,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -15,6 +15,7 @@ from app.crypto import KeyRing
 from app.db.engine import Database
 from app.keychain.repository import KeychainRepository
 from app.keychain.service import KeychainService, TtlPolicy
+from app.metrics import KeychainMetrics
 from app.settings import Settings
 
 
@@ -27,9 +28,11 @@ class Runtime:
     ttl: TtlPolicy
     # Set by the lifespan (or injected by tests) before the first request.
     database: Database | None = None
+    # Per app, not the process-global registry: each create_app() (and each test) counts alone.
+    metrics: KeychainMetrics = field(default_factory=KeychainMetrics)
 
     def keychain_service(self, conn: AsyncConnection) -> KeychainService:
-        return KeychainService(KeychainRepository(conn, self.table), self.keyring, self.ttl)
+        return KeychainService(KeychainRepository(conn, self.table), self.keyring, self.ttl, self.metrics)
 
 
 def runtime_of(state: State) -> Runtime:

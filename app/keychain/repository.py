@@ -117,6 +117,16 @@ class KeychainRepository:
         total = (await self.conn.execute(select(func.count()).select_from(t).where(where))).scalar_one()
         return list(rows), total
 
+    async def live_entries_by_scope(self) -> list[tuple[str, int]]:
+        """For the entries gauge, at every scrape: one GROUP BY on the expires_at index."""
+        t = self.table
+        stmt = (
+            select(t.c.scope_type, func.count())
+            .where(t.c.expires_at > func.now())
+            .group_by(t.c.scope_type)
+        )
+        return [(scope, count) for scope, count in (await self.conn.execute(stmt)).all()]
+
     async def try_sweep_lock(self) -> bool:
         """Transaction-scoped, so a crashed sweeper can never hold it."""
         stmt = text("SELECT pg_try_advisory_xact_lock(:id)")

@@ -16,6 +16,7 @@ from app.crypto import KeyRing
 from app.errors import EntryNotFound, InvalidEntry
 from app.keychain.repository import KeychainRepository
 from app.keychain.schemas import Entry, EntryMeta, EntryPage, EntryPut
+from app.metrics import KeychainMetrics
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,18 @@ def _whole_seconds(value: int | str) -> int:
 
 
 class KeychainService:
-    def __init__(self, repository: KeychainRepository, keyring: KeyRing, ttl: TtlPolicy) -> None:
+    def __init__(
+        self,
+        repository: KeychainRepository,
+        keyring: KeyRing,
+        ttl: TtlPolicy,
+        metrics: KeychainMetrics | None = None,
+    ) -> None:
         self.repository = repository
         self.keyring = keyring
         self.ttl = ttl
+        # The app passes its own; without one (scripts, unit tests) counts go to a private registry.
+        self.metrics = metrics if metrics is not None else KeychainMetrics()
 
     async def get(self, cache_key: str) -> Entry:
         check_cache_key(cache_key)
@@ -65,9 +74,11 @@ class KeychainService:
             expired = await self.repository.expires_at(cache_key) is not None
             reason = "expired" if expired else "absent"
             log.info("cache miss", extra={"cache_key": cache_key, "reason": reason})
+            self.metrics.miss(reason)
             raise EntryNotFound(f"no live entry for this key ({reason})", reason=reason)
         payload = self.keyring.open(row.data, cache_key.encode())
         log.info("cache hit", extra={"cache_key": cache_key, "access_count": row.access_count})
+        self.metrics.hit()
         return Entry(**_meta_fields(row), data=msgspec.json.decode(payload))
 
     async def put(self, cache_key: str, body: EntryPut) -> tuple[EntryMeta, bool]:
@@ -96,6 +107,7 @@ class KeychainService:
             }
         )
         log.info("cache write", extra={"cache_key": cache_key, "outcome": "created" if created else "replaced"})
+        self.metrics.write(created=created)
         return EntryMeta(**_meta_fields(row)), created
 
     def _expiry(self, body: EntryPut) -> tuple[int, Any]:
@@ -125,10 +137,12 @@ class KeychainService:
         if not await self.repository.delete(cache_key):
             raise EntryNotFound("no entry for this key", reason="absent")
         log.info("cache delete", extra={"cache_key": cache_key})
+        self.metrics.delete()
 
     async def cleanup_execution(self, execution_id: int) -> int:
         deleted = await self.repository.delete_execution(execution_id)
         log.info("execution cleanup", extra={"execution_id": execution_id, "deleted": deleted})
+        self.metrics.execution_cleanup(deleted)
         return deleted
 
     async def list_meta(

@@ -11,6 +11,7 @@ from sqlalchemy import Table
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import KeychainRepository
+from app.metrics import KeychainMetrics
 
 log = logging.getLogger(__name__)
 
@@ -22,29 +23,48 @@ class SweepResult:
     swept: bool
 
 
-async def sweep_once(database: Database, table: Table, batch_size: int) -> SweepResult:
-    """Delete expired rows batch by batch, each batch its own short transaction."""
+async def sweep_once(
+    database: Database, table: Table, batch_size: int, metrics: KeychainMetrics | None = None
+) -> SweepResult:
+    """Delete expired rows batch by batch, each batch its own short transaction.
+
+    Every pass counts once as swept, skipped or failed; rows count as each batch commits.
+    """
+    metrics = metrics if metrics is not None else KeychainMetrics()
     deleted = 0
-    while True:
-        async with database.transaction() as conn:
-            repository = KeychainRepository(conn, table)
-            if not await repository.try_sweep_lock():
-                log.info("sweep skipped: another replica is sweeping")
-                return SweepResult(deleted=deleted, swept=False)
-            batch = await repository.delete_expired(batch_size)
-        deleted += batch
-        if batch < batch_size:
-            break
+    try:
+        while True:
+            async with database.transaction() as conn:
+                repository = KeychainRepository(conn, table)
+                if not await repository.try_sweep_lock():
+                    log.info("sweep skipped: another replica is sweeping")
+                    metrics.sweep("skipped")
+                    return SweepResult(deleted=deleted, swept=False)
+                batch = await repository.delete_expired(batch_size)
+            deleted += batch
+            metrics.rows_swept(batch)
+            if batch < batch_size:
+                break
+    except Exception:  # not cancellation: a shutdown mid-sweep is not a failed sweep
+        metrics.sweep("failed")
+        raise
+    metrics.sweep("swept")
     log.info("sweep done", extra={"rows_swept": deleted})
     return SweepResult(deleted=deleted, swept=True)
 
 
-async def run_sweeper(database: Database, table: Table, interval: float, batch_size: int) -> None:
+async def run_sweeper(
+    database: Database,
+    table: Table,
+    interval: float,
+    batch_size: int,
+    metrics: KeychainMetrics | None = None,
+) -> None:
     """Sweep every `interval` seconds until cancelled; a failed pass is logged and retried."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await sweep_once(database, table, batch_size)
+            await sweep_once(database, table, batch_size, metrics)
         except DatabaseUnavailable:
             log.warning("sweep skipped: the database is unreachable")
         except Exception:

@@ -1,12 +1,20 @@
-"""Liveness and readiness: /health does no I/O, so a database blip never restarts pods."""
+"""Liveness, readiness and metrics: /health does no I/O, so a database blip never restarts pods."""
 
 from __future__ import annotations
+
+import logging
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from app.errors import DatabaseUnavailable
+from app.keychain.repository import KeychainRepository
+from app.metrics import TEXT_FORMAT
 from app.runtime import runtime_of
+
+log = logging.getLogger(__name__)
 
 
 class SystemController(Controller):
@@ -27,3 +35,19 @@ class SystemController(Controller):
                 headers={"Retry-After": "5"},
             )
         return Response({"status": "ready"})
+
+    @get("/metrics", operation_id="metrics", include_in_schema=False)
+    async def metrics(self, state: State) -> Response[bytes]:
+        """Prometheus text format, open like /health. Entries are counted now, in their own
+        short transaction; with the database down the other metrics are still served."""
+        runtime = runtime_of(state)
+        live = None
+        try:
+            async with runtime.database.transaction() as conn:
+                live = await KeychainRepository(conn, runtime.table).live_entries_by_scope()
+        except DatabaseUnavailable:
+            log.warning("metrics: the database is unreachable; entries not counted")
+        except SQLAlchemyError:  # e.g. not migrated yet: still serve the counters
+            log.exception("metrics: counting entries failed")
+        # Set as a header: as media_type, Litestar would append a second charset.
+        return Response(runtime.metrics.render(live), headers={"content-type": TEXT_FORMAT})
