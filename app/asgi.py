@@ -27,6 +27,7 @@ from app.errors import DatabaseUnavailable, EntryNotFound, InvalidEntry, Keychai
 from app.keychain.controller import AuthCacheController, ExecutionController
 from app.keychain.service import TtlPolicy
 from app.keychain.sweeper import run_sweeper
+from app.logs import RequestIdMiddleware
 from app.metrics import RequestMetricsMiddleware
 from app.runtime import Runtime, provide_connection
 from app.settings import Settings, load_settings
@@ -151,8 +152,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         },
         openapi_config=_openapi_config(),
         lifespan=[_lifespan],
-        # Outermost first: the latency includes the audit event.
+        # Outermost first: the request id is set before anything logs, and the latency
+        # includes the audit event.
         middleware=[
+            RequestIdMiddleware,
             DefineMiddleware(RequestMetricsMiddleware, metrics=runtime.metrics),
             AuditMiddleware(),
         ],

@@ -9,8 +9,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from app.settings import Settings
 
@@ -18,6 +21,61 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 
 # Attributes every LogRecord has; anything else came from `extra=`.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
+REQUEST_ID_HEADER = b"x-request-id"
+# An incoming id is kept only if it is short and plain, so it is safe in headers and logs.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _stamp_request_id(base: Any) -> Any:
+    def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        rid = request_id.get()
+        if rid is not None:
+            record.request_id = rid
+        return record
+
+    make_record.stamps_request_id = True  # type: ignore[attr-defined]
+    return make_record
+
+
+def install_request_id_stamp() -> None:
+    """Put the current request id on every LogRecord when it is made, not when it is
+    formatted: handlers that format later (queues, pytest's caplog) still see it."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "stamps_request_id", False):
+        logging.setLogRecordFactory(_stamp_request_id(factory))
+
+
+class RequestIdMiddleware:
+    """Plain ASGI: take a sane X-Request-ID or make one, hold it in `request_id` for the
+    request's log lines, and send it back in the response header."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        install_request_id_stamp()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
+        rid = incoming.decode("latin-1")
+        if not _SANE_REQUEST_ID.fullmatch(rid):
+            rid = uuid.uuid4().hex
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, rid.encode())]}
+            await send(message)
+
+        token = request_id.set(rid)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
