@@ -1,25 +1,22 @@
 """Fixtures for workerlib: a KeychainClient on the real app, the Secret Manager emulator with
-the real google-cloud-secret-manager client, a closed port, and tiny scripted HTTP servers."""
+the real google-cloud-secret-manager client, and a closed port."""
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
 
 from demo.secret_manager_emulator import SecretManagerEmulator
+from tests.workerlib.helpers import BASE_URL
 from workerlib import client as client_module
 from workerlib import providers as providers_module
 from workerlib.client import KeychainClient
 from workerlib.compat import CredentialCache
 from workerlib.providers import GoogleSecretManagerProvider
-
-BASE_URL = "http://keychain.test"
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -77,43 +74,3 @@ def _no_process_defaults() -> Iterator[None]:
     yield
     client_module._default_client, client_module._default_loop, providers_module._default_provider = saved
     CredentialCache.use_client(None)
-
-
-class ScriptedServer:
-    """A throwaway ASGI app that answers from a script and records what it was asked.
-
-    Stands in for a misbehaving Keychain (503s, 429s) or for an OAuth2 token endpoint; it is
-    served through httpx.ASGITransport, so the client under test speaks real HTTP semantics.
-    """
-
-    def __init__(self, *answers: tuple[int, dict[str, str], Any]) -> None:
-        self.answers = list(answers)
-        self.requests: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.requests.append(
-            {
-                "method": scope["method"],
-                "path": scope["path"],
-                "headers": {k.decode().lower(): v.decode() for k, v in scope["headers"]},
-                "body": body,
-            }
-        )
-        index = min(len(self.requests), len(self.answers)) - 1
-        status, headers, payload = self.answers[index]
-        content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        raw_headers = [(b"content-type", b"application/json")]
-        raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": content})
-
-    def http_client(self, base_url: str = BASE_URL) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=self), base_url=base_url)

@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.workerlib.conftest import ScriptedServer
+from tests.workerlib.helpers import ScriptedServer
 from workerlib import AuthConfigError, GoogleSecretManagerProvider, KeychainClient, resolve_auth
 
 OPENAI = "projects/123/secrets/openai-api-key/versions/1"

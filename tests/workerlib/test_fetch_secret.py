@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.workerlib.conftest import BASE_URL, ScriptedServer
+from tests.workerlib.helpers import BASE_URL, ScriptedServer
 from workerlib import (
     EnvProvider,
     FileProvider,

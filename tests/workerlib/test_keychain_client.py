@@ -7,7 +7,7 @@ import base64
 import httpx
 import pytest
 
-from tests.workerlib.conftest import BASE_URL, ScriptedServer
+from tests.workerlib.helpers import BASE_URL, ScriptedServer
 from workerlib import (
     BadRequest,
     Entry,

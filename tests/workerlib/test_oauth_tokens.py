@@ -7,7 +7,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from tests.workerlib.conftest import ScriptedServer
+from tests.workerlib.helpers import ScriptedServer
 from workerlib import KeychainClient, TokenEndpointError, client_credentials_token
 from workerlib.oauth import cache_ttl
 
