@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import msgspec
@@ -90,6 +90,14 @@ def encode_key(cache_key: str) -> str:
     return encoded
 
 
+def _display_url(url: str) -> str:
+    """The URL without user:password@, for messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -151,6 +159,7 @@ class KeychainClient:
     ) -> None:
         environ = os.environ if environ is None else environ
         self.base_url = (base_url or environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL).rstrip("/")
+        self._where = _display_url(self.base_url)
         self._token = token if token is not None else (environ.get(API_TOKEN_ENV) or None)
         self.timeout = timeout
         self.retries = max(0, retries)
@@ -167,7 +176,7 @@ class KeychainClient:
 
     def __repr__(self) -> str:
         # Never show the token.
-        return f"KeychainClient(base_url={self.base_url!r}, token={'set' if self._token else 'unset'})"
+        return f"KeychainClient(base_url={self._where!r}, token={'set' if self._token else 'unset'})"
 
     async def __aenter__(self) -> KeychainClient:
         return self
@@ -289,17 +298,17 @@ class KeychainClient:
                     attempt += 1
                     continue
                 raise KeychainUnavailable(
-                    f"cannot reach the keychain server at {self.base_url} "
+                    f"cannot reach the keychain server at {self._where} "
                     f"({type(exc).__name__}, {attempt + 1} attempts)"
                 ) from exc
             except httpx.TimeoutException as exc:
                 raise KeychainUnavailable(
-                    f"the keychain server at {self.base_url} did not answer {method} in time "
+                    f"the keychain server at {self._where} did not answer {method} in time "
                     f"({type(exc).__name__})"
                 ) from exc
             except httpx.HTTPError as exc:
                 raise KeychainUnavailable(
-                    f"talking to the keychain server at {self.base_url} failed ({type(exc).__name__})"
+                    f"talking to the keychain server at {self._where} failed ({type(exc).__name__})"
                 ) from exc
 
             status = response.status_code

@@ -238,14 +238,18 @@ async def test_close_leaves_an_injected_http_client_open(client: httpx.AsyncClie
     assert own._http.is_closed
 
 
-async def test_the_api_token_is_sent_and_the_server_enforces_it(make_app) -> None:  # type: ignore[no-untyped-def]
+async def test_keychain_api_token_is_sent_and_the_server_enforces_it(make_app, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     app = make_app(api_tokens="ci:worker:tok-0123456789abcdef")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL) as http:
-        with pytest.raises(Unauthorized):
-            await KeychainClient(BASE_URL, token="", http_client=http).get("k:global")
+        monkeypatch.delenv("KEYCHAIN_API_TOKEN", raising=False)
+        with pytest.raises(Unauthorized) as caught:
+            await KeychainClient(BASE_URL, http_client=http).get("k:global")
+        assert caught.value.status_code == 401 and caught.value.detail
         with pytest.raises(Unauthorized):
             await KeychainClient(BASE_URL, token="not-the-token-0000", http_client=http).get("k:global")
-        keychain = KeychainClient(BASE_URL, token="tok-0123456789abcdef", http_client=http)
+
+        monkeypatch.setenv("KEYCHAIN_API_TOKEN", "tok-0123456789abcdef")
+        keychain = KeychainClient(BASE_URL, http_client=http)
         await keychain.put("k:1", {"v": 1}, credential_type="t", execution_id=1)
         entry = await keychain.get("k:1")
         with pytest.raises(Forbidden):  # cleanup is an admin's job
