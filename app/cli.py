@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import logging
 import sys
+import textwrap
 from pathlib import Path
+from typing import Any
 
 from app.errors import ConfigurationError, DatabaseUnavailable
 from app.logs import configure_logging
@@ -14,7 +16,15 @@ from app.settings import Settings, load_settings
 
 log = logging.getLogger("keychain.cli")
 
+# argparse itself exits 2 on bad usage.
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 3
+
+EPILOG = """\
+Settings come from KEYCHAIN_* environment variables (KEYCHAIN_DATABASE_URL, KEYCHAIN_SCHEMA, ...).
+Exit codes: 0 ok; 1 bad configuration or the command failed; 2 bad usage; 3 database unreachable."""
+
+# SQLSTATEs meaning "this database was never migrated": undefined table, invalid schema.
+_NOT_MIGRATED = ("42P01", "3F000")
 
 
 def alembic_ini() -> Path:
@@ -99,14 +109,156 @@ async def _rotate_keys(settings: Settings, batch_size: int) -> int:
     return EXIT_OK
 
 
+async def _stats(settings: Settings, top: int, as_json: bool) -> int:
+    import msgspec
+
+    from app.db.engine import Database, make_engine
+    from app.db.tables import build_metadata
+    from app.keychain.repository import KeychainRepository
+
+    _, table = build_metadata(settings.db_schema)
+    database = Database(make_engine(settings))
+    try:
+        async with database.transaction() as conn:
+            repository = KeychainRepository(conn, table)
+            groups = await repository.entry_counts()
+            most = await repository.most_accessed(top) if top else []
+    finally:
+        await database.dispose()
+    report = stats_report(groups, most)
+    if as_json:
+        print(msgspec.json.encode(report).decode())
+    else:
+        print(_stats_text(report))
+    return EXIT_OK
+
+
+def stats_report(groups: list[Any], most: list[Any]) -> dict[str, Any]:
+    """Counts and metadata only: stats never read, decrypt or print an entry's data."""
+    from app.db.tables import CACHE_TYPES, SCOPE_TYPES
+
+    by_scope = dict.fromkeys(SCOPE_TYPES, 0)
+    by_cache_type = dict.fromkeys(CACHE_TYPES, 0)
+    rows = []
+    for g in groups:
+        by_scope[g.scope_type] = by_scope.get(g.scope_type, 0) + g.live
+        by_cache_type[g.cache_type] = by_cache_type.get(g.cache_type, 0) + g.live
+        rows.append(
+            {
+                "scope_type": g.scope_type,
+                "cache_type": g.cache_type,
+                "live": g.live,
+                "expired_unswept": g.expired,
+                "hits": int(g.hits),
+            }
+        )
+    return {
+        "live_entries": sum(by_scope.values()),
+        "live_by_scope": by_scope,
+        "live_by_cache_type": by_cache_type,
+        "expired_unswept": sum(r["expired_unswept"] for r in rows),
+        # access_count restarts at 0 when an entry is rewritten, and leaves with the row.
+        "hits": sum(r["hits"] for r in rows),
+        "by_scope_and_cache_type": rows,
+        "top_keys": [dict(r._mapping) for r in most],
+    }
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers, *[[str(v) for v in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+        for row in cells
+    )
+
+
+def _stats_text(report: dict[str, Any]) -> str:
+    lines = [
+        f"live entries: {report['live_entries']}"
+        f"   expired, not yet swept: {report['expired_unswept']}"
+        f"   hits: {report['hits']}"
+    ]
+    if groups := report["by_scope_and_cache_type"]:
+        columns = ["scope_type", "cache_type", "live", "expired_unswept", "hits"]
+        headers = ["scope", "cache_type", "live", "expired", "hits"]
+        lines += ["", _table(headers, [[g[c] for c in columns] for g in groups])]
+    if top := report["top_keys"]:
+        rows = [
+            [
+                k["access_count"],
+                k["scope_type"],
+                k["cache_type"],
+                "expired" if k["expired"] else "live",
+                k["expires_at"].isoformat(timespec="seconds"),
+                k["cache_key"],
+            ]
+            for k in top
+        ]
+        headers = ["hits", "scope", "cache_type", "state", "expires_at", "cache_key"]
+        lines += ["", f"top {len(top)} keys by access count:", _table(headers, rows)]
+    return "\n".join(lines)
+
+
+def _top(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {value!r}") from None
+    if not 0 <= number <= 1000:
+        raise argparse.ArgumentTypeError("must be between 0 and 1000")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="keychain", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="keychain",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve_cmd = commands.add_parser("serve", help="serve the HTTP API (uvicorn)")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=textwrap.fill(description, 88),
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    serve_cmd = command(
+        "serve",
+        "serve the HTTP API (uvicorn)",
+        "Serve the HTTP API, /metrics, /health and /ready with uvicorn: one process (scale with "
+        "replicas). It never migrates: run 'keychain migrate' first.",
+    )
     serve_cmd.add_argument("--host", help="listen address (KEYCHAIN_HOST, default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="listen port (KEYCHAIN_PORT, default 8082)")
-    commands.add_parser("migrate", help="bring the schema up to date (alembic upgrade head)")
-    commands.add_parser("sweep", help="delete expired rows once, now")
+    command(
+        "migrate",
+        "bring the schema up to date (alembic upgrade head)",
+        "Create or upgrade the keychain table in KEYCHAIN_SCHEMA (alembic upgrade head). Safe to "
+        "rerun, and to run from several pods at once (an advisory lock serialises them).",
+    )
+    command(
+        "sweep",
+        "delete expired rows once, now",
+        "Delete expired rows now, in batches of KEYCHAIN_SWEEP_BATCH_SIZE. The server already does "
+        "this every KEYCHAIN_SWEEP_INTERVAL_SECONDS; only one replica sweeps at a time.",
+    )
+    stats_cmd = command(
+        "stats",
+        "entries by scope and type, expired rows, hits, most-read keys",
+        "Show live entries by scope and cache type, expired rows not yet swept, hits (reads since "
+        "each entry was last written) and the most-read keys. Metadata only: never an entry's data.",
+    )
+    stats_cmd.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
+    stats_cmd.add_argument(
+        "--top", type=_top, default=10, metavar="N", help="list the N most-read keys (10; 0 for none)"
+    )
     rotate_cmd = commands.add_parser(
         "rotate-keys",
         help="re-seal every row not sealed by the primary (first) key of KEYCHAIN_ENCRYPTION_KEYS",
@@ -123,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
         settings = load_settings(**overrides)
+        _check_database_url(settings)
         configure_logging(settings)
         if args.command == "serve":
             serve(settings)
@@ -132,13 +285,73 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_sweep(settings))
         elif args.command == "rotate-keys":
             return asyncio.run(_rotate_keys(settings, args.batch_size))
+        elif args.command == "stats":
+            return asyncio.run(_stats(settings, args.top, args.json))
     except ConfigurationError as exc:
-        print(f"keychain {args.command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except DatabaseUnavailable as exc:
-        print(f"keychain {args.command}: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return _fail(args.command, str(exc), EXIT_FAILED)
+    except Exception as exc:
+        code = _database_failure(args.command, settings, exc)
+        if code is None:
+            raise  # not the database's answer: a bug, keep the traceback
+        return code
     return EXIT_OK
+
+
+def _fail(command: str, message: str, code: int) -> int:
+    print(f"keychain {command}: {message}", file=sys.stderr)
+    return code
+
+
+def _root_cause(exc: BaseException) -> str:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _database_failure(command: str, settings: Settings, exc: Exception) -> int | None:
+    """One line on stderr for what the database said; None for anything else."""
+    from sqlalchemy.exc import DBAPIError
+
+    from app.db.engine import is_unavailable
+
+    where = _database_label(settings)
+    if isinstance(exc, DatabaseUnavailable) or is_unavailable(exc):
+        message = f"cannot reach the database at {where}: {_root_cause(exc)}"
+        return _fail(command, message, EXIT_UNAVAILABLE)
+    if isinstance(exc, DBAPIError):
+        if getattr(exc.orig, "sqlstate", None) in _NOT_MIGRATED:
+            schema = settings.db_schema
+            message = f"no keychain table in schema {schema!r} at {where}; run 'keychain migrate' first"
+            return _fail(command, message, EXIT_FAILED)
+        return _fail(command, f"the database at {where} answered: {_root_cause(exc)}", EXIT_FAILED)
+    return None
+
+
+def _database_label(settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    if settings.database_url is None:
+        return "the embedded PostgreSQL"
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def _check_database_url(settings: Settings) -> None:
+    from sqlalchemy.exc import ArgumentError
+
+    from app.db.engine import async_url
+
+    if settings.database_url is None:
+        return
+    try:
+        async_url(settings.database_url)
+    except ArgumentError:
+        # Not the parser's message: it quotes the whole URL, password included.
+        raise ConfigurationError(
+            "KEYCHAIN_DATABASE_URL is not a URL; expected postgresql://user:password@host:5432/dbname"
+        ) from None
+    except ValueError as exc:
+        raise ConfigurationError(f"KEYCHAIN_DATABASE_URL: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -127,6 +127,43 @@ class KeychainRepository:
         )
         return [(scope, count) for scope, count in (await self.conn.execute(stmt)).all()]
 
+    async def entry_counts(self) -> list[Row[Any]]:
+        """Per scope and cache type: live rows, expired rows not yet swept, and total hits."""
+        t = self.table
+        live = t.c.expires_at > func.now()
+        stmt = (
+            select(
+                t.c.scope_type,
+                t.c.cache_type,
+                func.count().filter(live).label("live"),
+                func.count().filter(~live).label("expired"),
+                func.coalesce(func.sum(t.c.access_count), 0).label("hits"),
+            )
+            .group_by(t.c.scope_type, t.c.cache_type)
+            .order_by(t.c.scope_type, t.c.cache_type)
+        )
+        return list((await self.conn.execute(stmt)).all())
+
+    async def most_accessed(self, limit: int) -> list[Row[Any]]:
+        """Metadata of the most-read entries (never `data`), live or not yet swept."""
+        t = self.table
+        stmt = (
+            select(
+                t.c.cache_key,
+                t.c.credential_name,
+                t.c.cache_type,
+                t.c.scope_type,
+                t.c.execution_id,
+                t.c.access_count,
+                t.c.accessed_at,
+                t.c.expires_at,
+                (t.c.expires_at <= func.now()).label("expired"),
+            )
+            .order_by(t.c.access_count.desc(), t.c.cache_key)
+            .limit(limit)
+        )
+        return list((await self.conn.execute(stmt)).all())
+
     async def try_sweep_lock(self) -> bool:
         """Transaction-scoped, so a crashed sweeper can never hold it."""
         stmt = text("SELECT pg_try_advisory_xact_lock(:id)")

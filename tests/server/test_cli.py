@@ -1,0 +1,169 @@
+"""The `keychain` command as an operator runs it: a real process, real databases, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import httpx
+import msgspec
+import pytest
+from sqlalchemy import text
+
+from app.asgi import create_app
+from app.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main, migrate
+from app.db.engine import Database, make_engine
+from app.settings import load_settings
+
+SECRET = "sk-stats-secret-0123456789"
+
+
+def keychain(repo_root, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in its own process, with no KEYCHAIN_* setting but the ones given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KEYCHAIN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=repo_root,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def migrated_url(make_empty_database, test_settings) -> str:
+    url = make_empty_database()
+    migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
+    return url
+
+
+async def _fill(url: str, test_settings) -> None:
+    """Write and read entries through the real app, committed, then expire one with SQL."""
+    settings = msgspec.structs.replace(test_settings, database_url=url)
+    database = Database(make_engine(settings))
+    app = create_app(settings, database=database)
+    body = {"token_data": {"api_key": SECRET}, "credential_type": "bearer"}
+    writes = {
+        "openai:101": {"execution_id": 101},
+        "openai:102": {"execution_id": 102, "parent_execution_id": 101},
+        "tok:global:bearer": {"cache_type": "token", "scope_type": "global"},
+        "cfg:global": {"cache_type": "config", "scope_type": "global"},
+    }
+    reads = {"openai:101": 3, "openai:102": 1, "tok:global:bearer": 5, "cfg:global": 2}
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://k.test") as client:
+            for key, fields in writes.items():
+                answer = await client.post(f"/api/auth-cache/{key}", json={**body, **fields})
+                assert answer.status_code == 201
+            for key, times in reads.items():
+                for _ in range(times):
+                    assert (await client.get(f"/api/auth-cache/{key}")).status_code == 200
+        async with database.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE noetl.keychain SET expires_at = now() - interval '1 minute' WHERE cache_key = :k"),
+                {"k": "cfg:global"},
+            )
+    finally:
+        await database.dispose()
+
+
+async def test_stats_json_reports_committed_rows(repo_root, migrated_url, test_settings):
+    await _fill(migrated_url, test_settings)
+
+    done = keychain(repo_root, "stats", "--json", "--top", "2", KEYCHAIN_DATABASE_URL=migrated_url)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert SECRET not in done.stdout
+    stats = json.loads(done.stdout)
+    assert stats["live_entries"] == 3
+    assert stats["live_by_scope"] == {"execution": 2, "global": 1, "session": 0}
+    assert stats["live_by_cache_type"] == {"secret": 2, "token": 1, "config": 0}
+    assert stats["expired_unswept"] == 1
+    assert stats["hits"] == 11
+    groups = {
+        (g["scope_type"], g["cache_type"]): (g["live"], g["expired_unswept"], g["hits"])
+        for g in stats["by_scope_and_cache_type"]
+    }
+    assert groups == {
+        ("execution", "secret"): (2, 0, 4),
+        ("global", "config"): (0, 1, 2),
+        ("global", "token"): (1, 0, 5),
+    }
+    top = stats["top_keys"]
+    assert [(k["cache_key"], k["access_count"], k["expired"]) for k in top] == [
+        ("tok:global:bearer", 5, False),
+        ("openai:101", 3, False),
+    ]
+    assert "data" not in top[0] and top[0]["expires_at"]
+
+
+async def test_stats_text_is_a_readable_summary(repo_root, migrated_url, test_settings):
+    await _fill(migrated_url, test_settings)
+    done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=migrated_url)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert done.stdout.startswith("live entries: 3   expired, not yet swept: 1   hits: 11")
+    assert "top 4 keys by access count:" in done.stdout
+    assert "tok:global:bearer" in done.stdout and SECRET not in done.stdout
+
+
+@pytest.mark.parametrize("command", ["migrate", "sweep", "stats", "rotate-keys"])
+def test_an_unreachable_database_is_one_line_and_exit_code_3(repo_root, command):
+    url = f"postgresql://keychain:pw-not-for-logs@127.0.0.1:{_closed_port()}/keychain"
+    keys = "k1:" + "A" * 43 + "="  # rotate-keys needs a key ring before it connects
+    done = keychain(repo_root, command, KEYCHAIN_DATABASE_URL=url, KEYCHAIN_ENCRYPTION_KEYS=keys)
+    assert done.returncode == EXIT_UNAVAILABLE
+    assert done.stderr.count("\n") == 1, done.stderr
+    where = "postgresql://keychain:***@127.0.0.1:"
+    assert done.stderr.startswith(f"keychain {command}: cannot reach the database at {where}")
+    assert "pw-not-for-logs" not in done.stderr
+
+
+def test_a_database_that_was_never_migrated_says_to_migrate(repo_root, make_empty_database):
+    done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=make_empty_database())
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.count("\n") == 1 and "run 'keychain migrate' first" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"KEYCHAIN_DATABASE_URL": "mysql://root:pw@db/keychain"}, "unsupported database URL scheme"),
+        ({"KEYCHAIN_DATABASE_URL": "not a url :pw-not-for-logs"}, "KEYCHAIN_DATABASE_URL is not a URL"),
+        ({"KEYCHAIN_SWEEP_BATCH_SIZE": "many"}, "sweep_batch_size"),
+    ],
+)
+def test_bad_configuration_is_one_line_and_exit_code_1(repo_root, env, message):
+    done = keychain(repo_root, "sweep", **env)
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert "pw-not-for-logs" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["sweep"], ["stats"], ["rotate-keys"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: keychain {' '.join(command)}".rstrip())
+    if command:
+        # A description of its own, beyond argparse's usage and options.
+        assert len(out.split("\n\n")[1]) > 40
+
+
+@pytest.mark.parametrize("args", [["stats", "--top", "-1"], ["stats", "--top", "x"], ["nonsense"], []])
+def test_bad_usage_is_exit_code_2(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "usage: keychain" in capsys.readouterr().err
