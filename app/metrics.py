@@ -57,10 +57,15 @@ class KeychainMetrics:
             registry=r,
         )
         self.entries = Gauge(
-            "keychain_entries", "Live (unexpired) entries by scope, counted at scrape time", ["scope_type"], registry=r
+            "keychain_entries",
+            "Live (unexpired) entries by scope, counted at scrape time",
+            ["scope_type"],
+            registry=r,
         )
         self.database_up = Gauge(
-            "keychain_database_up", "1 if the last scrape could count entries in the database, else 0", registry=r
+            "keychain_database_up",
+            "1 if this scrape could count entries in the database, else 0",
+            registry=r,
         )
         # Every known label value exists from the start, so rate() sees a 0 before the first event.
         for reason in ("absent", "expired"):
