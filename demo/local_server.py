@@ -85,14 +85,33 @@ class LocalKeychainServer:
             return
         if process.poll() is not None:
             self.exited_early = process.returncode
-            return
-        # SIGTERM lets uvicorn shut down, and the embedded PostgreSQL stop with the process.
-        process.send_signal(signal.SIGTERM)
+        else:
+            # SIGINT, not SIGTERM: after a graceful shutdown uvicorn re-raises the signal it got,
+            # and death by SIGTERM skips atexit, where pgserver stops the embedded PostgreSQL.
+            # SIGINT ends in KeyboardInterrupt, so the process exits normally and PostgreSQL
+            # stops with it.
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        self._stop_leftover_postgres()
+
+    def _stop_leftover_postgres(self) -> None:
+        """If the server died without stopping its embedded PostgreSQL, stop it (fast shutdown)."""
+        pidfile = self.data_dir / "postgres" / "postmaster.pid"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 15
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
