@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -53,6 +54,10 @@ def serve(settings: Settings) -> None:
     from app.asgi import create_app
 
     app = create_app(settings)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with the default
+    # SIGTERM disposition that kills us before atexit hooks run, and the embedded PostgreSQL
+    # (stopped by pgserver's atexit hook) would outlive us. Exit normally instead.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
