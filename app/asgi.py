@@ -11,12 +11,13 @@ import swagger_ui_bundle
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
-from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_500_INTERNAL_SERVER_ERROR
 
 from app.audit import AuditMiddleware
 from app.auth import TokenTable
@@ -50,6 +51,13 @@ def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, 
     status = _ERROR_STATUS[type(exc)]
     headers = {"Retry-After": "5"} if status == 503 else None
     return Response({"status_code": status, "detail": str(exc)}, status_code=status, headers=headers)
+
+
+def _body_too_large(request: Request, exc: HTTPException) -> Response[dict[str, object]]:
+    # Litestar's own detail is a bare "Request Entity Too Large"; say the limit and its setting.
+    limit = request.route_handler.resolve_request_max_body_size()
+    detail = f"request body is larger than {limit} bytes (KEYCHAIN_MAX_BODY_BYTES)"
+    return Response({"status_code": 413, "detail": detail}, status_code=413)
 
 
 def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, object]]:
@@ -148,6 +156,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         dependencies={"db_connection": Provide(provide_connection)},
         exception_handlers={
             **{cls: _error_response for cls in _ERROR_STATUS},
+            HTTP_413_REQUEST_ENTITY_TOO_LARGE: _body_too_large,
             HTTP_500_INTERNAL_SERVER_ERROR: _unexpected_error,
         },
         openapi_config=_openapi_config(),
