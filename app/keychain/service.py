@@ -43,6 +43,13 @@ def check_cache_key(cache_key: str) -> str:
     return cache_key
 
 
+def check_name(value: str, field: str) -> str:
+    # The same rule as for keys; PostgreSQL text cannot hold NUL at all.
+    if _CONTROL_CHARACTERS.search(value):
+        raise InvalidEntry(f"{field} contains control characters")
+    return value
+
+
 def _whole_seconds(value: int | str) -> int:
     if isinstance(value, str):
         if not _WHOLE_NUMBER.match(value):
@@ -89,6 +96,8 @@ class KeychainService:
         credential_name = body.credential_name or cache_key.split(":", 1)[0]
         if not credential_name:
             raise InvalidEntry("credential_name is empty and the cache key does not start with one")
+        check_name(credential_name, "credential_name")
+        check_name(body.credential_type, "credential_type")
         ttl_seconds, expires_at = self._expiry(body)
         sealed = self.keyring.seal(msgspec.json.encode(body.token_data), cache_key.encode())
         row, created = await self.repository.upsert(
@@ -155,6 +164,8 @@ class KeychainService:
         limit: int = 100,
         offset: int = 0,
     ) -> EntryPage:
+        if credential_name is not None:
+            check_name(credential_name, "credential_name")
         rows, total = await self.repository.list_meta(
             execution_id=execution_id,
             scope_type=scope_type,
