@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import swagger_ui_bundle
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
+from litestar.exceptions import ClientException, HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -65,6 +66,16 @@ def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, ob
     # statement parameters), answer without details.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return Response({"status_code": 500, "detail": "internal error; see the server log"}, status_code=500)
+
+
+class _Request(Request):
+    async def json(self) -> Any:
+        # msgspec decodes nested arrays and objects recursively; a body of "[[[[..." deeper
+        # than the interpreter's recursion limit is the caller's mistake, not a server error.
+        try:
+            return await super().json()
+        except RecursionError as exc:
+            raise ClientException("request body nests JSON arrays or objects too deeply") from exc
 
 
 def _openapi_config() -> OpenAPIConfig:
@@ -171,4 +182,5 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         state=State({"runtime": runtime}),
         logging_config=None,  # app.logs configures logging once per process
         request_max_body_size=settings.max_body_bytes,
+        request_class=_Request,
     )
