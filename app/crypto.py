@@ -104,14 +104,17 @@ class KeyRing:
         if len(envelope) < 2 or envelope[0] != ENVELOPE_VERSION:
             raise UnreadableEntry("stored entry has an unknown envelope format")
         id_end = 2 + envelope[1]
+        if len(envelope) < id_end + NONCE_BYTES:
+            raise UnreadableEntry("stored entry is truncated")
         key_id = envelope[2:id_end].decode("ascii", errors="replace")
+        if not _KEY_ID.fullmatch(key_id):
+            # A damaged length byte reads nonce and ciphertext as the id: never echo those.
+            raise UnreadableEntry("stored entry has a malformed key id")
         cipher = self._ciphers.get(key_id)
         if cipher is None:
             raise UnreadableEntry(f"stored entry is sealed by key {key_id!r}, which is not configured")
         nonce = envelope[id_end : id_end + NONCE_BYTES]
         ciphertext = envelope[id_end + NONCE_BYTES :]
-        if len(nonce) != NONCE_BYTES:
-            raise UnreadableEntry("stored entry is truncated")
         try:
             return cipher.decrypt(nonce, ciphertext, associated_data)
         except InvalidTag as exc:
