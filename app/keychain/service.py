@@ -13,7 +13,7 @@ import msgspec
 from sqlalchemy import func
 
 from app.crypto import KeyRing
-from app.errors import EntryNotFound, InvalidEntry
+from app.errors import EntryNotFound, InvalidEntry, UnreadableEntry
 from app.keychain.repository import KeychainRepository
 from app.keychain.schemas import Entry, EntryMeta, EntryPage, EntryPut
 from app.metrics import KeychainMetrics
@@ -83,7 +83,15 @@ class KeychainService:
             log.info("cache miss", extra={"cache_key": cache_key, "reason": reason})
             self.metrics.miss(reason)
             raise EntryNotFound(f"no live entry for this key ({reason})", reason=reason)
-        payload = self.keyring.open(row.data, cache_key.encode())
+        try:
+            payload = self.keyring.open(row.data, cache_key.encode())
+        except UnreadableEntry as exc:
+            # Tampering, or a key dropped from the ring too early: the caller gets a 409, and
+            # an operator must hear of it too. The row stays for inspection.
+            log.warning(
+                "unreadable entry", extra={"cache_key": cache_key, "key_id": row.key_id, "reason": str(exc)}
+            )
+            raise
         log.info("cache hit", extra={"cache_key": cache_key, "access_count": row.access_count})
         self.metrics.hit()
         return Entry(**_meta_fields(row), data=msgspec.json.decode(payload))

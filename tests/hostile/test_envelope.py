@@ -5,6 +5,7 @@ closed with UnreadableEntry (never another exception), and through HTTP a tamper
 from __future__ import annotations
 
 import base64
+import logging
 import re
 
 import msgspec
@@ -159,7 +160,8 @@ async def tamper(connection, expression: str, key: str = KEY) -> None:
 
 
 @pytest.mark.parametrize("expression", TAMPERING.values(), ids=TAMPERING.keys())
-async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(client, connection, expression):
+async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(client, connection, caplog, expression):
+    caplog.set_level(logging.WARNING, logger="app.keychain.service")
     await client.post(f"/api/auth-cache/{KEY}", json=BODY)
     await client.post("/api/auth-cache/bystander:global", json={**BODY, "token_data": {"v": "fine"}})
     await tamper(connection, expression)
@@ -170,6 +172,10 @@ async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(client, 
     assert answer.json().keys() == {"status_code", "detail"}
     assert CLEAR_REASONS.fullmatch(answer.json()["detail"]), answer.json()
     assert SECRET not in answer.text and "api_key" not in answer.text
+    # Reported for operators, without the payload.
+    [warning] = [r for r in caplog.records if r.getMessage() == "unreadable entry"]
+    assert warning.cache_key == KEY and warning.reason == answer.json()["detail"]
+    assert SECRET not in caplog.text
 
     # The failed read did not count as a hit, the row stays for inspection, the rest still work.
     row = (await connection.execute(text("SELECT access_count FROM noetl.keychain WHERE cache_key = :k"), {"k": KEY})).one()
