@@ -13,6 +13,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from app.auth import require_role
 from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, ScopeType
 from app.keychain.service import KeychainService
+from app.openapi import ErrorBody, error_responses
 from app.runtime import provide_keychain_service
 
 Service = NamedDependency[KeychainService]
@@ -45,7 +46,12 @@ class AuthCacheController(Controller):
     security = [{"bearer": []}]
     dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
 
-    @get("/{cache_key:path}", operation_id="getEntry", summary="Read an entry (counts a hit)")
+    @get(
+        "/{cache_key:path}",
+        operation_id="getEntry",
+        summary="Read an entry (counts a hit)",
+        responses=error_responses(401, 404, 409, 503),
+    )
     async def get_entry(self, service: Service, cache_key: CacheKeyPath) -> Entry:
         return await service.get(_key(cache_key))
 
@@ -55,7 +61,10 @@ class AuthCacheController(Controller):
         summary="Create or replace an entry",
         status_code=201,
         opt={"audit": True},
-        responses={200: ResponseSpec(EntryMeta, description="An existing entry was replaced")},
+        responses={
+            200: ResponseSpec(EntryMeta, description="An existing entry was replaced"),
+            **error_responses(401, 413, 503),
+        },
     )
     async def put_entry(
         self,
@@ -67,7 +76,11 @@ class AuthCacheController(Controller):
         return Response(meta, status_code=201 if created else 200)
 
     @delete(
-        "/{cache_key:path}", operation_id="deleteEntry", summary="Invalidate an entry", opt={"audit": True}
+        "/{cache_key:path}",
+        operation_id="deleteEntry",
+        summary="Invalidate an entry",
+        opt={"audit": True},
+        responses=error_responses(401, 404, 503),
     )
     async def delete_entry(self, service: Service, cache_key: CacheKeyPath) -> None:
         await service.delete(_key(cache_key))
@@ -77,6 +90,7 @@ class AuthCacheController(Controller):
         operation_id="listEntries",
         summary="List entries' metadata, never their data (admin)",
         opt={"role": "admin"},
+        responses=error_responses(401, 403, 503),
     )
     async def list_entries(
         self,
@@ -111,6 +125,14 @@ class ExecutionController(Controller):
         summary="Drop every entry of an execution and of its sub-executions (admin)",
         status_code=200,
         opt={"role": "admin", "audit": True},
+        responses={
+            **error_responses(401, 403, 503),
+            404: ResponseSpec(
+                ErrorBody,
+                description="No such route: execution_id is not a whole number",
+                generate_examples=False,
+            ),
+        },
     )
     async def cleanup_execution(self, service: Service, execution_id: ExecutionIdPath) -> Deleted:
         return Deleted(deleted=await service.cleanup_execution(execution_id))

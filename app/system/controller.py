@@ -6,7 +6,7 @@ import logging
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
-
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.errors import DatabaseUnavailable
@@ -24,7 +24,18 @@ class SystemController(Controller):
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/ready", operation_id="ready", summary="Readiness: the database answers (else 503)")
+    @get(
+        "/ready",
+        operation_id="ready",
+        summary="Readiness: the database answers (else 503)",
+        responses={
+            503: ResponseSpec(
+                dict[str, str],
+                description="The database is unreachable; retry after Retry-After seconds",
+                generate_examples=False,
+            )
+        },
+    )
     async def ready(self, state: State) -> Response[dict[str, str]]:
         try:
             await runtime_of(state).database.ping()

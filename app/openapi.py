@@ -1,0 +1,37 @@
+"""The error answers routes document: one body, {"status_code": N, "detail": "..."}.
+
+Litestar documents a route's success answer and its 400 on its own; everything else a route
+can answer is listed here, so the OpenAPI document names every status a caller can meet.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    status_code: int
+    detail: str
+    # Validation errors (400) say which field failed here.
+    extra: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+_MEANING = {
+    401: "Missing or unknown bearer token (see WWW-Authenticate)",
+    403: "The token's role may not make this call",
+    404: "No live entry under this key: never written, deleted, or expired",
+    409: "The stored entry does not decrypt (tampered with, or sealed by a key no longer "
+    "configured); write it again",
+    413: "The request body is larger than KEYCHAIN_MAX_BODY_BYTES",
+    503: "The database is unreachable; retry after Retry-After seconds",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+    return {
+        code: ResponseSpec(ErrorBody, description=_MEANING[code], generate_examples=False)
+        for code in status_codes
+    }
