@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import unquote
 
-from litestar import Controller, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
 from litestar.params import Body, PathParameter, QueryParameter
@@ -34,8 +35,19 @@ PUT_EXAMPLE = Example(
 )
 
 
-def _key(path_value: str) -> str:
-    # A :path parameter keeps the leading slash; keys themselves may contain more.
+def _key(request: Request, path_value: str) -> str:
+    """The key exactly as the caller sent it.
+
+    Routing normalises the path (drops a trailing '/', folds '//'), which would silently file
+    the entry under another key; the raw path keeps what was sent, for the service to judge.
+    """
+    raw_path = request.scope.get("raw_path")
+    prefix = f"{AuthCacheController.path}/"
+    if raw_path:
+        sent = unquote(raw_path.decode("utf-8", errors="replace"))
+        if sent.startswith(prefix):
+            return sent[len(prefix) :]
+    # A :path parameter keeps its leading slash.
     return path_value[1:] if path_value.startswith("/") else path_value
 
 
@@ -52,8 +64,8 @@ class AuthCacheController(Controller):
         summary="Read an entry (counts a hit)",
         responses=error_responses(401, 404, 409, 503),
     )
-    async def get_entry(self, service: Service, cache_key: CacheKeyPath) -> Entry:
-        return await service.get(_key(cache_key))
+    async def get_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> Entry:
+        return await service.get(_key(request, cache_key))
 
     @post(
         "/{cache_key:path}",
@@ -68,11 +80,12 @@ class AuthCacheController(Controller):
     )
     async def put_entry(
         self,
+        request: Request,
         service: Service,
         cache_key: CacheKeyPath,
         data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
     ) -> Response[EntryMeta]:
-        meta, created = await service.put(_key(cache_key), data)
+        meta, created = await service.put(_key(request, cache_key), data)
         return Response(meta, status_code=201 if created else 200)
 
     @delete(
@@ -82,8 +95,8 @@ class AuthCacheController(Controller):
         opt={"audit": True},
         responses=error_responses(401, 404, 503),
     )
-    async def delete_entry(self, service: Service, cache_key: CacheKeyPath) -> None:
-        await service.delete(_key(cache_key))
+    async def delete_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> None:
+        await service.delete(_key(request, cache_key))
 
     @get(
         "/",

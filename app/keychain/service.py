@@ -40,6 +40,9 @@ def check_cache_key(cache_key: str) -> str:
         )
     if _CONTROL_CHARACTERS.search(cache_key):
         raise InvalidEntry("cache key contains control characters")
+    if cache_key.startswith("/") or cache_key.endswith("/") or "//" in cache_key:
+        # URL routing folds these, so such a key could never be read back as written.
+        raise InvalidEntry("cache key must not start or end with '/' or contain '//'")
     return cache_key
 
 
@@ -53,9 +56,8 @@ def check_name(value: str, field: str) -> str:
 def _whole_seconds(value: int | str) -> int:
     if isinstance(value, str):
         if not _WHOLE_NUMBER.match(value):
-            raise InvalidEntry(
-                f"ttl_seconds must be a whole number of seconds, got {value[:32]!r}"
-            )
+            # Not echoed: a mis-rendered template could have put a token here.
+            raise InvalidEntry("ttl_seconds must be a whole number of seconds, such as 3600 or \"3600\"")
         value = int(value)
     return value
 

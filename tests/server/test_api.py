@@ -183,3 +183,19 @@ async def test_list_hides_expired_entries_unless_asked(client, connection):
 async def test_health_does_no_io_and_ready_checks_the_database(client):
     assert (await client.get("/health")).json() == {"status": "ok"}
     assert (await client.get("/ready")).json() == {"status": "ready"}
+
+
+@pytest.mark.parametrize("key", ["trailing/", "a//b", "/leading"])
+async def test_keys_that_url_routing_would_fold_are_refused(client, key):
+    answer = await client.post(f"/api/auth-cache/{key}", json=GLOBAL_TOKEN)
+    assert answer.status_code == 400
+    assert "must not start or end with '/' or contain '//'" in answer.json()["detail"]
+    folded = key.strip("/").replace("//", "/")
+    assert (await client.get(f"/api/auth-cache/{folded}")).status_code == 404
+
+
+async def test_a_bad_ttl_is_explained_without_echoing_it(client):
+    answer = await client.post("/api/auth-cache/k", json={**GLOBAL_TOKEN, "ttl_seconds": "ya29.token-by-mistake"})
+    assert answer.status_code == 400
+    assert "whole number of seconds" in answer.json()["detail"]
+    assert "ya29" not in answer.text
