@@ -12,7 +12,9 @@ from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from app.response_status import StatusRecorder
 
 audit_log = logging.getLogger("keychain.audit")
 
@@ -55,17 +57,11 @@ class AuditMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         try:
-            await next_app(scope, receive, capture)
+            await next_app(scope, receive, recorder)
         finally:
+            status = recorder.status
             handler = scope["route_handler"]
             denied = status in (401, 403)
             if handler.opt.get("audit") or denied:

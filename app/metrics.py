@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 
 from app.db.tables import SCOPE_TYPES
+from app.response_status import StatusRecorder
 
 __all__ = ["TEXT_FORMAT", "KeychainMetrics", "RequestMetricsMiddleware"]
 
@@ -126,18 +127,11 @@ class RequestMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
-
-        async def capture(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        recorder = StatusRecorder(send)
         started = time.perf_counter()
         try:
-            await self.app(scope, receive, capture)
+            await self.app(scope, receive, recorder)
         finally:
             self.metrics.request_duration.labels(
-                scope["method"], scope.get("path_template") or "unknown", str(status)
+                scope["method"], scope.get("path_template") or "unknown", str(recorder.status)
             ).observe(time.perf_counter() - started)

@@ -12,7 +12,7 @@ from litestar.params import Body, PathParameter, QueryParameter
 from litestar.openapi.datastructures import ResponseSpec
 
 from app.auth import require_role
-from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, ScopeType
+from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, EntryQuery, ScopeType
 from app.keychain.service import KeychainService
 from app.openapi import ErrorBody, error_responses
 from app.runtime import provide_keychain_service
@@ -116,12 +116,14 @@ class AuthCacheController(Controller):
         offset: Annotated[int, QueryParameter(ge=0, le=1_000_000)] = 0,
     ) -> EntryPage:
         return await service.list_meta(
-            execution_id=execution_id,
-            scope_type=scope_type,
-            credential_name=credential_name,
-            include_expired=include_expired,
-            limit=limit,
-            offset=offset,
+            EntryQuery(
+                execution_id=execution_id,
+                scope_type=scope_type,
+                credential_name=credential_name,
+                include_expired=include_expired,
+                limit=limit,
+                offset=offset,
+            )
         )
 
 

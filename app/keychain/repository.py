@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.errors import InvalidEntry
+from app.keychain.schemas import EntryQuery
 
 SWEEP_LOCK_ID = 0x6B63_7377_6565_70  # "kcsweep": one sweeping replica at a time
 
@@ -91,35 +92,29 @@ class KeychainRepository:
         )
         return (await self.conn.execute(stmt)).rowcount
 
-    async def list_meta(
-        self,
-        *,
-        execution_id: int | None,
-        scope_type: str | None,
-        credential_name: str | None,
-        include_expired: bool,
-        limit: int,
-        offset: int,
-    ) -> tuple[list[Row[Any]], int]:
+    async def list_meta(self, query: EntryQuery) -> tuple[list[Row[Any]], int]:
         t = self.table
         conditions = []
-        if execution_id is not None:
+        if query.execution_id is not None:
             conditions.append(
-                or_(t.c.execution_id == execution_id, t.c.parent_execution_id == execution_id)
+                or_(
+                    t.c.execution_id == query.execution_id,
+                    t.c.parent_execution_id == query.execution_id,
+                )
             )
-        if scope_type is not None:
-            conditions.append(t.c.scope_type == scope_type)
-        if credential_name is not None:
-            conditions.append(t.c.credential_name == credential_name)
-        if not include_expired:
+        if query.scope_type is not None:
+            conditions.append(t.c.scope_type == query.scope_type)
+        if query.credential_name is not None:
+            conditions.append(t.c.credential_name == query.credential_name)
+        if not query.include_expired:
             conditions.append(t.c.expires_at > func.now())
         where = and_(True, *conditions)
         page = (
             select(*self._meta_columns)
             .where(where)
             .order_by(t.c.cache_key)
-            .limit(limit)
-            .offset(offset)
+            .limit(query.limit)
+            .offset(query.offset)
         )
         rows = (await self.conn.execute(page)).all()
         total = (await self.conn.execute(select(func.count()).select_from(t).where(where))).scalar_one()

@@ -52,6 +52,17 @@ class Entry(EntryMeta, kw_only=True):
     data: dict[str, Any]
 
 
+class EntryQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Which entries' metadata to list, and which page of them."""
+
+    execution_id: int | None = None  # matches sub-executions (parent_execution_id) too
+    scope_type: ScopeType | None = None
+    credential_name: str | None = None
+    include_expired: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
 class EntryPage(msgspec.Struct, kw_only=True):
     items: list[EntryMeta]
     total: int

@@ -15,7 +15,7 @@ from sqlalchemy import func
 from app.crypto import KeyRing
 from app.errors import EntryNotFound, InvalidEntry, UnreadableEntry
 from app.keychain.repository import KeychainRepository
-from app.keychain.schemas import Entry, EntryMeta, EntryPage, EntryPut
+from app.keychain.schemas import Entry, EntryMeta, EntryPage, EntryPut, EntryQuery
 from app.metrics import KeychainMetrics
 
 log = logging.getLogger(__name__)
@@ -164,28 +164,12 @@ class KeychainService:
         self.metrics.execution_cleanup(deleted)
         return deleted
 
-    async def list_meta(
-        self,
-        *,
-        execution_id: int | None = None,
-        scope_type: str | None = None,
-        credential_name: str | None = None,
-        include_expired: bool = False,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> EntryPage:
-        if credential_name is not None:
-            check_name(credential_name, "credential_name")
-        rows, total = await self.repository.list_meta(
-            execution_id=execution_id,
-            scope_type=scope_type,
-            credential_name=credential_name,
-            include_expired=include_expired,
-            limit=limit,
-            offset=offset,
-        )
+    async def list_meta(self, query: EntryQuery) -> EntryPage:
+        if query.credential_name is not None:
+            check_name(query.credential_name, "credential_name")
+        rows, total = await self.repository.list_meta(query)
         items = [EntryMeta(**_meta_fields(row)) for row in rows]
-        return EntryPage(items=items, total=total, limit=limit, offset=offset)
+        return EntryPage(items=items, total=total, limit=query.limit, offset=query.offset)
 
 
 _META_FIELDS = EntryMeta.__struct_fields__
