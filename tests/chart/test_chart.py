@@ -173,6 +173,7 @@ SHORT_KEY = base64.b64encode(b"short").decode()
             "not-a-real-token",
         ),
         ({"databaseUrl": "mysql://keychain:hunter2@db/keychain"}, "must start with postgresql://", "hunter2"),
+        ({"databaseUrl": "postgresql+psycopg://keychain:hunter2@db/keychain"}, "postgres://", "hunter2"),
     ],
 )
 def test_validation_fails_fast_with_a_clear_message(helm, secrets, message, hidden):
@@ -182,6 +183,23 @@ def test_validation_fails_fast_with_a_clear_message(helm, secrets, message, hidd
     # Messages name the field, never the secret.
     if hidden:
         assert hidden not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://keychain:not-a-password@db.example.internal:5432/keychain",
+        "postgres://keychain:not-a-password@db.example.internal/keychain",
+        "postgresql+asyncpg://keychain:not-a-password@db.example.internal/keychain",
+        # libpq's sslmode: the app translates it for asyncpg.
+        "postgresql://keychain:not-a-password@db.example.internal/keychain?sslmode=require",
+        "postgres://keychain@/keychain?host=/var/run/postgresql&sslmode=disable",
+    ],
+)
+def test_every_database_url_the_app_accepts_renders(helm, url):
+    docs = helm.render(secrets_with(databaseUrl=url))
+    for secret in (plain_secret(docs), hook_secret(docs)):
+        assert base64.b64decode(secret["data"]["KEYCHAIN_DATABASE_URL"]).decode() == url
 
 
 def test_existing_secret_replaces_the_inline_secrets(helm):

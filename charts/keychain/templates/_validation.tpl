@@ -18,8 +18,9 @@ a key id or token name.
 {{- if and (not $url) (not (has "KEYCHAIN_DATABASE_URL" $extraEnvNames)) }}
 {{- fail (printf "\n\nkeychain: no database URL. Set secrets.databaseUrl to a postgresql:// URL, %s, or set KEYCHAIN_DATABASE_URL in extraEnv." $hint) }}
 {{- end }}
-{{- if and $url (not (regexMatch "^postgresql(\\+asyncpg)?://" $url)) }}
-{{- fail "\n\nkeychain: secrets.databaseUrl must start with postgresql:// or postgresql+asyncpg:// (value not shown)." }}
+{{- /* The schemes app/db/engine.py async_url accepts; query parameters such as ?sslmode=require pass through to the app. */}}
+{{- if and $url (not (regexMatch "^(postgres|postgresql|postgresql\\+asyncpg)://" $url)) }}
+{{- fail "\n\nkeychain: secrets.databaseUrl must start with postgresql://, postgres:// or postgresql+asyncpg:// (value not shown)." }}
 {{- end }}
 
 {{- /* Encryption keys: "id:<base64 of 32 bytes>,...", as app/crypto.py parses them. */}}
