@@ -14,17 +14,11 @@ from typing import Any
 
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import KeychainError
+from workerlib.keys import cache_key
+
+__all__ = ["CredentialCache", "cache_key"]
 
 log = logging.getLogger(__name__)
-
-
-def cache_key(credential_name: str, execution_id: int | None = None, token_type: str | None = None) -> str:
-    """`{name}:{execution_id}`, else `{name}:global:{token_type}` or `{name}:global`."""
-    if execution_id is not None:
-        return f"{credential_name}:{execution_id}"
-    if token_type:
-        return f"{credential_name}:global:{token_type}"
-    return f"{credential_name}:global"
 
 
 class CredentialCache:

@@ -14,18 +14,16 @@ import httpx
 from workerlib._flight import single_flight
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import BadRequest, KeychainUnavailable, TokenEndpointError, UnreadableEntry
+from workerlib.keys import cache_key
 
 log = logging.getLogger(__name__)
 
 CREDENTIAL_TYPE = "oauth2_client_credentials"
+TOKEN_TYPE = "oauth2"
 REFRESH_MARGIN_SECONDS = 300
 MIN_TTL_SECONDS = 60
 # RFC 6749 makes expires_in optional; assume the common hour when a server leaves it out.
 DEFAULT_EXPIRES_IN = 3600
-
-
-def oauth_cache_key(name: str) -> str:
-    return f"{name}:global:oauth2"
 
 
 def cache_ttl(expires_in: int, *, margin: int = REFRESH_MARGIN_SECONDS, floor: int = MIN_TTL_SECONDS) -> int:
@@ -50,7 +48,7 @@ async def client_credentials_token(
     if auth_method not in ("client_secret_basic", "client_secret_post"):
         raise ValueError("auth_method must be 'client_secret_basic' or 'client_secret_post'")
     client = client or default_client()
-    key = oauth_cache_key(name)
+    key = cache_key(name, token_type=TOKEN_TYPE)
 
     async def load() -> str:
         cacheable = True

@@ -13,17 +13,13 @@ import logging
 from workerlib._flight import single_flight
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import BadRequest, InvalidKey, KeychainUnavailable, UnreadableEntry
+from workerlib.keys import cache_key
 from workerlib.providers import SecretProvider, default_provider
 
 log = logging.getLogger(__name__)
 
 CREDENTIAL_TYPE = "secret_manager"
 CACHE_TYPE = "secret"
-
-
-def secret_cache_key(name: str, execution_id: int | None) -> str:
-    """`{name}:{execution_id}`; without an execution, the global form `{name}:global`."""
-    return f"{name}:{execution_id}" if execution_id is not None else f"{name}:global"
 
 
 async def fetch_secret(
@@ -41,7 +37,7 @@ async def fetch_secret(
     """
     client = client or default_client()
     provider = provider or default_provider()
-    key = secret_cache_key(name, execution_id)
+    key = cache_key(name, execution_id)
     return await single_flight(
         ("secret", client.base_url, key),
         lambda: _read_through(name, key, execution_id, ttl_seconds, client, provider),

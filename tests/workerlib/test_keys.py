@@ -1,0 +1,43 @@
+"""One cache-key format for every writer: fetch_secret, OAuth2 tokens and CredentialCache."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import workerlib
+from workerlib import compat
+from workerlib.keys import cache_key
+
+
+@pytest.mark.parametrize(
+    ("args", "key"),
+    [
+        (("projects/1/secrets/db/versions/3", 555), "projects/1/secrets/db/versions/3:555"),
+        (("svc", 0), "svc:0"),  # execution 0 is an execution, not "no execution"
+        (("svc", 7, "bearer"), "svc:7"),  # an execution's entry ignores the token type
+        (("crm", None, "oauth2"), "crm:global:oauth2"),
+        (("svc",), "svc:global"),
+        (("svc", None, ""), "svc:global"),
+    ],
+)
+def test_the_original_formats(args: tuple, key: str) -> None:
+    assert cache_key(*args) == key
+
+
+def test_the_format_is_built_in_one_place_only() -> None:
+    assert compat.cache_key is cache_key  # the old import path still works
+    package = Path(workerlib.__file__).parent
+    builders = sorted(p.name for p in package.glob("*.py") if _formats_a_global_key(p.read_text()))
+    assert builders == ["keys.py"]
+
+
+def _formats_a_global_key(source: str) -> bool:
+    """An f-string with ':global' in it (docstrings that mention the format do not count)."""
+    return any(
+        isinstance(node, ast.JoinedStr)
+        and any(isinstance(part, ast.Constant) and ":global" in str(part.value) for part in node.values)
+        for node in ast.walk(ast.parse(source))
+    )
