@@ -334,6 +334,18 @@ def test_settings_split_between_configmap_and_secret(default_docs):
     assert {"secretRef": {"name": plain_secret(default_docs)["metadata"]["name"]}} in sources
 
 
+def test_production_values_fit_the_database_connection_limit(production_docs):
+    # KEYCHAIN_DB_POOL_SIZE is a hard cap per pod (no overflow); the migration
+    # Job holds one more. The example claims to fit max_connections=100 less
+    # PostgreSQL's 3 superuser_reserved_connections: keep that true.
+    per_pod = int(one(production_docs, "ConfigMap")["data"]["KEYCHAIN_DB_POOL_SIZE"])
+    most_pods = (
+        one(production_docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
+        + one(production_docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    )
+    assert most_pods * per_pod + 1 <= 100 - 3
+
+
 def test_pods_roll_when_settings_change(helm, default_docs):
     def checksums(docs):
         pod_annotations = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
