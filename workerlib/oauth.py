@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 
+from workerlib._degraded import cache_failed
 from workerlib._flight import single_flight
 from workerlib.client import KeychainClient, default_client
-from workerlib.errors import BadRequest, KeychainUnavailable, TokenEndpointError, UnreadableEntry
+from workerlib.errors import KeychainError, TokenEndpointError, UnreadableEntry
 from workerlib.keys import cache_key
 
 log = logging.getLogger(__name__)
@@ -51,15 +52,16 @@ async def client_credentials_token(
     key = cache_key(name, token_type=TOKEN_TYPE)
 
     async def load() -> str:
+        context = {"credential_name": name}
         cacheable = True
         try:
             entry = await client.get(key)
-        except KeychainUnavailable as exc:
-            log.warning("keychain unavailable; OAuth2 token %s fetched without the cache (degraded): %s",
-                        name, exc, extra={"credential_name": name, "degraded": True})
-            entry, cacheable = None, False
         except UnreadableEntry:
-            entry = None
+            entry = None  # a miss; the new token overwrites it
+        except KeychainError as exc:
+            # The token endpoint does not depend on the cache; a failing cache is not written to.
+            cache_failed(log, f"OAuth2 token {name} fetched without the cache", exc, context)
+            entry, cacheable = None, False
         if entry is not None and isinstance(entry.data.get("access_token"), str):
             return entry.data["access_token"]
 
@@ -79,9 +81,8 @@ async def client_credentials_token(
                     credential_name=name,
                     ttl_seconds=cache_ttl(expires_in),
                 )
-            except (KeychainUnavailable, BadRequest) as exc:
-                log.warning("OAuth2 token %s was not cached: %s", name, exc,
-                            extra={"credential_name": name, "degraded": True})
+            except KeychainError as exc:
+                cache_failed(log, f"OAuth2 token {name} was not cached", exc, context)
         return token["access_token"]
 
     return await single_flight(("oauth2", client.base_url, key), load)

@@ -1,18 +1,20 @@
 """fetch_secret: read-through from the Keychain cache to the secret provider.
 
 Hit: the cached value. Miss: one provider call per key per process however many callers
-are waiting, stored execution-scoped for the next step. The cache is an optimisation: when the
-Keychain server is unreachable or failing, the value still comes from the provider and the
-worker logs that it ran degraded. Nothing here ever logs a secret's value.
+are waiting, stored execution-scoped for the next step. The cache is an optimisation: whatever
+goes wrong with it (server down or failing, our token refused, rate limits, an answer that does
+not decode), the value still comes from the provider and the worker logs that it ran degraded.
+Only the provider's own errors reach the caller. Nothing here ever logs a secret's value.
 """
 
 from __future__ import annotations
 
 import logging
 
+from workerlib._degraded import cache_failed
 from workerlib._flight import single_flight
 from workerlib.client import KeychainClient, default_client
-from workerlib.errors import BadRequest, InvalidKey, KeychainUnavailable, UnreadableEntry
+from workerlib.errors import BadRequest, InvalidKey, KeychainError, UnreadableEntry
 from workerlib.keys import cache_key
 from workerlib.providers import SecretProvider, default_provider
 
@@ -52,32 +54,30 @@ async def _read_through(
     client: KeychainClient,
     provider: SecretProvider,
 ) -> str:
+    context = {"secret_name": name, "execution_id": execution_id}
     cacheable = True
     try:
         entry = await client.get(key)
-    except KeychainUnavailable as exc:
-        log.warning(
-            "keychain unavailable; secret %s comes straight from the provider (degraded): %s",
-            name, exc, extra={"secret_name": name, "execution_id": execution_id, "degraded": True},
-        )
-        return await provider.access(name)
     except UnreadableEntry:
         # The server can no longer open it (key rotated out too early): a miss, rewritten below.
-        log.warning("cached secret %s is unreadable; fetching and rewriting it", name,
-                    extra={"secret_name": name, "execution_id": execution_id})
+        log.warning("cached secret %s is unreadable; fetching and rewriting it", name, extra=context)
         entry = None
     except (BadRequest, InvalidKey) as exc:
         # The key itself is refused (too long, say): works, but never cached.
-        log.warning("secret %s cannot be cached: %s", name, exc,
-                    extra={"secret_name": name, "execution_id": execution_id})
+        cache_failed(log, f"secret {name} cannot be cached", exc, context)
         entry, cacheable = None, False
+    except KeychainError as exc:
+        # Down, refusing our token, rate limiting, answering nonsense: none of it is the step's
+        # problem. Nor is writing back to a cache that just failed worth another request.
+        cache_failed(log, f"secret {name} comes straight from the provider", exc, context)
+        return await provider.access(name)
 
     if entry is not None:
         value = entry.data.get("value")
         if isinstance(value, str):
-            log.debug("secret cache hit", extra={"secret_name": name, "execution_id": execution_id})
+            log.debug("secret cache hit", extra=context)
             return value
-        log.warning("cached secret %s has no string value; refetching", name, extra={"secret_name": name})
+        log.warning("cached secret %s has no string value; refetching", name, extra=context)
 
     value = await provider.access(name)
     if cacheable:
@@ -93,6 +93,7 @@ async def _store(
     execution_id: int | None,
     ttl_seconds: int,
 ) -> None:
+    """Write the value back; never raises for the cache, the caller has its value already."""
     try:
         await client.put(
             key,
@@ -104,9 +105,5 @@ async def _store(
             credential_name=name,
             ttl_seconds=ttl_seconds,
         )
-    except KeychainUnavailable as exc:
-        log.warning("keychain unavailable; secret %s was not cached (degraded): %s", name, exc,
-                    extra={"secret_name": name, "execution_id": execution_id, "degraded": True})
-    except BadRequest as exc:
-        log.warning("secret %s was not cached: %s", name, exc,
-                    extra={"secret_name": name, "execution_id": execution_id})
+    except KeychainError as exc:
+        cache_failed(log, f"secret {name} was not cached", exc, {"secret_name": name, "execution_id": execution_id})

@@ -48,3 +48,18 @@ class ScriptedServer:
 
     def http_client(self, base_url: str = BASE_URL) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self), base_url=base_url)
+
+
+# Every way the cache can fail other than being down, as (status, headers, body, error class,
+# text of the server's detail that the log must carry). 429 asks for a wait longer than the
+# client will give it, so it is not retried.
+CACHE_FAILURES = [
+    (401, {}, {"status_code": 401, "detail": "a bearer token is required"}, "Unauthorized", "a bearer token is required"),
+    (403, {}, {"status_code": 403, "detail": "role reader may not write"}, "Forbidden", "role reader may not write"),
+    (429, {"Retry-After": "120"}, {"status_code": 429, "detail": "slow down"}, "RateLimited", "slow down"),
+    (418, {}, {"status_code": 418, "detail": "I'm a teapot"}, "KeychainAPIError", "I'm a teapot"),
+    (200, {}, {"unexpected": "shape"}, "KeychainError", "unexpected answer"),
+    (200, {}, b"<html>a proxy page</html>", "KeychainError", "unexpected answer"),
+]
+CACHE_FAILURE_IDS = ["401", "403", "429", "418", "200-wrong-shape", "200-not-json"]
+MISS = (404, {}, {"status_code": 404, "detail": "no live entry"})

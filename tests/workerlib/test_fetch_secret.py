@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.workerlib.helpers import BASE_URL, ScriptedServer
+from tests.workerlib.helpers import BASE_URL, CACHE_FAILURE_IDS, CACHE_FAILURES, MISS, ScriptedServer
 from workerlib import (
     EnvProvider,
     FileProvider,
@@ -168,3 +168,63 @@ async def test_file_provider_reads_one_file_per_secret_id(tmp_path: Path) -> Non
         await FileProvider(tmp_path).access("projects/123/secrets/nope/versions/1")
     with pytest.raises(SecretNotFound):
         await FileProvider(tmp_path).access("../etc/passwd")
+
+
+def _workerlib_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name.startswith("workerlib")]
+
+
+def _assert_logged_degraded(caplog: pytest.LogCaptureFixture, status: int, error_class: str, detail: str) -> None:
+    records = [r for r in _workerlib_records(caplog) if getattr(r, "degraded", False)]
+    assert records, caplog.text
+    message = records[0].getMessage()
+    assert "degraded" in message and error_class in message and detail in message
+    if status in (401, 403):
+        # A wrong token silently disables the cache for every worker: say so loudly.
+        assert records[0].levelno == logging.ERROR and "KEYCHAIN_API_TOKEN" in message
+    else:
+        assert records[0].levelno == logging.WARNING
+    assert VALUE not in caplog.text
+    assert all(VALUE not in repr(r.__dict__) for r in caplog.records)
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS)
+async def test_a_failing_cache_read_never_fails_the_step(
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
+    caplog: pytest.LogCaptureFixture,
+    status: int, headers: dict, body: object, error_class: str, detail: str,
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    server = ScriptedServer((status, headers, body))
+    async with server.http_client() as http:
+        keychain = KeychainClient(BASE_URL, http_client=http)
+        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
+    assert secret_manager.calls[NAME] == 1
+    assert [r["method"] for r in server.requests] == ["GET"]  # no write-back to a cache that just failed
+    _assert_logged_degraded(caplog, status, error_class, detail)
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS)
+async def test_a_failing_cache_write_never_fails_the_step(
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
+    caplog: pytest.LogCaptureFixture,
+    status: int, headers: dict, body: object, error_class: str, detail: str,
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    server = ScriptedServer(MISS, (status, headers, body))
+    async with server.http_client() as http:
+        keychain = KeychainClient(BASE_URL, http_client=http)
+        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
+    assert [r["method"] for r in server.requests] == ["GET", "POST"]
+    _assert_logged_degraded(caplog, status, error_class, detail)
+
+
+async def test_the_providers_own_errors_still_reach_the_caller(
+    provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    server = ScriptedServer((401, {}, {"status_code": 401, "detail": "a bearer token is required"}))
+    async with server.http_client() as http:
+        with pytest.raises(SecretNotFound):
+            await fetch_secret(NAME, execution_id=3, client=KeychainClient(BASE_URL, http_client=http), provider=provider)

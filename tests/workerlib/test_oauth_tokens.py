@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import logging
 from urllib.parse import parse_qs
 
 import pytest
 
-from tests.workerlib.helpers import ScriptedServer
+from tests.workerlib.helpers import BASE_URL, CACHE_FAILURE_IDS, CACHE_FAILURES, MISS, ScriptedServer
 from workerlib import KeychainClient, TokenEndpointError, client_credentials_token
 from workerlib.oauth import cache_ttl
 
@@ -91,4 +92,24 @@ async def test_keychain_down_still_gives_a_token(down_keychain: KeychainClient, 
                                                client_secret=CLIENT_SECRET, client=down_keychain, http_client=http)
     assert token == "at-first"
     assert "degraded" in caplog.text
+    assert "at-first" not in caplog.text and CLIENT_SECRET not in caplog.text
+
+
+@pytest.mark.parametrize(("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS)
+@pytest.mark.parametrize("failing", ["read", "write"])
+async def test_a_failing_cache_never_fails_token_acquisition(
+    caplog: pytest.LogCaptureFixture,
+    failing: str, status: int, headers: dict, body: object, error_class: str, detail: str,
+) -> None:
+    keychain_server = ScriptedServer((status, headers, body)) if failing == "read" else ScriptedServer(MISS, (status, headers, body))
+    idp = token_endpoint()
+    async with keychain_server.http_client() as keychain_http, idp.http_client("http://idp.test") as http:
+        keychain = KeychainClient(BASE_URL, http_client=keychain_http)
+        token = await client_credentials_token("crm", token_url=TOKEN_URL, client_id="w",
+                                               client_secret=CLIENT_SECRET, client=keychain, http_client=http)
+    assert token == "at-first"
+    assert [r["method"] for r in keychain_server.requests] == (["GET"] if failing == "read" else ["GET", "POST"])
+    records = [r for r in caplog.records if r.name.startswith("workerlib") and getattr(r, "degraded", False)]
+    assert records and error_class in records[0].getMessage() and detail in records[0].getMessage()
+    assert records[0].levelno == (logging.ERROR if status in (401, 403) else logging.WARNING)
     assert "at-first" not in caplog.text and CLIENT_SECRET not in caplog.text
