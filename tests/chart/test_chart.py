@@ -202,14 +202,29 @@ def test_every_database_url_the_app_accepts_renders(helm, url):
         assert base64.b64decode(secret["data"]["KEYCHAIN_DATABASE_URL"]).decode() == url
 
 
+def env_named(workload: dict, name: str) -> list[dict]:
+    return [e for e in container(workload).get("env", []) if e["name"] == name]
+
+
+def secret_refs(workload: dict) -> list[tuple[str, str | None]]:
+    """(Secret name, key or None for the whole Secret) for every Secret the container reads."""
+    main = container(workload)
+    whole = [(s["secretRef"]["name"], None) for s in main.get("envFrom", []) if "secretRef" in s]
+    keys = [
+        (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in main.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    return whole + keys
+
+
 def test_existing_secret_replaces_the_inline_secrets(helm):
     docs = helm.render({"secrets": {"existingSecret": "keychain-credentials"}})
     assert by_kind(docs, "Secret") == []
-    for workload in (one(docs, "Deployment"), one(docs, "Job")):
-        refs = [
-            source["secretRef"]["name"] for source in container(workload)["envFrom"] if "secretRef" in source
-        ]
-        assert refs == ["keychain-credentials"]
+    assert secret_refs(one(docs, "Deployment")) == [("keychain-credentials", None)]
+    # The migration reads only the database URL out of it, not the keys and tokens.
+    assert secret_refs(one(docs, "Job")) == [("keychain-credentials", "KEYCHAIN_DATABASE_URL")]
+    assert "envFrom" not in container(one(docs, "Job"))
 
 
 def test_database_url_may_come_from_extra_env(helm):
@@ -220,7 +235,20 @@ def test_database_url_may_come_from_extra_env(helm):
     docs = helm.render(secrets_with(databaseUrl=""), {"extraEnv": [from_operator]})
     assert "KEYCHAIN_DATABASE_URL" not in plain_secret(docs)["data"]
     for workload in (one(docs, "Deployment"), one(docs, "Job")):
-        assert from_operator in container(workload)["env"]
+        assert env_named(workload, "KEYCHAIN_DATABASE_URL") == [from_operator]
+    # Nothing left for a hook Secret to carry.
+    assert [d for d in by_kind(docs, "Secret") if is_hook(d)] == []
+    assert secret_refs(one(docs, "Job")) == [("pg-app", "uri")]
+
+
+def test_extra_env_database_url_wins_over_the_existing_secret(helm):
+    from_operator = {
+        "name": "KEYCHAIN_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "pg-app", "key": "uri"}},
+    }
+    docs = helm.render({"secrets": {"existingSecret": "keychain-credentials"}, "extraEnv": [from_operator]})
+    # One definition only: a duplicate env name would leave the winner to the kubelet.
+    assert env_named(one(docs, "Job"), "KEYCHAIN_DATABASE_URL") == [from_operator]
 
 
 # --- what an operator would notice ---------------------------------------
@@ -282,20 +310,39 @@ def test_migration_hook_only_uses_what_exists_before_install(default_docs):
     # A pre-install hook runs before the release's ordinary objects exist.
     job = one(default_docs, "Job")
     migrate = container(job)
-    (secret_ref,) = [s["secretRef"]["name"] for s in migrate["envFrom"]]
+    assert "envFrom" not in migrate
+    ((secret_name, key),) = secret_refs(job)
     secret = hook_secret(default_docs)
-    assert secret["metadata"]["name"] == secret_ref
-    assert secret_ref != plain_secret(default_docs)["metadata"]["name"]
+    assert (secret["metadata"]["name"], key) == (secret_name, "KEYCHAIN_DATABASE_URL")
+    assert secret_name != plain_secret(default_docs)["metadata"]["name"]
     assert "pre-install" in annotations(secret)["helm.sh/hook"]
     assert int(annotations(secret)["helm.sh/hook-weight"]) < int(annotations(job)["helm.sh/hook-weight"])
-    assert secret["data"] == plain_secret(default_docs)["data"]
-    assert not any("configMapRef" in source for source in migrate["envFrom"])
     config = one(default_docs, "ConfigMap")["data"]
-    assert {e["name"]: e["value"] for e in migrate["env"]} == config
+    assert {e["name"]: e["value"] for e in migrate["env"] if "value" in e} == config
     assert (
         job["spec"]["template"]["spec"]["serviceAccountName"]
         != one(default_docs, "ServiceAccount")["metadata"]["name"]
     )
+
+
+def test_migration_sees_only_the_database_url(default_docs):
+    # `keychain migrate` needs the URL alone: the keys and tokens stay out of
+    # the hook Secret, which may outlive a failed migration on older Helm.
+    secret = hook_secret(default_docs)
+    assert {k: base64.b64decode(v).decode() for k, v in secret["data"].items()} == {
+        "KEYCHAIN_DATABASE_URL": DATABASE_URL
+    }
+    job = one(default_docs, "Job")
+    names = [e["name"] for e in container(job)["env"]]
+    assert len(names) == len(set(names))
+    assert not {"KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"} & set(names)
+
+
+def test_hook_secret_is_deleted_whatever_the_migration_outcome(default_docs):
+    policy = set(annotations(hook_secret(default_docs))["helm.sh/hook-delete-policy"].split(","))
+    assert policy == {"before-hook-creation", "hook-succeeded", "hook-failed"}
+    # The Job stays after a failure so its logs can be read.
+    assert "hook-failed" not in annotations(one(default_docs, "Job"))["helm.sh/hook-delete-policy"]
 
 
 def test_server_pods_never_migrate(default_docs, production_docs):

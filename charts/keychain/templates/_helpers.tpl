@@ -105,9 +105,9 @@ KEYCHAIN_API_TOKENS from: the operator's, or the one this chart makes.
 {{- end }}
 
 {{/*
-The Secret the migration hook reads. A pre-install hook runs before the
-chart's ordinary resources exist, so unless the operator brings a Secret the
-hook gets its own copy, itself a hook (see migration-secret.yaml).
+The Secret the migration hook reads KEYCHAIN_DATABASE_URL from. A pre-install
+hook runs before the chart's ordinary resources exist, so unless the operator
+brings a Secret the hook gets its own, itself a hook (see migration-secret.yaml).
 */}}
 {{- define "keychain.migrationSecretName" -}}
 {{- if .Values.secrets.existingSecret }}
@@ -188,4 +188,16 @@ The writable /tmp: the root filesystem is read-only.
     {{- with .Values.tmpVolume.sizeLimit }}
     sizeLimit: {{ . }}
     {{- end }}
+{{- end }}
+
+{{/*
+"true" when extraEnv sets the variable named by the second argument, else "".
+Usage: include "keychain.extraEnvHas" (list . "KEYCHAIN_DATABASE_URL")
+*/}}
+{{- define "keychain.extraEnvHas" -}}
+{{- $names := list }}
+{{- range (index . 0).Values.extraEnv }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- if has (index . 1) $names }}true{{ end }}
 {{- end }}
