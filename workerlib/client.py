@@ -166,7 +166,9 @@ class KeychainClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         # A Retry-After longer than this is not waited for: the call fails now (and
-        # fetch_secret degrades) rather than stalling a workflow step.
+        # fetch_secret degrades) rather than stalling a workflow step. The server sends
+        # Retry-After: 1 with its 503s, so the default rides out a short database blip
+        # (up to `retries` waits of a second) before degrading; keep it above 1.
         self.max_retry_after = max_retry_after
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from pathlib import Path
 
 import httpx
@@ -228,3 +229,27 @@ async def test_the_providers_own_errors_still_reach_the_caller(
     async with server.http_client() as http:
         with pytest.raises(SecretNotFound):
             await fetch_secret(NAME, execution_id=3, client=KeychainClient(BASE_URL, http_client=http), provider=provider)
+
+
+async def test_the_servers_retry_after_1_on_503_is_waited_for_with_the_default_settings(
+    provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    """The server answers 503 with Retry-After: 1 while its database is away; a blip that
+    short must be ridden out (and the cache used), not turned straight into a degraded step."""
+    secret_manager.add(NAME, VALUE)
+    unavailable = (503, {"Retry-After": "1"}, {"status_code": 503, "detail": "the database is unreachable"})
+    hit = {
+        "cache_key": f"{NAME}:3", "credential_name": NAME, "credential_type": "secret_manager",
+        "cache_type": "secret", "scope_type": "execution", "execution_id": 3, "parent_execution_id": None,
+        "ttl_seconds": 3600, "expires_at": "2030-01-01T00:00:00Z", "created_at": "2029-12-31T23:00:00Z",
+        "accessed_at": "2029-12-31T23:30:00Z", "access_count": 1, "data": {"value": "from-the-cache"},
+    }
+    server = ScriptedServer(unavailable, unavailable, (200, {}, hit))
+    async with server.http_client() as http:
+        keychain = KeychainClient(BASE_URL, http_client=http)  # the defaults a worker gets
+        started = time.monotonic()
+        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == "from-the-cache"
+        elapsed = time.monotonic() - started
+    assert len(server.requests) == 3
+    assert elapsed >= 2.0  # each retry waited the second the server asked for
+    assert secret_manager.total_calls == 0
