@@ -488,3 +488,35 @@ def test_notes_tell_how_to_reach_the_ui_and_metrics(helm):
     assert "kubectl -n keychain port-forward service/kc-keychain 8082:8082" in notes
     assert "http://localhost:8082/schema" in notes
     assert "http://localhost:8082/metrics" in notes
+
+
+def test_notes_list_what_an_existing_secret_must_hold(helm):
+    notes = helm.notes({"secrets": {"existingSecret": "keychain-credentials"}})
+    assert notes.returncode == 0, notes.output
+    text = notes.stdout.split("NOTES:", 1)[1]
+    assert "Secret keychain-credentials" in text
+    for key in ("KEYCHAIN_DATABASE_URL", "KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"):
+        assert key in text
+    # Where the pods' refusal to start can be read.
+    assert "kubectl -n keychain logs deployment/kc-keychain" in text
+
+    # A URL from extraEnv need not be in the Secret.
+    from_operator = {
+        "name": "KEYCHAIN_DATABASE_URL",
+        "valueFrom": {"secretKeyRef": {"name": "pg", "key": "uri"}},
+    }
+    notes = helm.notes({"secrets": {"existingSecret": "keychain-credentials"}, "extraEnv": [from_operator]})
+    text = notes.stdout.split("NOTES:", 1)[1]
+    assert "KEYCHAIN_DATABASE_URL" not in text and "KEYCHAIN_API_TOKENS" in text
+
+    # Inline secrets were checked at install time: no such section.
+    inline = helm.notes(SECRETS).stdout.split("NOTES:", 1)[1]
+    assert "KEYCHAIN_ENCRYPTION_KEYS" not in inline
+
+
+def test_values_document_what_an_existing_secret_must_hold():
+    values = (CHART / "values.yaml").read_text()
+    documented = values[: values.index("  existingSecret:")]
+    for key in ("KEYCHAIN_DATABASE_URL", "KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"):
+        assert key in documented
+

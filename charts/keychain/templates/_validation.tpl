@@ -11,6 +11,8 @@ a key id or token name.
 {{- $extraEnvNames = append $extraEnvNames .name }}
 {{- end }}
 
+{{- /* An existing Secret cannot be read at template time: values.yaml and
+NOTES.txt list the keys it must hold, and the server refuses to start without them. */}}
 {{- if not .Values.secrets.existingSecret }}
 
 {{- /* Database URL: given inline, or via extraEnv (e.g. a secretKeyRef to the database operator's Secret). */}}
