@@ -1,5 +1,5 @@
 """Fixtures for workerlib: a KeychainClient on the real app, the Secret Manager emulator with
-the real google-cloud-secret-manager client, and a closed port."""
+the real google-cloud-secret-manager client, a closed port and a silent one."""
 
 from __future__ import annotations
 
@@ -58,6 +58,28 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port on 127.0.0.1 where connecting hangs, like a server whose packets are dropped.
+
+    The listener never accepts and its queue is already full, so the kernel ignores new SYNs
+    instead of refusing them: the local stand-in for a host that has silently gone away.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
+        try:
+            for filler in fillers:
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -253,3 +253,15 @@ async def test_the_servers_retry_after_1_on_503_is_waited_for_with_the_default_s
     assert len(server.requests) == 3
     assert elapsed >= 2.0  # each retry waited the second the server asked for
     assert secret_manager.total_calls == 0
+
+
+async def test_a_silent_server_falls_back_to_the_provider_in_seconds(
+    silent_port: int, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    async with KeychainClient(f"http://127.0.0.1:{silent_port}") as keychain:  # a worker's defaults
+        started = time.monotonic()
+        value = await asyncio.wait_for(fetch_secret(NAME, execution_id=3, client=keychain, provider=provider), 10)
+        elapsed = time.monotonic() - started
+    assert value == VALUE
+    assert elapsed < 4.0  # three 0.5 s connects, jittered backoff, the provider; not ~15 s

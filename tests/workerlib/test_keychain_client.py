@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import time
 
 import httpx
 import pytest
@@ -255,3 +257,14 @@ async def test_keychain_api_token_is_sent_and_the_server_enforces_it(make_app, m
         with pytest.raises(Forbidden):  # cleanup is an admin's job
             await keychain.cleanup_execution(1)
     assert entry is not None and entry.data == {"v": 1}
+
+
+async def test_a_server_that_drops_packets_fails_within_the_connect_timeouts(silent_port: int) -> None:
+    """The default client gives each connect 0.5 s, not the whole 5 s timeout: three attempts
+    (the first and two retries) fail in about 1.5 s instead of about 15 s."""
+    async with KeychainClient(f"http://127.0.0.1:{silent_port}", backoff=0.01) as keychain:
+        started = time.monotonic()
+        with pytest.raises(KeychainUnavailable, match="ConnectTimeout, 3 attempts"):
+            await asyncio.wait_for(keychain.get("k:global"), timeout=6)
+        elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed < 3.0
