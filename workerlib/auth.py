@@ -4,7 +4,14 @@
      "jira":   {"type": "basic", "username": "bot", "password_key": "projects/1/secrets/jira/versions/2"},
      "maps":   {"type": "api_key", "header": "X-Goog-Api-Key", "key": "projects/1/secrets/maps/versions/1"},
      "crm":    {"type": "bearer", "oauth_credential": "crm", "token_url": "https://crm/oauth/token",
-                "client_id": "worker", "client_secret_key": "projects/1/secrets/crm-client/versions/1"}}
+                "client_id": "worker", "client_secret_key": "projects/1/secrets/crm-client/versions/1"},
+     "llm":    {"type": "bearer", "key": "projects/1/secrets/llm-oauth-client/versions/1",
+                "oauth_credential": "llm"}}
+
+An `oauth_credential` entry is an OAuth2 client-credentials token, cached globally under
+`{oauth_credential}:global:oauth2`. Its client is either spelled out in the map (`token_url`,
+`client_id` or `client_id_key`, `client_secret_key`) or, with none of those, kept whole in the
+`key` secret as JSON: {"token_url": ..., "client_id": ..., "client_secret": ..., "scope": optional}.
 
 `provider` picks where secrets come from: `secret_manager` (default; KEYCHAIN_SECRET_PROVIDER
 can redirect it for local work), `env` or `file`.
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -33,6 +41,10 @@ from workerlib.providers import (
 from workerlib.secrets import fetch_secret
 
 DEFAULT_API_KEY_HEADER = "X-API-Key"
+# With any of these in the map, the OAuth2 client is configured there; without them, `key` is
+# a secret holding it as JSON.
+_EXPLICIT_OAUTH_FIELDS = ("token_url", "client_id", "client_id_key", "client_secret_key")
+_OAUTH_CLIENT_FIELDS = ("token_url", "client_id", "client_secret")
 
 
 def _provider(entry: str, spec: Mapping[str, Any], providers: Mapping[str, SecretProvider]) -> SecretProvider:
@@ -144,20 +156,51 @@ async def _oauth_token(
     client: KeychainClient,
     http_client: httpx.AsyncClient | None,
 ) -> str:
-    token_url = spec.get("token_url")
-    if not token_url:
-        raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'token_url'")
-    client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
-    if not client_id:
-        raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
+    if any(spec.get(field) for field in _EXPLICIT_OAUTH_FIELDS) or not spec.get("key"):
+        token_url = spec.get("token_url")
+        if not token_url:
+            raise AuthConfigError(
+                f"auth entry {name!r}: 'oauth_credential' needs 'key' (a secret holding the OAuth2 client "
+                "as JSON) or 'token_url', 'client_id' and 'client_secret_key'"
+            )
+        client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
+        if not client_id:
+            raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
+        settings = {"token_url": str(token_url), "client_id": str(client_id),
+                    "client_secret": await secret("client_secret_key")}
+    else:
+        settings = _oauth_client(name, await secret("key"))
     return await client_credentials_token(
         str(spec["oauth_credential"]),
-        token_url=str(token_url),
-        client_id=str(client_id),
-        client_secret=await secret("client_secret_key"),
-        scope=spec.get("scope"),
+        token_url=settings["token_url"],
+        client_id=settings["client_id"],
+        client_secret=settings["client_secret"],
+        scope=spec.get("scope") or settings.get("scope"),
         audience=spec.get("audience"),
         auth_method=str(spec.get("auth_method") or "client_secret_basic"),
         client=client,
         http_client=http_client,
     )
+
+
+def _oauth_client(name: str, text: str) -> dict[str, str]:
+    """The OAuth2 client JSON kept in the `key` secret; errors name fields, never values."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        # Raised outside the handler: a JSONDecodeError keeps the whole document (the secret)
+        # in .doc, and would travel along as the new error's __context__.
+        document = None
+    if not isinstance(document, dict):
+        raise AuthConfigError(
+            f"auth entry {name!r}: the secret in 'key' must be a JSON object with "
+            "token_url, client_id and client_secret"
+        )
+    missing = [field for field in _OAUTH_CLIENT_FIELDS if not isinstance(document.get(field), str) or not document[field]]
+    if missing:
+        raise AuthConfigError(
+            f"auth entry {name!r}: the OAuth2 client JSON in 'key' needs {', '.join(missing)} (non-empty strings)"
+        )
+    if document.get("scope") is not None and not isinstance(document["scope"], str):
+        raise AuthConfigError(f"auth entry {name!r}: 'scope' in the OAuth2 client JSON in 'key' must be a string")
+    return {field: document[field] for field in (*_OAUTH_CLIENT_FIELDS, "scope") if document.get(field)}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
+import traceback
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -14,6 +17,8 @@ OPENAI = "projects/123/secrets/openai-api-key/versions/1"
 JIRA = "projects/123/secrets/jira-password/versions/2"
 MAPS = "projects/123/secrets/maps-key/versions/1"
 CRM_CLIENT = "projects/123/secrets/crm-client-secret/versions/1"
+OAUTH_CLIENT = "projects/123/secrets/openai-oauth-client/versions/1"
+OAUTH_CLIENT_SECRET = "oauth-client-secret-0000"
 
 
 @pytest.fixture
@@ -78,6 +83,65 @@ async def test_bearer_from_an_oauth_credential(
             assert headers == {"Authorization": "Bearer crm-token"}
     assert len(idp.requests) == 1  # the token is global, shared by both executions
     assert await keychain.get("crm:global:oauth2") is not None
+
+
+async def test_designs_example_bearer_from_an_oauth_client_kept_as_json_in_key(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator
+) -> None:
+    """DESIGN's own example: `key` and `oauth_credential`, no token_url in the map."""
+    client_json = {"token_url": "http://idp.test/oauth/token", "client_id": "worker",
+                   "client_secret": OAUTH_CLIENT_SECRET, "scope": "models.read"}
+    secrets.add(OAUTH_CLIENT, json.dumps(client_json) + "\n")
+    idp = ScriptedServer((200, {}, {"access_token": "oa-token", "token_type": "Bearer", "expires_in": 3600}))
+    auth = {"openai": {"type": "bearer", "provider": "secret_manager", "key": OAUTH_CLIENT,
+                       "oauth_credential": "openai-oauth"}}
+    async with idp.http_client("http://idp.test") as http:
+        for execution_id in (1, 2):
+            headers = await resolve_auth(auth, execution_id=execution_id, client=keychain,
+                                         providers={"secret_manager": provider}, http_client=http)
+            assert headers == {"Authorization": "Bearer oa-token"}
+
+    assert len(idp.requests) == 1  # the token is global, shared by both executions
+    request = idp.requests[0]
+    assert request["path"] == "/oauth/token"
+    assert request["headers"]["authorization"] == "Basic " + base64.b64encode(
+        f"worker:{OAUTH_CLIENT_SECRET}".encode()).decode()
+    assert parse_qs(request["body"].decode()) == {"grant_type": ["client_credentials"], "scope": ["models.read"]}
+    token = await keychain.get("openai-oauth:global:oauth2")
+    assert token is not None and token.data["access_token"] == "oa-token"
+    # The client JSON itself came through fetch_secret, so it is cached per execution too.
+    assert await keychain.get(f"{OAUTH_CLIENT}:1") is not None
+
+
+@pytest.mark.parametrize(
+    ("stored", "message"),
+    [
+        (json.dumps({"token_url": "http://idp.test/t", "client_secret": OAUTH_CLIENT_SECRET}), "needs client_id"),
+        (json.dumps({"client_id": "w", "client_secret": ""}), "needs token_url, client_secret"),
+        (json.dumps({"token_url": "http://idp.test/t", "client_id": "w", "client_secret": OAUTH_CLIENT_SECRET,
+                     "scope": ["a"]}), "'scope' .* must be a string"),
+        (f"client_secret={OAUTH_CLIENT_SECRET}", "must be a JSON object"),
+        (json.dumps([OAUTH_CLIENT_SECRET]), "must be a JSON object"),
+    ],
+    ids=["no-client_id", "empty-fields", "scope-not-a-string", "not-json", "not-an-object"],
+)
+async def test_an_incomplete_oauth_client_json_is_named_without_its_values(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator,
+    stored: str, message: str,
+) -> None:
+    secrets.add(OAUTH_CLIENT, stored)
+    auth = {"openai": {"type": "bearer", "key": OAUTH_CLIENT, "oauth_credential": "openai-oauth"}}
+    with pytest.raises(AuthConfigError, match=message) as caught:
+        await resolve_auth(auth, execution_id=1, client=keychain, providers={"secret_manager": provider})
+    assert "'openai'" in str(caught.value)
+    # Not in the message, nor anywhere in the traceback a worker would log.
+    assert OAUTH_CLIENT_SECRET not in "".join(traceback.format_exception(caught.value))
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+
+
+async def test_an_oauth_credential_with_neither_key_nor_token_url_says_both_ways(keychain: KeychainClient) -> None:
+    with pytest.raises(AuthConfigError, match="needs 'key' .* or 'token_url'"):
+        await resolve_auth({"svc": {"type": "bearer", "oauth_credential": "svc"}}, execution_id=1, client=keychain)
 
 
 async def test_the_env_provider_serves_local_runs(keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch) -> None:
