@@ -25,7 +25,15 @@ from app.auth import TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database, make_engine
 from app.db.tables import build_metadata
-from app.errors import DatabaseUnavailable, EntryNotFound, InvalidEntry, KeychainError, UnreadableEntry
+from app.errors import (
+    RETRY_AFTER_SECONDS,
+    ConfigurationError,
+    DatabaseUnavailable,
+    EntryNotFound,
+    InvalidEntry,
+    KeychainError,
+    UnreadableEntry,
+)
 from app.keychain.controller import AuthCacheController, ExecutionController
 from app.keychain.service import TtlPolicy
 from app.keychain.sweeper import run_sweeper
@@ -49,8 +57,8 @@ _ERROR_STATUS: dict[type[KeychainError], int] = {
 
 
 def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, object]]:
-    status = _ERROR_STATUS[type(exc)]
-    headers = {"Retry-After": "5"} if status == 503 else None
+    status = next(_ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in _ERROR_STATUS)
+    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
     return Response({"status_code": status, "detail": str(exc)}, status_code=status, headers=headers)
 
 
@@ -102,7 +110,29 @@ def _openapi_config() -> OpenAPIConfig:
 def make_keyring(settings: Settings) -> KeyRing:
     if settings.encryption_keys:
         return KeyRing.parse(settings.encryption_keys)
+    if settings.database_url is not None:
+        # A generated key lives in one pod's data directory: other replicas, and this one
+        # after a restart, could not open what it sealed.
+        raise ConfigurationError(
+            "KEYCHAIN_ENCRYPTION_KEYS is required with KEYCHAIN_DATABASE_URL: every replica "
+            "must seal with the same keys (a key is generated only for the embedded database)"
+        )
     return KeyRing.load_or_create_local(settings.data_dir)
+
+
+def make_token_table(settings: Settings) -> TokenTable:
+    tokens = TokenTable.parse(settings.api_tokens)
+    if tokens.is_open:
+        if settings.database_url is not None and not settings.allow_open_api:
+            raise ConfigurationError(
+                "KEYCHAIN_API_TOKENS is required with KEYCHAIN_DATABASE_URL "
+                "(name:role:token,...); set KEYCHAIN_ALLOW_OPEN_API=true only for development"
+            )
+        log.warning(
+            "NO API TOKENS CONFIGURED: the Keychain API is open to anyone who can reach it. "
+            "Set KEYCHAIN_API_TOKENS for anything but local development."
+        )
+    return tokens
 
 
 @contextlib.asynccontextmanager
@@ -138,12 +168,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> Litestar:
     """Build the app. Tests pass their own settings and a Database bound to a test transaction."""
     settings = settings or load_settings()
-    tokens = TokenTable.parse(settings.api_tokens)
-    if tokens.is_open:
-        log.warning(
-            "NO API TOKENS CONFIGURED: the Keychain API is open to anyone who can reach it. "
-            "Set KEYCHAIN_API_TOKENS for anything but local development."
-        )
+    tokens = make_token_table(settings)
     _, table = build_metadata(settings.db_schema)
     runtime = Runtime(
         settings=settings,

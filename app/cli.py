@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigurationError, DatabaseUnavailable
+from app.errors import ConfigurationError, DatabaseNotMigrated, DatabaseUnavailable
 from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
@@ -25,9 +25,6 @@ Settings come from KEYCHAIN_* environment variables (KEYCHAIN_DATABASE_URL, KEYC
 Exit codes: 0 ok; 1 bad configuration or the command failed; 2 bad usage; 3 database unreachable."""
 
 # SQLSTATEs meaning "this database was never migrated": undefined table, invalid schema.
-_NOT_MIGRATED = ("42P01", "3F000")
-
-
 def alembic_ini() -> Path:
     """alembic.ini sits beside app/ in a checkout and in the image's working directory."""
     for candidate in (Path(__file__).resolve().parent.parent / "alembic.ini", Path.cwd() / "alembic.ini"):
@@ -318,17 +315,16 @@ def _database_failure(command: str, settings: Settings, exc: Exception) -> int |
     """One line on stderr for what the database said; None for anything else."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.db.engine import is_unavailable
+    from app.db.engine import translated
 
     where = _database_label(settings)
-    if isinstance(exc, DatabaseUnavailable) or is_unavailable(exc):
-        message = f"cannot reach the database at {where}: {_root_cause(exc)}"
-        return _fail(command, message, EXIT_UNAVAILABLE)
+    meaning = translated(exc)
+    if isinstance(meaning, DatabaseNotMigrated):
+        message = f"no keychain table in schema {settings.db_schema!r} at {where}; run 'keychain migrate' first"
+        return _fail(command, message, EXIT_FAILED)
+    if isinstance(meaning, DatabaseUnavailable):
+        return _fail(command, f"cannot reach the database at {where}: {_root_cause(exc)}", EXIT_UNAVAILABLE)
     if isinstance(exc, DBAPIError):
-        if getattr(exc.orig, "sqlstate", None) in _NOT_MIGRATED:
-            schema = settings.db_schema
-            message = f"no keychain table in schema {schema!r} at {where}; run 'keychain migrate' first"
-            return _fail(command, message, EXIT_FAILED)
         return _fail(command, f"the database at {where} answered: {_root_cause(exc)}", EXIT_FAILED)
     return None
 

@@ -31,5 +31,14 @@ class UnreadableEntry(KeychainError):
     """
 
 
+# Sent with every 503. Short: a restarted database is usually back within a second, and
+# workerlib retries a 503 only when Retry-After is within its patience (2 s).
+RETRY_AFTER_SECONDS = "1"
+
+
 class DatabaseUnavailable(KeychainError):
-    """PostgreSQL cannot be reached (503): an unavailable cache must not look like a miss."""
+    """PostgreSQL cannot serve us (503): an unavailable cache must not look like a miss."""
+
+
+class DatabaseNotMigrated(DatabaseUnavailable):
+    """The database answers but has no keychain table yet (503 too: nothing can be served)."""

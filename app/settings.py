@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     encryption_keys: str = ""
     # "name:role:token,...": empty means an open API (local development only).
     api_tokens: str = ""
+    # With KEYCHAIN_DATABASE_URL set, an open API must be asked for (development only).
+    allow_open_api: bool = False
     sweep_interval_seconds: float = 60.0
     sweep_batch_size: int = 1000
     default_ttl_seconds: int = 3600

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -28,9 +29,16 @@ from sqlalchemy.pool import NullPool
 
 from app.asgi import create_app
 from app.cli import migrate
-from app.db.engine import Database, async_url
+from app.db.engine import Database, async_url, make_engine
 from app.db.tables import build_metadata
 from app.settings import Settings, load_settings
+
+def free_port() -> int:
+    """A port nothing listens on (for a server to take, or to stand for a dead database)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
 
 TEST_KEY_ID = "test-k1"
 TEST_KEY = base64.b64encode(bytes(range(32))).decode()
@@ -109,6 +117,7 @@ def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         data_dir=str(tmp_path_factory.mktemp("data")),
         encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
         sweep_interval_seconds=0,
+        allow_open_api=True,  # most tests call the API without a token
     )
 
 
@@ -175,13 +184,26 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     Litestar's AsyncTestClient runs the app through a blocking portal on another loop,
     which cannot share the test's asyncpg connection; ASGITransport runs it right here.
     The lifespan is not entered: with an injected Database and no sweeper it has nothing
-    to do (tests/server/test_lifespan.py covers it).
+    to do (tests/server/test_sweeper.py and test_own_engine.py cover it).
     """
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://keychain.test") as client:
+    async with asgi_client(app) as client:
         yield client
 
 
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+def asgi_client(app: Litestar) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keychain.test")
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def down_client(test_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app with its own engine pointed at a port where no database listens."""
+    settings = msgspec_replace(test_settings, db_pool_size=1)
+    database = Database(make_engine(settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"))
+    async with asgi_client(create_app(settings, database=database)) as client:
+        yield client
+    await database.dispose()

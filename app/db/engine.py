@@ -14,14 +14,21 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.errors import DatabaseUnavailable
+from app.errors import DatabaseNotMigrated, DatabaseUnavailable
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# SQLSTATE classes that mean "the server is not there for us": 08 connection
-# exceptions, 57P admin shutdown / crash shutdown / cannot connect now.
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "57P")
+# SQLSTATEs that mean "the database cannot serve us now", not "bad statement": 08 connection
+# exceptions, 28 authentication, 3D000 no such database, 53 out of resources (too many
+# connections), 57P shut down / cannot connect now.
+_UNREACHABLE_SQLSTATE_PREFIXES = ("08", "28", "3D000", "53", "57P")
+# Undefined table or schema: the database answers but was never migrated.
+_NOT_MIGRATED_SQLSTATES = ("42P01", "3F000")
+UNREACHABLE = "the database is unreachable; retry shortly"
+NOT_MIGRATED = "the keychain table does not exist; run `keychain migrate`"
+# asyncpg spells libpq's sslmode as ssl (same values: disable ... verify-full).
+_LIBPQ_TO_ASYNCPG = {"sslmode": "ssl"}
 
 
 def async_url(url: str) -> str:
@@ -31,7 +38,8 @@ def async_url(url: str) -> str:
         parsed = parsed.set(drivername="postgresql+asyncpg")
     else:
         raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}; use postgresql://")
-    return parsed.render_as_string(hide_password=False)
+    query = {_LIBPQ_TO_ASYNCPG.get(name, name): value for name, value in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=False)
 
 
 def start_embedded_postgres(settings: Settings) -> str:
@@ -65,8 +73,9 @@ def database_url(settings: Settings) -> str:
 def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     return create_async_engine(
         url or database_url(settings),
+        # A hard cap: operators size max_connections as replicas x pool size.
         pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        max_overflow=0,
         pool_timeout=5,
         pool_recycle=1800,
         # Statement parameters hold ciphertext and keys; keep them out of error messages.
@@ -79,18 +88,31 @@ def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     )
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """True when an error means "no database right now" rather than "bad statement"."""
+def unavailable_reason(exc: BaseException) -> str | None:
+    """Why the database cannot serve us, or None when the error is about the statement."""
     if isinstance(exc, (OSError, asyncio.TimeoutError, PoolTimeoutError)):
-        return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        if sqlstate and sqlstate.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
-            return True
-        return isinstance(exc.orig, OSError) or isinstance(exc.orig.__cause__, OSError)
-    return False
+        return UNREACHABLE
+    if not isinstance(exc, DBAPIError):
+        return None
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate in _NOT_MIGRATED_SQLSTATES:
+        return NOT_MIGRATED
+    if (
+        exc.connection_invalidated
+        or sqlstate.startswith(_UNREACHABLE_SQLSTATE_PREFIXES)
+        or isinstance(exc.orig, OSError)
+        or isinstance(exc.orig.__cause__, OSError)
+    ):
+        return UNREACHABLE
+    return None
+
+
+def translated(exc: Exception) -> Exception:
+    """DatabaseUnavailable for errors that mean an outage, the error itself otherwise."""
+    reason = unavailable_reason(exc)
+    if reason is None:
+        return exc
+    return DatabaseNotMigrated(reason) if reason == NOT_MIGRATED else DatabaseUnavailable(reason)
 
 
 class Database:
@@ -101,17 +123,26 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        # Spelled out rather than `async with engine.begin()`: an error from the body must
+        # come out unchanged even when the rollback after it fails too (a dead connection);
+        # Litestar turns a dependency that swaps the exception thrown into it into a 500.
+        context = self.engine.begin()
         try:
-            async with self.engine.begin() as conn:
-                yield conn
+            conn = await context.__aenter__()
         except Exception as exc:
-            if is_unavailable(exc):
-                raise DatabaseUnavailable("the database is unreachable; retry shortly") from exc
+            raise translated(exc) from exc
+        try:
+            yield conn
+        except BaseException as body_error:
+            try:
+                await context.__aexit__(type(body_error), body_error, body_error.__traceback__)
+            except Exception:
+                log.warning("rollback failed after %s", type(body_error).__name__)
             raise
-
-    async def ping(self) -> None:
-        async with self.transaction() as conn:
-            await conn.exec_driver_sql("SELECT 1")
+        try:
+            await context.__aexit__(None, None, None)
+        except Exception as exc:
+            raise translated(exc) from exc
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -3,39 +3,44 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from datetime import datetime
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, bindparam, delete, func, literal_column, or_, select, text, update
-from sqlalchemy.sql.dml import Update
+from sqlalchemy import (
+    Executable,
+    Result,
+    Row,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.dml import Update
 
+from app.db.engine import translated
 from app.errors import InvalidEntry
 from app.keychain.schemas import EntryQuery
 
 SWEEP_LOCK_ID = 0x6B63_7377_6565_70  # "kcsweep": one sweeping replica at a time
 
-# SQLSTATE -> what the caller did wrong; anything else is ours and propagates.
+# SQLSTATE -> what the caller did wrong; outages become DatabaseUnavailable; anything else
+# is ours and propagates.
 _CALLER_ERRORS = {
     "23514": "the entry breaks a table rule (scope or cache type)",
     "22003": "a number is out of range",
     "22P05": "the payload holds characters PostgreSQL cannot store",
 }
-
-
-@contextmanager
-def _caller_errors() -> Iterator[None]:
-    try:
-        yield
-    except DBAPIError as exc:
-        message = _CALLER_ERRORS.get(getattr(exc.orig, "sqlstate", None) or "")
-        if message is None:
-            raise
-        raise InvalidEntry(message) from exc
 
 
 @functools.cache
@@ -56,33 +61,51 @@ class KeychainRepository:
         self.table = table
         self._meta_columns = [c for c in table.c if c.name != "data"]
 
+    async def _execute(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> Result[Any]:
+        """Every statement goes through here, so database errors become domain errors once."""
+        try:
+            return await self.conn.execute(statement, parameters)
+        except DBAPIError as exc:
+            caller_error = _CALLER_ERRORS.get(getattr(exc.orig, "sqlstate", None) or "")
+            if caller_error is not None:
+                raise InvalidEntry(caller_error) from exc
+            raise translated(exc) from exc
+
+    async def check_table(self) -> None:
+        """Readiness: the database answers and has been migrated."""
+        await self._execute(select(literal(1)).select_from(self.table).limit(0))
+
     async def get_and_touch(self, cache_key: str) -> Row[Any] | None:
         """Read a live row and count the hit in the same statement, so concurrent hits all count."""
-        result = await self.conn.execute(_touch_statement(self.table), {"key": cache_key})
+        result = await self._execute(_touch_statement(self.table), {"key": cache_key})
         return result.one_or_none()
 
     async def expires_at(self, cache_key: str) -> datetime | None:
         """Tell "expired, not yet swept" from "absent" after a miss."""
         t = self.table
         stmt = select(t.c.expires_at).where(t.c.cache_key == cache_key)
-        return (await self.conn.execute(stmt)).scalar_one_or_none()
+        return (await self._execute(stmt)).scalar_one_or_none()
 
     async def upsert(self, values: Mapping[str, Any]) -> tuple[Row[Any], bool]:
-        """Create or replace; answers the row's metadata and whether it was created."""
+        """Create or replace; answers the row's metadata and whether it was created.
+
+        An `expires_at` of None means now() + ttl_seconds, by the database's clock."""
         t = self.table
+        values = dict(values)
+        if values["expires_at"] is None:
+            values["expires_at"] = func.now() + timedelta(seconds=values["ttl_seconds"])
         stmt = insert(t).values(**values, created_at=func.now(), accessed_at=func.now())
         replaced = {name: stmt.excluded[name] for name in values if name != "cache_key"}
         stmt = stmt.on_conflict_do_update(
             index_elements=[t.c.cache_key],
             set_={**replaced, "created_at": func.now(), "accessed_at": func.now(), "access_count": 0},
         ).returning(*self._meta_columns, literal_column("xmax = 0").label("inserted"))
-        with _caller_errors():
-            row = (await self.conn.execute(stmt)).one()
+        row = (await self._execute(stmt)).one()
         return row, row.inserted
 
     async def delete(self, cache_key: str) -> bool:
         t = self.table
-        result = await self.conn.execute(delete(t).where(t.c.cache_key == cache_key))
+        result = await self._execute(delete(t).where(t.c.cache_key == cache_key))
         return result.rowcount > 0
 
     async def delete_execution(self, execution_id: int) -> int:
@@ -90,7 +113,7 @@ class KeychainRepository:
         stmt = delete(t).where(
             or_(t.c.execution_id == execution_id, t.c.parent_execution_id == execution_id)
         )
-        return (await self.conn.execute(stmt)).rowcount
+        return (await self._execute(stmt)).rowcount
 
     async def list_meta(self, query: EntryQuery) -> tuple[list[Row[Any]], int]:
         t = self.table
@@ -116,8 +139,8 @@ class KeychainRepository:
             .limit(query.limit)
             .offset(query.offset)
         )
-        rows = (await self.conn.execute(page)).all()
-        total = (await self.conn.execute(select(func.count()).select_from(t).where(where))).scalar_one()
+        rows = (await self._execute(page)).all()
+        total = (await self._execute(select(func.count()).select_from(t).where(where))).scalar_one()
         return list(rows), total
 
     async def live_entries_by_scope(self) -> list[tuple[str, int]]:
@@ -128,7 +151,7 @@ class KeychainRepository:
             .where(t.c.expires_at > func.now())
             .group_by(t.c.scope_type)
         )
-        return [(scope, count) for scope, count in (await self.conn.execute(stmt)).all()]
+        return [(scope, count) for scope, count in (await self._execute(stmt)).all()]
 
     async def entry_counts(self) -> list[Row[Any]]:
         """Per scope and cache type: live rows, expired rows not yet swept, and total hits."""
@@ -145,7 +168,7 @@ class KeychainRepository:
             .group_by(t.c.scope_type, t.c.cache_type)
             .order_by(t.c.scope_type, t.c.cache_type)
         )
-        return list((await self.conn.execute(stmt)).all())
+        return list((await self._execute(stmt)).all())
 
     async def most_accessed(self, limit: int) -> list[Row[Any]]:
         """Metadata of the most-read entries (never `data`), live or not yet swept."""
@@ -165,12 +188,12 @@ class KeychainRepository:
             .order_by(t.c.access_count.desc(), t.c.cache_key)
             .limit(limit)
         )
-        return list((await self.conn.execute(stmt)).all())
+        return list((await self._execute(stmt)).all())
 
     async def try_sweep_lock(self) -> bool:
         """Transaction-scoped, so a crashed sweeper can never hold it."""
         stmt = text("SELECT pg_try_advisory_xact_lock(:id)")
-        return bool((await self.conn.execute(stmt, {"id": SWEEP_LOCK_ID})).scalar_one())
+        return bool((await self._execute(stmt, {"id": SWEEP_LOCK_ID})).scalar_one())
 
     async def delete_expired(self, batch_size: int) -> int:
         t = self.table
@@ -181,7 +204,7 @@ class KeychainRepository:
             .limit(batch_size)
             .with_for_update(skip_locked=True)
         )
-        result = await self.conn.execute(delete(t).where(t.c.cache_key.in_(doomed.scalar_subquery())))
+        result = await self._execute(delete(t).where(t.c.cache_key.in_(doomed.scalar_subquery())))
         return result.rowcount
 
     async def sealed_by_other_keys(
@@ -196,14 +219,14 @@ class KeychainRepository:
             .limit(batch_size)
             .with_for_update(skip_locked=True)
         )
-        return list((await self.conn.execute(stmt)).all())
+        return list((await self._execute(stmt)).all())
 
     async def count_sealed_by_other_keys(self, primary_key_id: str) -> int:
         t = self.table
         stmt = select(func.count()).select_from(t).where(t.c.key_id != primary_key_id)
-        return (await self.conn.execute(stmt)).scalar_one()
+        return (await self._execute(stmt)).scalar_one()
 
     async def replace_sealed(self, cache_key: str, data: bytes, key_id: str) -> None:
         """Swap the ciphertext only: TTL, counters and timestamps stay as they were."""
         t = self.table
-        await self.conn.execute(update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id))
+        await self._execute(update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id))

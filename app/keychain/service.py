@@ -6,11 +6,10 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import func
 
 from app.crypto import KeyRing
 from app.errors import EntryNotFound, InvalidEntry, UnreadableEntry
@@ -129,8 +128,8 @@ class KeychainService:
         self.metrics.write(created=created)
         return EntryMeta(**_meta_fields(row)), created
 
-    def _expiry(self, body: EntryPut) -> tuple[int, Any]:
-        """TTL in seconds and the expiry: as given, or now() + TTL computed by the database."""
+    def _expiry(self, body: EntryPut) -> tuple[int, datetime | None]:
+        """TTL in seconds and the expiry as given, or None for now() + TTL (the database's now)."""
         if body.expires_at is not None:
             remaining = (body.expires_at - datetime.now(UTC)).total_seconds()
             if remaining <= 0:
@@ -141,7 +140,7 @@ class KeychainService:
             return ttl, body.expires_at
         ttl = self.ttl.default_seconds if body.ttl_seconds is None else _whole_seconds(body.ttl_seconds)
         self._check_ttl(ttl, "ttl_seconds")
-        return ttl, func.now() + timedelta(seconds=ttl)
+        return ttl, None
 
     def _check_ttl(self, seconds: int, field: str) -> None:
         if seconds <= 0:
@@ -157,6 +156,13 @@ class KeychainService:
             raise EntryNotFound("no entry for this key", reason="absent")
         log.info("cache delete", extra={"cache_key": cache_key})
         self.metrics.delete()
+
+    async def check_ready(self) -> None:
+        """Raises DatabaseUnavailable unless the table answers."""
+        await self.repository.check_table()
+
+    async def live_entries_by_scope(self) -> list[tuple[str, int]]:
+        return await self.repository.live_entries_by_scope()
 
     async def cleanup_execution(self, execution_id: int) -> int:
         deleted = await self.repository.delete_execution(execution_id)

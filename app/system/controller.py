@@ -7,10 +7,8 @@ import logging
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from sqlalchemy.exc import SQLAlchemyError
 
-from app.errors import DatabaseUnavailable
-from app.keychain.repository import KeychainRepository
+from app.errors import RETRY_AFTER_SECONDS, DatabaseUnavailable
 from app.metrics import TEXT_FORMAT
 from app.runtime import runtime_of
 
@@ -37,13 +35,15 @@ class SystemController(Controller):
         },
     )
     async def ready(self, state: State) -> Response[dict[str, str]]:
+        runtime = runtime_of(state)
         try:
-            await runtime_of(state).database.ping()
+            async with runtime.database.transaction() as conn:
+                await runtime.keychain_service(conn).check_ready()
         except DatabaseUnavailable as exc:
             return Response(
                 {"status": "unavailable", "detail": str(exc)},
                 status_code=503,
-                headers={"Retry-After": "5"},
+                headers={"Retry-After": RETRY_AFTER_SECONDS},
             )
         return Response({"status": "ready"})
 
@@ -55,10 +55,8 @@ class SystemController(Controller):
         live = None
         try:
             async with runtime.database.transaction() as conn:
-                live = await KeychainRepository(conn, runtime.table).live_entries_by_scope()
-        except DatabaseUnavailable:
-            log.warning("metrics: the database is unreachable; entries not counted")
-        except SQLAlchemyError:  # e.g. not migrated yet: still serve the counters
-            log.exception("metrics: counting entries failed")
+                live = await runtime.keychain_service(conn).live_entries_by_scope()
+        except DatabaseUnavailable as exc:
+            log.warning("metrics: entries not counted: %s", exc)
         # Set as a header: as media_type, Litestar would append a second charset.
         return Response(runtime.metrics.render(live), headers={"content-type": TEXT_FORMAT})

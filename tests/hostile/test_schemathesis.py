@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import pytest
 import schemathesis
-from hostile_support import ADMIN_TOKEN, BASE_URL, WORKER_TOKEN, asgi_client, bearer, tally
+from hostile_support import ADMIN_TOKEN, BASE_URL, WORKER_TOKEN, bearer, tally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode

@@ -113,3 +113,12 @@ def test_bad_token_configuration_is_refused_without_echoing_it(spec, message):
     with pytest.raises(ConfigurationError, match=message) as caught:
         TokenTable.parse(spec)
     assert spec.rsplit(":", 1)[1] not in str(caught.value)
+
+
+async def test_a_shared_database_requires_tokens_and_keys(make_app, test_settings):
+    with pytest.raises(ConfigurationError, match="KEYCHAIN_API_TOKENS is required"):
+        make_app(api_tokens="", allow_open_api=False)
+    with pytest.raises(ConfigurationError, match="KEYCHAIN_ENCRYPTION_KEYS is required"):
+        make_app(encryption_keys="")
+    # Local mode (the embedded database) may run open, with a generated key.
+    assert make_app(database_url=None, encryption_keys="", allow_open_api=False).state.runtime.tokens.is_open

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ from app.asgi import create_app
 from app.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main, migrate
 from app.db.engine import Database, make_engine
 from app.settings import load_settings
+from tests.conftest import free_port
 
 SECRET = "sk-stats-secret-0123456789"
 
@@ -32,12 +32,6 @@ def keychain(repo_root, *args: str, **env: str) -> subprocess.CompletedProcess[s
         text=True,
         timeout=120,
     )
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
@@ -118,7 +112,7 @@ async def test_stats_text_is_a_readable_summary(repo_root, migrated_url, test_se
 
 @pytest.mark.parametrize("command", ["migrate", "sweep", "stats", "rotate-keys"])
 def test_an_unreachable_database_is_one_line_and_exit_code_3(repo_root, command):
-    url = f"postgresql://keychain:pw-not-for-logs@127.0.0.1:{_closed_port()}/keychain"
+    url = f"postgresql://keychain:pw-not-for-logs@127.0.0.1:{free_port()}/keychain"
     keys = "k1:" + "A" * 43 + "="  # rotate-keys needs a key ring before it connects
     done = keychain(repo_root, command, KEYCHAIN_DATABASE_URL=url, KEYCHAIN_ENCRYPTION_KEYS=keys)
     assert done.returncode == EXIT_UNAVAILABLE
@@ -167,3 +161,18 @@ def test_bad_usage_is_exit_code_2(args, capsys):
         main(args)
     assert exit_.value.code == 2
     assert "usage: keychain" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
+        ({"KEYCHAIN_API_TOKENS": "ops:admin:" + "t" * 20}, "KEYCHAIN_ENCRYPTION_KEYS"),
+        ({"KEYCHAIN_ENCRYPTION_KEYS": "k1:" + "A" * 43 + "="}, "KEYCHAIN_API_TOKENS"),
+    ],
+)
+def test_serve_refuses_a_shared_database_without_keys_or_tokens(repo_root, env, missing):
+    url = f"postgresql://keychain@127.0.0.1:{free_port()}/keychain"
+    done = keychain(repo_root, "serve", KEYCHAIN_DATABASE_URL=url, **env)
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.startswith(f"keychain serve: {missing} is required")
+    assert "t" * 20 not in done.stderr

@@ -81,7 +81,6 @@ def restore_logging():
 async def test_keychain_log_format_json_writes_json_lines_to_stderr(
     make_app, test_settings, capsys, restore_logging
 ):
-    import httpx
 
     configure_logging(msgspec.structs.replace(test_settings, log_format="json"))
     app = make_app()

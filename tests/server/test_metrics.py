@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 
 import httpx
-import msgspec
 import pytest
-import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
-from app.asgi import create_app
 from app.db.engine import Database, make_engine
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import SWEEP_LOCK_ID
 from app.keychain.sweeper import sweep_once
+from tests.conftest import free_port
 
 BODY = {"token_data": {"api_key": "sk-metrics-secret"}, "credential_type": "bearer"}
 
@@ -92,7 +89,7 @@ async def test_sweeps_count_passes_by_result_and_rows(
         await other_replica.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID})
         assert not (await sweep_once(database, table, batch_size=2, metrics=metrics)).swept
     assert (await sweep_once(database, table, batch_size=2, metrics=metrics)).deleted == 3
-    unreachable = Database(make_engine(test_settings, _closed_url()))
+    unreachable = Database(make_engine(test_settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"))
     try:
         with pytest.raises(DatabaseUnavailable):
             await sweep_once(unreachable, table, batch_size=2, metrics=metrics)
@@ -156,23 +153,6 @@ async def test_each_app_has_its_own_registry(make_app, client):
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://k.test") as fresh:
         assert value(await scrape(fresh), "keychain_cache_hits_total") == 0
     assert value(await scrape(client), "keychain_cache_hits_total") == 1
-
-
-def _closed_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def down_client(test_settings):
-    settings = msgspec.structs.replace(test_settings, db_pool_size=1)
-    database = Database(make_engine(settings, _closed_url()))
-    app = create_app(settings, database=database)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://k.test") as client:
-        yield client
-    await database.dispose()
 
 
 async def test_with_the_database_down_the_counters_are_still_served(down_client):

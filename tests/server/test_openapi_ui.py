@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.conftest import TEST_KEY, TEST_KEY_ID, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -28,22 +27,17 @@ async def test_the_ui_page_refers_only_to_local_assets(client):
         assert (await client.get(f"/static/swagger-ui/{asset}")).status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[str]:
     """`keychain serve` on a free port; the UI needs no database, so none is reachable."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "KEYCHAIN_PORT": str(port),
-        "KEYCHAIN_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{_free_port()}/none",
+        "KEYCHAIN_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/none",
         "KEYCHAIN_ENCRYPTION_KEYS": f"{TEST_KEY_ID}:{TEST_KEY}",
         "KEYCHAIN_SWEEP_INTERVAL_SECONDS": "0",
+        "KEYCHAIN_ALLOW_OPEN_API": "true",
         "KEYCHAIN_DATA_DIR": str(tmp_path),
     }
     keychain = Path(sys.executable).with_name("keychain")
