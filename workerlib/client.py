@@ -22,6 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import msgspec
 
+from workerlib._loops import close_with_loop
 from workerlib.errors import (
     BadRequest,
     Forbidden,
@@ -369,13 +370,15 @@ _default_loop: asyncio.AbstractEventLoop | None = None
 def default_client() -> KeychainClient:
     """The process's KeychainClient, built from KEYCHAIN_SERVER_URL / KEYCHAIN_API_TOKEN.
 
-    An httpx pool belongs to one event loop; a new loop (a second asyncio.run) gets a new client.
+    An httpx pool belongs to one event loop; a new loop (a second asyncio.run) gets a new
+    client, and each one made here is closed as its loop shuts down.
     """
     global _default_client, _default_loop
     loop = asyncio.get_running_loop()
     if _default_client is None or (_default_loop is not None and _default_loop is not loop):
         _default_client = KeychainClient()
         _default_loop = loop
+        close_with_loop(_default_client.close)
     return _default_client
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from workerlib._loops import close_with_loop
 from workerlib.errors import SecretError, SecretNotFound
 
 EMULATOR_HOST_ENV = "SECRET_MANAGER_EMULATOR_HOST"
@@ -42,7 +43,8 @@ class GoogleSecretManagerProvider:
 
     With SECRET_MANAGER_EMULATOR_HOST=host:port (or `emulator_host=`) it talks to that address
     over an insecure channel with anonymous credentials, as PUBSUB_EMULATOR_HOST does; otherwise
-    it uses Application Default Credentials. The client is made lazily, on the running loop.
+    it uses Application Default Credentials. The client is made lazily, on the running loop,
+    and closed when that loop shuts down (or by close()).
     """
 
     def __init__(
@@ -78,6 +80,9 @@ class GoogleSecretManagerProvider:
             client = secretmanager_v1.SecretManagerServiceAsyncClient(transport=transport)
         else:
             client = secretmanager_v1.SecretManagerServiceAsyncClient()
+        # Its channel belongs to this loop: close it as the loop shuts down, whether or not a
+        # later loop has replaced it by then (closing it from that loop is not possible).
+        close_with_loop(client.transport.close)
         self._client, self._loop = client, loop
         return client
 
