@@ -50,6 +50,8 @@ class LocalKeychainServer:
         self._process: subprocess.Popen[bytes] | None = None
         # Set when the server had already exited (say, killed from outside) before stop().
         self.exited_early: int | None = None
+        # The server's exit status once stop() has run: 0 after a normal stop.
+        self.returncode: int | None = None
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -86,20 +88,24 @@ class LocalKeychainServer:
         if process.poll() is not None:
             self.exited_early = process.returncode
         else:
-            # SIGINT, not SIGTERM: after a graceful shutdown uvicorn re-raises the signal it got,
-            # and death by SIGTERM skips atexit, where pgserver stops the embedded PostgreSQL.
-            # SIGINT ends in KeyboardInterrupt, so the process exits normally and PostgreSQL
-            # stops with it.
-            process.send_signal(signal.SIGINT)
+            # The standard stop signal: `keychain serve` turns SIGTERM into a normal exit, so its
+            # atexit hooks run and pgserver stops the embedded PostgreSQL.
+            process.terminate()
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+        self.returncode = process.returncode
         self._stop_leftover_postgres()
 
     def _stop_leftover_postgres(self) -> None:
-        """If the server died without stopping its embedded PostgreSQL, stop it (fast shutdown)."""
+        """Stop the embedded PostgreSQL if the server could not (fast shutdown).
+
+        PostgreSQL runs detached from the server, which stops it on a normal exit. A server
+        that was killed (by us after the timeout above, or by anyone with SIGKILL or the OOM
+        killer) never does, and the postmaster would keep running in its data directory.
+        """
         pidfile = self.data_dir / "postgres" / "postmaster.pid"
         try:
             pid = int(pidfile.read_text().splitlines()[0])
