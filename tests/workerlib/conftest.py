@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 
 from demo.secret_manager_emulator import SecretManagerEmulator
+from tests.conftest import free_port
 from tests.workerlib.helpers import BASE_URL
 from workerlib import client as client_module
 from workerlib import providers as providers_module
@@ -54,10 +55,8 @@ async def keychain(client: httpx.AsyncClient) -> AsyncIterator[KeychainClient]:
 
 @pytest.fixture
 def closed_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (bound once, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 with nothing listening."""
+    return free_port()
 
 
 @pytest.fixture
