@@ -36,9 +36,10 @@ def _schema_and_url() -> tuple[str, str]:
 
 
 def _run(connection: Connection, schema: str) -> None:
+    # Wait for another migrator first (unbounded), then bound each migration's own waits.
+    connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     connection.execute(text("SET lock_timeout = '5s'"))
     connection.execute(text("SET statement_timeout = '60s'"))
-    connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
     try:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         connection.commit()

@@ -61,11 +61,12 @@ class KeyRing:
     def parse(cls, spec: str) -> KeyRing:
         """Parse "k2:<base64>,k1:<base64>"; the key material never appears in an error."""
         keys = []
-        for item in filter(None, (part.strip() for part in spec.split(","))):
+        for position, item in enumerate(filter(None, (part.strip() for part in spec.split(","))), 1):
             key_id, sep, encoded = item.partition(":")
             if not sep:
+                # Named by position: the entry may be a bare key, which must not be echoed.
                 raise ConfigurationError(
-                    f"encryption key entry {key_id[:8]!r}... must look like '<id>:<base64 key>'"
+                    f"KEYCHAIN_ENCRYPTION_KEYS entry {position} must look like '<id>:<base64 key>'"
                 )
             try:
                 key = base64.b64decode(encoded, validate=True)
@@ -119,6 +120,3 @@ class KeyRing:
             return cipher.decrypt(nonce, ciphertext, associated_data)
         except InvalidTag as exc:
             raise UnreadableEntry("stored entry failed its integrity check") from exc
-
-    def needs_reseal(self, key_id: str) -> bool:
-        return key_id != self.primary_key_id

@@ -55,8 +55,6 @@ def test_the_first_key_seals_and_every_key_opens():
     rotated = KeyRing.parse(f"k2:{base64.b64encode(os.urandom(32)).decode()},k1:{k1}")
     assert rotated.seal(b"x", b"key").key_id == "k2"
     assert rotated.open(sealed_by_k1.envelope, b"key") == b"payload"
-    assert rotated.needs_reseal(sealed_by_k1.key_id)
-    assert not rotated.needs_reseal("k2")
 
 
 def test_a_key_no_longer_in_the_ring_fails_closed_with_its_id():
@@ -70,15 +68,15 @@ def test_a_key_no_longer_in_the_ring_fails_closed_with_its_id():
     [
         ("k1:not-base64!", "not valid base64"),
         (f"k1:{base64.b64encode(b'short').decode()}", "AES-256 needs 32"),
-        ("no-separator", "must look like"),
+        (base64.b64encode(bytes(range(32))).decode(), "entry 1 must look like"),
         (f"k1:{base64.b64encode(bytes(32)).decode()},k1:{base64.b64encode(bytes(32)).decode()}", "twice"),
     ],
 )
 def test_bad_key_configuration_is_refused_at_start_up(spec, message):
     with pytest.raises(ConfigurationError, match=message) as caught:
         KeyRing.parse(spec)
-    key_material = spec.partition(":")[2]
-    assert not key_material or key_material not in str(caught.value)
+    key_material = spec.partition(":")[2] or spec
+    assert key_material[:6] not in str(caught.value)
 
 
 def test_local_mode_generates_a_private_key_file_once(tmp_path):

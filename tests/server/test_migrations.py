@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -80,4 +84,19 @@ def test_upgrade_matches_the_tables_and_downgrade_removes_them(make_empty_databa
     assert not _inspect(url, lambda c: inspect(c).has_table("keychain", schema=SCHEMA))
     # Up again after down: every migration's downgrade really undoes it.
     command.upgrade(config, "head")
+    assert _inspect(url, lambda c: inspect(c).has_table("keychain", schema=SCHEMA))
+
+
+def test_concurrent_migrators_wait_for_each_other(make_empty_database):
+    """Several pods or a retried Helm hook may migrate at once: the advisory lock queues them."""
+    url = make_empty_database()
+    keychain = Path(sys.executable).with_name("keychain")
+    env = {**os.environ, "KEYCHAIN_DATABASE_URL": url}
+    migrators = [
+        subprocess.Popen([str(keychain), "migrate"], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    for migrator in migrators:
+        _, stderr = migrator.communicate(timeout=120)
+        assert migrator.returncode == 0, stderr
     assert _inspect(url, lambda c: inspect(c).has_table("keychain", schema=SCHEMA))
