@@ -98,13 +98,16 @@ async def _rotate_keys(settings: Settings, batch_size: int) -> int:
                 batch_size,
                 on_batch=lambda done: progress.advance(task, done),
             )
+        # Counted again rather than trusted: a replica still on the old key ring may have
+        # sealed new rows with an old key while we ran.
+        remaining = await count_to_reseal(database, table, keyring)
     finally:
         await database.dispose()
     print(f"re-sealed {result.resealed} rows under key {keyring.primary_key_id!r}")
-    if result.unreadable:
+    if remaining:
         print(
-            f"{result.unreadable} rows open with no configured key and were left as they were;"
-            " see the log for their cache keys",
+            f"{remaining} rows are still sealed by other keys ({result.unreadable} open with no"
+            " configured key; see the log for their cache keys): keep the old keys, rerun",
             file=sys.stderr,
         )
         return EXIT_FAILED

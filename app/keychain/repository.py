@@ -210,14 +210,17 @@ class KeychainRepository:
     async def sealed_by_other_keys(
         self, primary_key_id: str, after_key: str, batch_size: int
     ) -> list[Row[Any]]:
-        """Rows to re-seal, in key order after `after_key` (keyset paging makes it resumable)."""
+        """Rows to re-seal, in key order after `after_key` (keyset paging makes it resumable).
+
+        FOR UPDATE without SKIP LOCKED: a row held by a hit is waited for (milliseconds),
+        never skipped, since paging moves past it for good."""
         t = self.table
         stmt = (
             select(t.c.cache_key, t.c.data)
             .where(t.c.key_id != primary_key_id, t.c.cache_key > after_key)
             .order_by(t.c.cache_key)
             .limit(batch_size)
-            .with_for_update(skip_locked=True)
+            .with_for_update()
         )
         return list((await self._execute(stmt)).all())
 
