@@ -14,6 +14,8 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from app.errors import InvalidEntry
+from app.keychain.controller import cache_key_sent
 from app.response_status import StatusRecorder
 
 audit_log = logging.getLogger("keychain.audit")
@@ -46,8 +48,10 @@ def audit_event(
 def _target(scope: Scope) -> str | None:
     params = scope.get("path_params") or {}
     if "cache_key" in params:
-        key = params["cache_key"]
-        return key[1:] if key.startswith("/") else key
+        try:
+            return cache_key_sent(scope)  # the key the handler acted on, not the routed one
+        except InvalidEntry:
+            return None
     if "execution_id" in params:
         return f"execution:{params['execution_id']}"
     return None

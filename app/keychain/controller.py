@@ -8,16 +8,19 @@ from urllib.parse import unquote
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
+from litestar.types import Scope
 from litestar.params import Body, PathParameter, QueryParameter
 from litestar.openapi.datastructures import ResponseSpec
 
 from app.auth import require_role
+from app.errors import InvalidEntry
 from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, EntryQuery, ScopeType
 from app.keychain.service import KeychainService
 from app.openapi import ErrorBody, error_responses
 from app.runtime import provide_keychain_service
 
 Service = NamedDependency[KeychainService]
+# Declared on handlers for the OpenAPI document; handlers read the key with cache_key_sent().
 CacheKeyPath = Annotated[str, PathParameter(description="The cache key; may contain '/'")]
 ExecutionIdPath = Annotated[int, PathParameter(ge=0, le=2**63 - 1, description="Execution id")]
 
@@ -35,24 +38,33 @@ PUT_EXAMPLE = Example(
 )
 
 
-def _key(request: Request, path_value: str) -> str:
-    """The key exactly as the caller sent it.
+AUTH_CACHE_PATH = "/api/auth-cache"
+
+
+def cache_key_sent(scope: Scope) -> str:
+    """The cache key exactly as the caller sent it.
 
     Routing normalises the path (drops a trailing '/', folds '//'), which would silently file
     the entry under another key; the raw path keeps what was sent, for the service to judge.
+    Escapes that do not decode as UTF-8 are refused rather than replaced, so two different
+    keys can never land on one entry.
     """
-    raw_path = request.scope.get("raw_path")
-    prefix = f"{AuthCacheController.path}/"
-    if raw_path:
-        sent = unquote(raw_path.decode("utf-8", errors="replace"))
-        if sent.startswith(prefix):
-            return sent[len(prefix) :]
-    # A :path parameter keeps its leading slash.
-    return path_value[1:] if path_value.startswith("/") else path_value
+    raw_path = scope.get("raw_path")
+    prefix = f"{AUTH_CACHE_PATH}/"
+    try:
+        if raw_path:
+            sent = unquote(raw_path.decode("utf-8"), errors="strict")
+            if sent.startswith(prefix):
+                return sent[len(prefix) :]
+    except UnicodeDecodeError as exc:
+        raise InvalidEntry("cache key is not valid UTF-8 once its %-escapes are decoded") from exc
+    # No raw path from the server: the :path parameter, which keeps its leading slash.
+    routed = scope["path_params"]["cache_key"]
+    return routed[1:] if routed.startswith("/") else routed
 
 
 class AuthCacheController(Controller):
-    path = "/api/auth-cache"
+    path = AUTH_CACHE_PATH
     tags = ["auth-cache"]
     guards = [require_role]
     security = [{"bearer": []}]
@@ -65,7 +77,7 @@ class AuthCacheController(Controller):
         responses=error_responses(401, 404, 409, 503),
     )
     async def get_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> Entry:
-        return await service.get(_key(request, cache_key))
+        return await service.get(cache_key_sent(request.scope))
 
     @post(
         "/{cache_key:path}",
@@ -85,7 +97,7 @@ class AuthCacheController(Controller):
         cache_key: CacheKeyPath,
         data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
     ) -> Response[EntryMeta]:
-        meta, created = await service.put(_key(request, cache_key), data)
+        meta, created = await service.put(cache_key_sent(request.scope), data)
         return Response(meta, status_code=201 if created else 200)
 
     @delete(
@@ -96,7 +108,7 @@ class AuthCacheController(Controller):
         responses=error_responses(401, 404, 503),
     )
     async def delete_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> None:
-        await service.delete(_key(request, cache_key))
+        await service.delete(cache_key_sent(request.scope))
 
     @get(
         "/",
