@@ -34,7 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_ttl_seconds: int = 30 * 24 * 3600
     max_body_bytes: int = 1024 * 1024
     log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
 
 
 # Environment variable suffix -> Settings field, where the two differ.
@@ -58,7 +58,7 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         field = name[len(PREFIX) :].lower()
         field = _RENAMED.get(field, field)
         if field in fields and value != "":
-            raw[field] = value
+            raw[field] = value.upper() if field == "log_level" else value
     raw.update(overrides)
     try:
         return msgspec.convert(raw, Settings, strict=False, dec_hook=_decode_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -16,6 +18,8 @@ from sqlalchemy import (
     text,
 )
 
+from app.keychain.schemas import CacheType, ScopeType
+
 # Postgres-style constraint names, so migrations can refer to them by a stable name.
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -25,8 +29,9 @@ NAMING_CONVENTION = {
     "pk": "%(table_name)s_pkey",
 }
 
-CACHE_TYPES = ("secret", "token", "config")
-SCOPE_TYPES = ("execution", "global", "session")
+# The API's enumerations are the one source; migrations keep their own frozen copies.
+CACHE_TYPES: tuple[str, ...] = get_args(CacheType)
+SCOPE_TYPES: tuple[str, ...] = get_args(ScopeType)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:

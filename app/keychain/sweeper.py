@@ -37,9 +37,11 @@ async def sweep_once(
             async with database.transaction() as conn:
                 repository = KeychainRepository(conn, table)
                 if not await repository.try_sweep_lock():
+                    if deleted:  # another replica took over between our batches
+                        break
                     log.info("sweep skipped: another replica is sweeping")
                     metrics.sweep("skipped")
-                    return SweepResult(deleted=deleted, swept=False)
+                    return SweepResult(deleted=0, swept=False)
                 batch = await repository.delete_expired(batch_size)
             deleted += batch
             metrics.rows_swept(batch)
