@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import msgspec
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from app.asgi import create_app
 from app.db.engine import Database, async_url, make_engine
@@ -87,7 +88,8 @@ def test_libpq_sslmode_in_the_url_is_passed_to_asyncpg_as_ssl():
 async def test_an_sslmode_url_connects(test_settings, database_url):
     # The test server has no TLS: 'disable' must reach it, where a raw sslmode made asyncpg
     # fail with a TypeError on every connection.
-    database = Database(make_engine(test_settings, async_url(f"{database_url}?sslmode=disable")))
+    with_sslmode = make_url(database_url).update_query_dict({"sslmode": "disable"})
+    database = Database(make_engine(test_settings, async_url(with_sslmode.render_as_string(False))))
     async with asgi_client(create_app(test_settings, database=database)) as client:
         assert (await client.get("/ready")).json() == {"status": "ready"}
     await database.dispose()
