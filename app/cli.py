@@ -120,53 +120,20 @@ async def _stats(settings: Settings, top: int, as_json: bool) -> int:
     from app.db.engine import Database, make_engine
     from app.db.tables import build_metadata
     from app.keychain.repository import KeychainRepository
+    from app.keychain.stats import collect_stats
 
     _, table = build_metadata(settings.db_schema)
     database = Database(make_engine(settings))
     try:
         async with database.transaction() as conn:
-            repository = KeychainRepository(conn, table)
-            groups = await repository.entry_counts()
-            most = await repository.most_accessed(top) if top else []
+            report = await collect_stats(KeychainRepository(conn, table), top)
     finally:
         await database.dispose()
-    report = stats_report(groups, most)
     if as_json:
         print(msgspec.json.encode(report).decode())
     else:
         print(_stats_text(report))
     return EXIT_OK
-
-
-def stats_report(groups: list[Any], most: list[Any]) -> dict[str, Any]:
-    """Counts and metadata only: stats never read, decrypt or print an entry's data."""
-    from app.db.tables import CACHE_TYPES, SCOPE_TYPES
-
-    by_scope = dict.fromkeys(SCOPE_TYPES, 0)
-    by_cache_type = dict.fromkeys(CACHE_TYPES, 0)
-    rows = []
-    for g in groups:
-        by_scope[g.scope_type] = by_scope.get(g.scope_type, 0) + g.live
-        by_cache_type[g.cache_type] = by_cache_type.get(g.cache_type, 0) + g.live
-        rows.append(
-            {
-                "scope_type": g.scope_type,
-                "cache_type": g.cache_type,
-                "live": g.live,
-                "expired_unswept": g.expired,
-                "hits": int(g.hits),
-            }
-        )
-    return {
-        "live_entries": sum(by_scope.values()),
-        "live_by_scope": by_scope,
-        "live_by_cache_type": by_cache_type,
-        "expired_unswept": sum(r["expired_unswept"] for r in rows),
-        # access_count restarts at 0 when an entry is rewritten, and leaves with the row.
-        "hits": sum(r["hits"] for r in rows),
-        "by_scope_and_cache_type": rows,
-        "top_keys": [dict(r._mapping) for r in most],
-    }
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
