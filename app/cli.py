@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import ConfigurationError, DatabaseNotMigrated, DatabaseUnavailable
 from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
-log = logging.getLogger("keychain.cli")
+if TYPE_CHECKING:  # the commands import the heavy parts only when they run
+    from sqlalchemy import Table
+
+    from app.db.engine import Database
 
 # argparse itself exits 2 on bad usage.
 EXIT_OK, EXIT_FAILED, EXIT_UNAVAILABLE = 0, 1, 3
@@ -24,7 +28,6 @@ EPILOG = """\
 Settings come from KEYCHAIN_* environment variables (KEYCHAIN_DATABASE_URL, KEYCHAIN_SCHEMA, ...).
 Exit codes: 0 ok; 1 bad configuration or the command failed; 2 bad usage; 3 database unreachable."""
 
-# SQLSTATEs meaning "this database was never migrated": undefined table, invalid schema.
 def alembic_ini() -> Path:
     """alembic.ini sits beside app/ in a checkout and in the image's working directory."""
     for candidate in (Path(__file__).resolve().parent.parent / "alembic.ini", Path.cwd() / "alembic.ini"):
@@ -58,17 +61,25 @@ def serve(settings: Settings) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
 
 
-async def _sweep(settings: Settings) -> int:
+@asynccontextmanager
+async def _opened_database(settings: Settings) -> AsyncIterator[tuple[Database, Table]]:
+    """The database and table a command works on, disposed when the command ends."""
     from app.db.engine import Database, make_engine
     from app.db.tables import build_metadata
-    from app.keychain.sweeper import sweep_once
 
     _, table = build_metadata(settings.db_schema)
     database = Database(make_engine(settings))
     try:
-        result = await sweep_once(database, table, settings.sweep_batch_size)
+        yield database, table
     finally:
         await database.dispose()
+
+
+async def _sweep(settings: Settings) -> int:
+    from app.keychain.sweeper import sweep_once
+
+    async with _opened_database(settings) as (database, table):
+        result = await sweep_once(database, table, settings.sweep_batch_size)
     if not result.swept:
         print("another replica holds the sweep lock; nothing done")
     else:
@@ -80,14 +91,10 @@ async def _rotate_keys(settings: Settings, batch_size: int) -> int:
     from rich.progress import Progress
 
     from app.asgi import make_keyring
-    from app.db.engine import Database, make_engine
-    from app.db.tables import build_metadata
     from app.keychain.rotation import count_to_reseal, reseal_all
 
     keyring = make_keyring(settings)
-    _, table = build_metadata(settings.db_schema)
-    database = Database(make_engine(settings))
-    try:
+    async with _opened_database(settings) as (database, table):
         total = await count_to_reseal(database, table, keyring)
         with Progress(transient=False) as progress:
             task = progress.add_task(f"re-sealing under {keyring.primary_key_id!r}", total=total)
@@ -101,8 +108,6 @@ async def _rotate_keys(settings: Settings, batch_size: int) -> int:
         # Counted again rather than trusted: a replica still on the old key ring may have
         # sealed new rows with an old key while we ran.
         remaining = await count_to_reseal(database, table, keyring)
-    finally:
-        await database.dispose()
     print(f"re-sealed {result.resealed} rows under key {keyring.primary_key_id!r}")
     if remaining:
         print(
@@ -117,18 +122,11 @@ async def _rotate_keys(settings: Settings, batch_size: int) -> int:
 async def _stats(settings: Settings, top: int, as_json: bool) -> int:
     import msgspec
 
-    from app.db.engine import Database, make_engine
-    from app.db.tables import build_metadata
     from app.keychain.repository import KeychainRepository
     from app.keychain.stats import collect_stats
 
-    _, table = build_metadata(settings.db_schema)
-    database = Database(make_engine(settings))
-    try:
-        async with database.transaction() as conn:
-            report = await collect_stats(KeychainRepository(conn, table), top)
-    finally:
-        await database.dispose()
+    async with _opened_database(settings) as (database, table), database.transaction() as conn:
+        report = await collect_stats(KeychainRepository(conn, table), top)
     if as_json:
         print(msgspec.json.encode(report).decode())
     else:

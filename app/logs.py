@@ -79,11 +79,8 @@ class RequestIdMiddleware:
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
-    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
-    rid = request_id.get()
-    if rid is not None:
-        fields.setdefault("request_id", rid)
-    return fields
+    # request_id is among them: the record factory stamped it when the record was made.
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
 class JsonFormatter(logging.Formatter):
@@ -115,7 +112,7 @@ def configure_logging(settings: Settings) -> None:
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.log_level.upper())
+    root.setLevel(settings.log_level)
     # Audit events are always JSON lines, whatever the format of the rest, so they can be
     # shipped and parsed on their own.
     audit = logging.getLogger("keychain.audit")

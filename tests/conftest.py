@@ -195,8 +195,13 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
-def asgi_client(app: Litestar) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://keychain.test")
+BASE_URL = "http://keychain.test"
+
+
+def asgi_client(app: Litestar, **transport_options: object) -> httpx.AsyncClient:
+    """The real app in-process, on the test's event loop (see the `client` fixture)."""
+    transport = httpx.ASGITransport(app=app, **transport_options)
+    return httpx.AsyncClient(transport=transport, base_url=BASE_URL)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

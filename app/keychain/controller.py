@@ -63,12 +63,17 @@ def cache_key_sent(scope: Scope) -> str:
     return routed[1:] if routed.startswith("/") else routed
 
 
-class AuthCacheController(Controller):
-    path = AUTH_CACHE_PATH
-    tags = ["auth-cache"]
+class _ApiController(Controller):
+    """What every /api route shares: the bearer-token guard and the keychain service."""
+
     guards = [require_role]
     security = [{"bearer": []}]
     dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
+
+
+class AuthCacheController(_ApiController):
+    path = AUTH_CACHE_PATH
+    tags = ["auth-cache"]
 
     @get(
         "/{cache_key:path}",
@@ -139,12 +144,9 @@ class AuthCacheController(Controller):
         )
 
 
-class ExecutionController(Controller):
+class ExecutionController(_ApiController):
     path = "/api/executions"
     tags = ["executions"]
-    guards = [require_role]
-    security = [{"bearer": []}]
-    dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
 
     @delete(
         "/{execution_id:int}/auth-cache",

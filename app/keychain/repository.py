@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Column,
     Executable,
     Result,
     Row,
@@ -55,11 +56,16 @@ def _touch_statement(table: Table) -> Update:
     )
 
 
+@functools.cache
+def _meta_columns(table: Table) -> tuple[Column[Any], ...]:
+    """Every column but the payload (a repository is made per request: compute this once)."""
+    return tuple(c for c in table.c if c.name != "data")
+
+
 class KeychainRepository:
     def __init__(self, conn: AsyncConnection, table: Table) -> None:
         self.conn = conn
         self.table = table
-        self._meta_columns = [c for c in table.c if c.name != "data"]
 
     async def _execute(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> Result[Any]:
         """Every statement goes through here, so database errors become domain errors once."""
@@ -99,7 +105,7 @@ class KeychainRepository:
         stmt = stmt.on_conflict_do_update(
             index_elements=[t.c.cache_key],
             set_={**replaced, "created_at": func.now(), "accessed_at": func.now(), "access_count": 0},
-        ).returning(*self._meta_columns, literal_column("xmax = 0").label("inserted"))
+        ).returning(*_meta_columns(t), literal_column("xmax = 0").label("inserted"))
         row = (await self._execute(stmt)).one()
         return row, row.inserted
 
@@ -133,7 +139,7 @@ class KeychainRepository:
             conditions.append(t.c.expires_at > func.now())
         where = and_(True, *conditions)
         page = (
-            select(*self._meta_columns)
+            select(*_meta_columns(t))
             .where(where)
             .order_by(t.c.cache_key)
             .limit(query.limit)

@@ -30,6 +30,13 @@ class TtlPolicy:
     max_seconds: int
 
 
+def check_name(value: str, field: str) -> str:
+    # Keys and names alike: PostgreSQL text cannot hold NUL, logs should hold no controls.
+    if _CONTROL_CHARACTERS.search(value):
+        raise InvalidEntry(f"{field} contains control characters")
+    return value
+
+
 def check_cache_key(cache_key: str) -> str:
     if not cache_key:
         raise InvalidEntry("cache key is empty")
@@ -37,19 +44,11 @@ def check_cache_key(cache_key: str) -> str:
         raise InvalidEntry(
             f"cache key is {len(cache_key)} characters long; the limit is {MAX_KEY_LENGTH}"
         )
-    if _CONTROL_CHARACTERS.search(cache_key):
-        raise InvalidEntry("cache key contains control characters")
+    check_name(cache_key, "cache key")
     if cache_key.startswith("/") or cache_key.endswith("/") or "//" in cache_key:
         # URL routing folds these, so such a key could never be read back as written.
         raise InvalidEntry("cache key must not start or end with '/' or contain '//'")
     return cache_key
-
-
-def check_name(value: str, field: str) -> str:
-    # The same rule as for keys; PostgreSQL text cannot hold NUL at all.
-    if _CONTROL_CHARACTERS.search(value):
-        raise InvalidEntry(f"{field} contains control characters")
-    return value
 
 
 def _whole_seconds(value: int | str) -> int:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 
-import httpx
+from tests.conftest import BASE_URL, asgi_client  # noqa: F401 - the hostile tests import them from here
 
-BASE_URL = "http://keychain.test"
 WORKER_TOKEN = "hostile-worker-token-6f1c2d9e"
 ADMIN_TOKEN = "hostile-admin-token-0b7a4e31c8"
 # The admin token is configured as a digest only, as the Helm chart does.
@@ -34,7 +33,3 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def asgi_client(app, **transport_kwargs) -> httpx.AsyncClient:
-    """Like the suite's `client` fixture: the real app in-process, on the test's event loop."""
-    transport = httpx.ASGITransport(app=app, **transport_kwargs)
-    return httpx.AsyncClient(transport=transport, base_url=BASE_URL)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import logging
 
-import httpx
 import pytest
 import pytest_asyncio
 
 from app.auth import TokenTable
 from app.errors import ConfigurationError
+from tests.conftest import asgi_client
 
 WORKER_TOKEN = "worker-token-0123456789"
 ADMIN_TOKEN = "admin-token-0123456789ab"
@@ -21,8 +21,7 @@ BODY = {"token_data": {"api_key": "sk-audited-secret"}, "credential_type": "bear
 @pytest_asyncio.fixture(loop_scope="session")
 async def secured(make_app):
     app = make_app(api_tokens=f"ci-worker:worker:{WORKER_TOKEN},ops:admin:sha256:{ADMIN_DIGEST}")
-    transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 5555))
-    async with httpx.AsyncClient(transport=transport, base_url="http://keychain.test") as client:
+    async with asgi_client(app, client=("10.1.2.3", 5555)) as client:
         yield client
 
 

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-import httpx
 import msgspec
 import pytest
 from sqlalchemy import text
@@ -17,6 +16,7 @@ from app.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main, migrate
 from app.db.engine import Database, make_engine
 from app.settings import load_settings
 from tests.conftest import free_port
+from tests.conftest import asgi_client
 
 SECRET = "sk-stats-secret-0123456789"
 
@@ -55,8 +55,7 @@ async def _fill(url: str, test_settings) -> None:
     }
     reads = {"openai:101": 3, "openai:102": 1, "tok:global:bearer": 5, "cfg:global": 2}
     try:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://k.test") as client:
+        async with asgi_client(app) as client:
             for key, fields in writes.items():
                 answer = await client.post(f"/api/auth-cache/{key}", json={**body, **fields})
                 assert answer.status_code == 201

@@ -6,11 +6,11 @@ import json
 import logging
 import re
 
-import httpx
 import msgspec
 import pytest
 
 from app.logs import JsonFormatter, TextFormatter, configure_logging, request_id
+from tests.conftest import asgi_client
 
 SECRET = "sk-logging-secret-0123456789"
 BODY = {"token_data": {"api_key": SECRET}, "credential_type": "bearer"}
@@ -84,7 +84,7 @@ async def test_keychain_log_format_json_writes_json_lines_to_stderr(
 
     configure_logging(msgspec.structs.replace(test_settings, log_format="json"))
     app = make_app()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://k.test") as client:
+    async with asgi_client(app) as client:
         await client.post("/api/auth-cache/k", json=BODY, headers={"X-Request-ID": "req-stderr"})
         await client.get("/api/auth-cache/k", headers={"X-Request-ID": "req-stderr"})
     err = capsys.readouterr().err

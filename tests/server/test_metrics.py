@@ -12,7 +12,7 @@ from app.db.engine import Database, make_engine
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import SWEEP_LOCK_ID
 from app.keychain.sweeper import sweep_once
-from tests.conftest import free_port
+from tests.conftest import asgi_client, free_port
 
 BODY = {"token_data": {"api_key": "sk-metrics-secret"}, "credential_type": "bearer"}
 
@@ -137,7 +137,7 @@ async def test_entries_by_scope_count_live_rows_only(client, connection):
 
 async def test_metrics_are_open_and_out_of_the_schema_when_tokens_are_configured(make_app):
     app = make_app(api_tokens="ci:worker:" + "x" * 20)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://k.test") as client:
+    async with asgi_client(app) as client:
         assert (await client.get("/api/auth-cache/k")).status_code == 401
         samples = await scrape(client)
         schema = (await client.get("/schema/openapi.json")).json()
@@ -150,7 +150,7 @@ async def test_each_app_has_its_own_registry(make_app, client):
     await client.post("/api/auth-cache/k", json=BODY)
     await client.get("/api/auth-cache/k")
     other = make_app()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=other), base_url="http://k.test") as fresh:
+    async with asgi_client(other) as fresh:
         assert value(await scrape(fresh), "keychain_cache_hits_total") == 0
     assert value(await scrape(client), "keychain_cache_hits_total") == 1
 

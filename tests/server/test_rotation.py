@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from app.crypto import KeyRing
 from app.keychain.rotation import count_to_reseal, reseal_all
+from tests.conftest import asgi_client
 
 K1 = "k1:" + base64.b64encode(os.urandom(32)).decode()
 K2 = "k2:" + base64.b64encode(os.urandom(32)).decode()
@@ -24,8 +25,7 @@ async def _write(client, key: str, value: str) -> None:
 
 def client_for(make_app, keys: str) -> httpx.AsyncClient:
     """A client on an app that runs with this key ring (same test transaction)."""
-    transport = httpx.ASGITransport(app=make_app(encryption_keys=keys))
-    return httpx.AsyncClient(transport=transport, base_url="http://keychain.test")
+    return asgi_client(make_app(encryption_keys=keys))
 
 
 async def _rows(connection) -> dict[str, tuple]:
@@ -85,8 +85,7 @@ async def test_the_rotate_keys_command_reseals_committed_rows(make_empty_databas
     async def committed_client(keys: str):
         settings = msgspec.structs.replace(test_settings, database_url=url, encryption_keys=keys)
         database = Database(make_engine(settings))
-        transport = httpx.ASGITransport(app=create_app(settings, database=database))
-        return database, httpx.AsyncClient(transport=transport, base_url="http://keychain.test")
+        return database, asgi_client(create_app(settings, database=database))
 
     database, client = await committed_client(K1)
     async with client:
