@@ -15,13 +15,12 @@ import asyncio
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from demo.local_server import LocalKeychainServer, remove_tree
+from demo.local_server import LocalKeychainServer, run_with_temporary_server
 from workerlib import KeychainClient
 from workerlib.client import encode_key
 
@@ -74,23 +73,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     args = parser.parse_args()
 
-    workdir = Path(tempfile.mkdtemp(prefix="keychain-bench-"))
-    token = secrets.token_urlsafe(24)
-    server = LocalKeychainServer(workdir / "data", api_tokens=f"bench:worker:{token}")
-    try:
+    def bench(server: LocalKeychainServer, token: str) -> None:
         with server:
             print(f"command: {' '.join([Path(sys.executable).name, '-m', 'bench.get_latency', *sys.argv[1:]])}")
             print(f"server:  {'; '.join(server.commands)} (uvicorn, embedded PostgreSQL, {server.url})")
             print(f"load:    {args.requests} sequential GETs of one entry after {args.warmup} warm-up GETs, each way")
             lines = asyncio.run(asyncio.wait_for(measure(server.url, token, args.requests, args.warmup), TIME_LIMIT_S))
         print("\n".join(lines))
-        return 0
-    except Exception as exc:
-        print(f"bench failed: {exc!r}", file=sys.stderr)
-        print(f"server log:\n{server.log_tail()}", file=sys.stderr)
-        return 1
-    finally:
-        remove_tree(workdir)
+
+    return run_with_temporary_server("bench", "worker", bench)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@ of our own. Inherited KEYCHAIN_* variables are dropped so a run never touches a 
 from __future__ import annotations
 
 import os
-import shutil
+import secrets
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -145,5 +147,19 @@ class LocalKeychainServer:
         self.stop()
 
 
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def run_with_temporary_server(
+    purpose: str, role: str, run: Callable[[LocalKeychainServer, str], None]
+) -> int:
+    """`run(server, token)` against a throwaway server whose data directory is removed after;
+    0 when it returns, 1 (with the server log's tail) when it raises. The demo and the
+    benchmark both run this way."""
+    with tempfile.TemporaryDirectory(prefix=f"keychain-{purpose}-", ignore_cleanup_errors=True) as workdir:
+        token = secrets.token_urlsafe(24)
+        server = LocalKeychainServer(Path(workdir) / "data", api_tokens=f"{purpose}:{role}:{token}")
+        try:
+            run(server, token)
+        except Exception as exc:
+            print(f"{purpose} failed: {exc!r}", file=sys.stderr)
+            print(f"server log ({server.log_path}):\n{server.log_tail()}", file=sys.stderr)
+            return 1
+    return 0

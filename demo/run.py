@@ -11,13 +11,11 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
-from demo.local_server import LocalKeychainServer, remove_tree
+from demo.local_server import LocalKeychainServer, run_with_temporary_server
 from demo.secret_manager_emulator import SecretManagerEmulator
 from workerlib import GoogleSecretManagerProvider, KeychainClient, fetch_secret
 
@@ -114,26 +112,19 @@ def table(outcome: Outcome) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    workdir = Path(tempfile.mkdtemp(prefix="keychain-demo-"))
-    token = secrets.token_urlsafe(24)
-    server = LocalKeychainServer(workdir / "data", api_tokens=f"demo:admin:{token}")
+def demo(server: LocalKeychainServer, token: str) -> None:
     print(f"Keychain demo: data directory {server.data_dir} (embedded PostgreSQL, removed afterwards)")
-    try:
-        print("starting the Keychain server (keychain migrate, keychain serve) ...", flush=True)
-        with server:
-            print(f"  {'; '.join(server.commands)}")
-            print(f"  listening on {server.url}")
-            outcome = asyncio.run(run_execution(server.url, token))
-        print()
-        print(table(outcome))
-        return 0
-    except Exception as exc:
-        print(f"demo failed: {exc}", file=sys.stderr)
-        print(f"server log ({server.log_path}):\n{server.log_tail()}", file=sys.stderr)
-        return 1
-    finally:
-        remove_tree(workdir)
+    print("starting the Keychain server (keychain migrate, keychain serve) ...", flush=True)
+    with server:
+        print(f"  {'; '.join(server.commands)}")
+        print(f"  listening on {server.url}")
+        outcome = asyncio.run(run_execution(server.url, token))
+    print()
+    print(table(outcome))
+
+
+def main() -> int:
+    return run_with_temporary_server("demo", "admin", demo)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-import socket
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,13 +31,7 @@ from app.cli import migrate
 from app.db.engine import Database, async_url, make_engine
 from app.db.tables import build_metadata
 from app.settings import Settings, load_settings
-
-def free_port() -> int:
-    """A port nothing listens on (for a server to take, or to stand for a dead database)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
+from demo.local_server import free_port  # noqa: F401 - tests import it from here
 
 TEST_KEY_ID = "test-k1"
 TEST_KEY = base64.b64encode(bytes(range(32))).decode()
