@@ -30,7 +30,7 @@ import httpx
 
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import AuthConfigError
-from workerlib.oauth import client_credentials_token
+from workerlib.oauth import OAuthClient, cached_token
 from workerlib.providers import (
     SECRETS_DIR_ENV,
     EnvProvider,
@@ -156,26 +156,39 @@ async def _oauth_token(
     client: KeychainClient,
     http_client: httpx.AsyncClient | None,
 ) -> str:
+    """The entry's token; its OAuth2 client (and so its secrets) is only read on a cache miss."""
+    fetch_client: Callable[[], Awaitable[OAuthClient]]
     if any(spec.get(field) for field in _EXPLICIT_OAUTH_FIELDS) or not spec.get("key"):
+        # The map is checked now, hit or miss; only the secrets wait for a miss.
         token_url = spec.get("token_url")
         if not token_url:
             raise AuthConfigError(
                 f"auth entry {name!r}: 'oauth_credential' needs 'key' (a secret holding the OAuth2 client "
                 "as JSON) or 'token_url', 'client_id' and 'client_secret_key'"
             )
-        client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
-        if not client_id:
+        if not (spec.get("client_id_key") or spec.get("client_id")):
             raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
-        settings = {"token_url": str(token_url), "client_id": str(client_id),
-                    "client_secret": await secret("client_secret_key")}
+        if not spec.get("client_secret_key"):
+            raise AuthConfigError(f"auth entry {name!r}: type 'bearer' needs 'client_secret_key'")
+
+        async def fetch_client() -> OAuthClient:
+            client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
+            if not client_id:  # a client_id_key secret that is empty
+                raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
+            return OAuthClient(str(token_url), str(client_id), await secret("client_secret_key"), spec.get("scope"))
+
     else:
-        settings = _oauth_client(name, await secret("key"))
-    return await client_credentials_token(
+
+        async def fetch_client() -> OAuthClient:
+            settings = _oauth_client(name, await secret("key"))
+            return OAuthClient(
+                settings["token_url"], settings["client_id"], settings["client_secret"],
+                spec.get("scope") or settings.get("scope"),
+            )
+
+    return await cached_token(
         str(spec["oauth_credential"]),
-        token_url=settings["token_url"],
-        client_id=settings["client_id"],
-        client_secret=settings["client_secret"],
-        scope=spec.get("scope") or settings.get("scope"),
+        fetch_client,
         audience=spec.get("audience"),
         auth_method=str(spec.get("auth_method") or "client_secret_basic"),
         client=client,

@@ -7,15 +7,16 @@ past the token's own expiry), so a token handed out is always good for a while y
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 import httpx
 
-from workerlib._degraded import cache_failed
-from workerlib._flight import single_flight
+from workerlib._readthrough import Store, read_through
 from workerlib.client import KeychainClient, default_client
-from workerlib.errors import KeychainError, TokenEndpointError, UnreadableEntry
+from workerlib.errors import TokenEndpointError
 from workerlib.keys import cache_key
+from workerlib.models import Entry
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,15 @@ def cache_ttl(expires_in: int, *, margin: int = REFRESH_MARGIN_SECONDS, floor: i
     return min(expires_in, max(floor, expires_in - margin))
 
 
+class OAuthClient(NamedTuple):
+    """What a token request needs from the client's configuration (and its secret)."""
+
+    token_url: str
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+
+
 async def client_credentials_token(
     name: str,
     *,
@@ -46,46 +56,75 @@ async def client_credentials_token(
     timeout: float = 10.0,
 ) -> str:
     """An access token for `name`: from the cache, else from `token_url` (then cached)."""
+
+    async def fetch_client() -> OAuthClient:
+        return OAuthClient(token_url, client_id, client_secret, scope)
+
+    return await cached_token(
+        name, fetch_client, audience=audience, auth_method=auth_method, client=client,
+        http_client=http_client, timeout=timeout,
+    )
+
+
+async def cached_token(
+    name: str,
+    fetch_client: Callable[[], Awaitable[OAuthClient]],
+    *,
+    audience: str | None = None,
+    auth_method: str = "client_secret_basic",
+    client: KeychainClient | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    timeout: float = 10.0,
+) -> str:
+    """client_credentials_token with the client's configuration fetched only on a cache miss.
+
+    A cached token needs no client secret: `fetch_client()` (which may read secrets) runs only
+    when a token has to be requested.
+    """
     if auth_method not in ("client_secret_basic", "client_secret_post"):
         raise ValueError("auth_method must be 'client_secret_basic' or 'client_secret_post'")
-    client = client or default_client()
+    keychain = client or default_client()
     key = cache_key(name, token_type=TOKEN_TYPE)
 
-    async def load() -> str:
-        context = {"credential_name": name}
-        cacheable = True
-        try:
-            entry = await client.get(key)
-        except UnreadableEntry:
-            entry = None  # a miss; the new token overwrites it
-        except KeychainError as exc:
-            # The token endpoint does not depend on the cache; a failing cache is not written to.
-            cache_failed(log, f"OAuth2 token {name} fetched without the cache", exc, context)
-            entry, cacheable = None, False
-        if entry is not None and isinstance(entry.data.get("access_token"), str):
-            return entry.data["access_token"]
+    def cached(entry: Entry) -> str | None:
+        token = entry.data.get("access_token")
+        return token if isinstance(token, str) else None
 
+    async def produce() -> tuple[str, Store]:
+        oauth = await fetch_client()
         token = await _request_token(
-            token_url, client_id, client_secret, scope, audience, auth_method, http_client, timeout
+            oauth.token_url, oauth.client_id, oauth.client_secret, oauth.scope, audience, auth_method,
+            http_client, timeout,
         )
         expires_in = _expires_in(token)
-        if cacheable and expires_in > 0:
-            data = {k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token}
-            try:
-                await client.put(
-                    key,
-                    data,
-                    credential_type=CREDENTIAL_TYPE,
-                    cache_type="token",
-                    scope_type="global",
-                    credential_name=name,
-                    ttl_seconds=cache_ttl(expires_in),
-                )
-            except KeychainError as exc:
-                cache_failed(log, f"OAuth2 token {name} was not cached", exc, context)
-        return token["access_token"]
+        if expires_in <= 0:
+            return token["access_token"], None
+        data = {k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token}
 
-    return await single_flight(("oauth2", client.base_url, key), load)
+        async def store() -> None:
+            # No execution_id: the server scopes it globally.
+            await keychain.put(
+                key,
+                data,
+                credential_type=CREDENTIAL_TYPE,
+                cache_type="token",
+                credential_name=name,
+                ttl_seconds=cache_ttl(expires_in),
+            )
+
+        return token["access_token"], store
+
+    return await read_through(
+        ("oauth2", keychain.base_url, key),
+        keychain,
+        key,
+        cached=cached,
+        produce=produce,
+        log=log,
+        context={"credential_name": name},
+        uncached=f"OAuth2 token {name} fetched without the cache",
+        unstored=f"OAuth2 token {name} was not cached",
+    )
 
 
 def _expires_in(token: dict[str, Any]) -> int:

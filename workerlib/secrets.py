@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 
-from workerlib._degraded import cache_failed
-from workerlib._flight import single_flight
+from workerlib._readthrough import Store, read_through
 from workerlib.client import KeychainClient, default_client
-from workerlib.errors import BadRequest, InvalidKey, KeychainError, UnreadableEntry
 from workerlib.keys import cache_key
+from workerlib.models import Entry
 from workerlib.providers import SecretProvider, default_provider
 
 log = logging.getLogger(__name__)
@@ -37,73 +36,45 @@ async def fetch_secret(
     Cached execution-scoped under `{name}:{execution_id}`; with no execution id, globally
     under `{name}:global`. Raises SecretNotFound (naming the secret) when the provider has none.
     """
-    client = client or default_client()
-    provider = provider or default_provider()
+    keychain = client or default_client()
     key = cache_key(name, execution_id)
-    return await single_flight(
-        ("secret", client.base_url, key),
-        lambda: _read_through(name, key, execution_id, ttl_seconds, client, provider),
-    )
-
-
-async def _read_through(
-    name: str,
-    key: str,
-    execution_id: int | None,
-    ttl_seconds: int,
-    client: KeychainClient,
-    provider: SecretProvider,
-) -> str:
     context = {"secret_name": name, "execution_id": execution_id}
-    cacheable = True
-    try:
-        entry = await client.get(key)
-    except UnreadableEntry:
-        # The server can no longer open it (key rotated out too early): a miss, rewritten below.
-        log.warning("cached secret %s is unreadable; fetching and rewriting it", name, extra=context)
-        entry = None
-    except (BadRequest, InvalidKey) as exc:
-        # The key itself is refused (too long, say): works, but never cached.
-        cache_failed(log, f"secret {name} cannot be cached", exc, context)
-        entry, cacheable = None, False
-    except KeychainError as exc:
-        # Down, refusing our token, rate limiting, answering nonsense: none of it is the step's
-        # problem. Nor is writing back to a cache that just failed worth another request.
-        cache_failed(log, f"secret {name} comes straight from the provider", exc, context)
-        return await provider.access(name)
 
-    if entry is not None:
+    def cached(entry: Entry) -> str | None:
         value = entry.data.get("value")
         if isinstance(value, str):
             log.debug("secret cache hit", extra=context)
             return value
         log.warning("cached secret %s has no string value; refetching", name, extra=context)
+        return None
 
-    value = await provider.access(name)
-    if cacheable:
-        await _store(client, key, name, value, execution_id, ttl_seconds)
-    return value
+    async def produce() -> tuple[str, Store]:
+        # The provider is only needed on a miss: a hit never builds the process default.
+        value = await (provider or default_provider()).access(name)
 
+        async def store() -> None:
+            # The server derives the scope from execution_id: execution-scoped, else global.
+            await keychain.put(
+                key,
+                {"value": value},
+                credential_type=CREDENTIAL_TYPE,
+                cache_type=CACHE_TYPE,
+                execution_id=execution_id,
+                credential_name=name,
+                ttl_seconds=ttl_seconds,
+            )
 
-async def _store(
-    client: KeychainClient,
-    key: str,
-    name: str,
-    value: str,
-    execution_id: int | None,
-    ttl_seconds: int,
-) -> None:
-    """Write the value back; never raises for the cache, the caller has its value already."""
-    try:
-        await client.put(
-            key,
-            {"value": value},
-            credential_type=CREDENTIAL_TYPE,
-            cache_type=CACHE_TYPE,
-            scope_type="execution" if execution_id is not None else "global",
-            execution_id=execution_id,
-            credential_name=name,
-            ttl_seconds=ttl_seconds,
-        )
-    except KeychainError as exc:
-        cache_failed(log, f"secret {name} was not cached", exc, {"secret_name": name, "execution_id": execution_id})
+        return value, store
+
+    return await read_through(
+        ("secret", keychain.base_url, key),
+        keychain,
+        key,
+        cached=cached,
+        produce=produce,
+        log=log,
+        context=context,
+        uncached=f"secret {name} comes straight from the provider",
+        unstored=f"secret {name} was not cached",
+        unreadable=f"cached secret {name} is unreadable; fetching and rewriting it",
+    )

@@ -85,6 +85,21 @@ async def test_bearer_from_an_oauth_credential(
     assert await keychain.get("crm:global:oauth2") is not None
 
 
+async def test_a_cached_oauth_token_reads_no_client_secret(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator
+) -> None:
+    idp = ScriptedServer((200, {}, {"access_token": "crm-token", "token_type": "Bearer", "expires_in": 3600}))
+    auth = {"crm": {"type": "bearer", "oauth_credential": "crm", "token_url": "http://idp.test/token",
+                    "client_id": "worker", "client_secret_key": CRM_CLIENT}}
+    async with idp.http_client("http://idp.test") as http:
+        for execution_id in (1, 2):
+            await resolve_auth(auth, execution_id=execution_id, client=keychain,
+                               providers={"secret_manager": provider}, http_client=http)
+    # The second execution found the token cached: its client secret was never fetched.
+    assert secrets.calls[CRM_CLIENT] == 1
+    assert await keychain.get(f"{CRM_CLIENT}:2") is None
+
+
 async def test_designs_example_bearer_from_an_oauth_client_kept_as_json_in_key(
     keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator
 ) -> None:

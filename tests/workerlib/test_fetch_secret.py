@@ -155,6 +155,16 @@ async def test_with_nothing_given_it_builds_client_and_provider_from_the_environ
         await providers_module.default_provider().close()  # type: ignore[attr-defined]
 
 
+async def test_a_hit_never_builds_the_default_provider(
+    keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await keychain.put(f"{NAME}:12", {"value": VALUE}, credential_type="secret_manager", execution_id=12)
+    monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "vault")  # building it would fail
+    providers_module.set_default_provider(None)
+    assert await fetch_secret(NAME, execution_id=12, client=keychain) == VALUE
+    assert providers_module._default_provider is None
+
+
 async def test_env_provider_reads_the_secret_id_as_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", VALUE)
     assert await EnvProvider().access(NAME) == VALUE
