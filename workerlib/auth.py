@@ -31,13 +31,7 @@ import httpx
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import AuthConfigError
 from workerlib.oauth import OAuthClient, cached_token
-from workerlib.providers import (
-    SECRETS_DIR_ENV,
-    EnvProvider,
-    FileProvider,
-    SecretProvider,
-    default_provider,
-)
+from workerlib.providers import SECRETS_DIR_ENV, SecretProvider, default_provider, make_provider
 from workerlib.secrets import fetch_secret
 
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -52,15 +46,15 @@ def _provider(entry: str, spec: Mapping[str, Any], providers: Mapping[str, Secre
     if kind in providers:
         return providers[kind]
     if kind == "secret_manager":
-        return default_provider()
-    if kind == "env":
-        return EnvProvider()
-    if kind == "file":
-        directory = spec.get("directory") or os.environ.get(SECRETS_DIR_ENV)
-        if not directory:
-            raise AuthConfigError(f"auth entry {entry!r}: provider 'file' needs 'directory' or {SECRETS_DIR_ENV}")
-        return FileProvider(directory)
-    raise AuthConfigError(f"auth entry {entry!r}: unknown provider {kind!r}; use secret_manager, env or file")
+        return default_provider()  # the process's, which KEYCHAIN_SECRET_PROVIDER can redirect
+    try:
+        return make_provider(kind, spec.get("directory") or os.environ.get(SECRETS_DIR_ENV))
+    except ValueError:
+        raise AuthConfigError(f"auth entry {entry!r}: provider 'file' needs 'directory' or {SECRETS_DIR_ENV}") from None
+    except LookupError:
+        raise AuthConfigError(
+            f"auth entry {entry!r}: unknown provider {kind!r}; use secret_manager, env or file"
+        ) from None
 
 
 async def resolve_auth(
@@ -76,17 +70,19 @@ async def resolve_auth(
     providers = providers or {}
     # Refuse a bad map before any secret is fetched.
     owner: dict[str, str] = {}
+    entries: list[tuple[str, Mapping[str, Any], str, str]] = []
     for name, spec in auth.items():
-        header = _header_name(name, spec)
+        kind, header = _kind_and_header(name, spec)
         if header.lower() in owner:
             raise AuthConfigError(
                 f"auth entries {owner[header.lower()]!r} and {name!r} both set the {header} header"
             )
         owner[header.lower()] = name
+        entries.append((name, spec, kind, header))
     resolved = await asyncio.gather(
         *(
-            _resolve_one(name, spec, execution_id, client, providers, http_client)
-            for name, spec in auth.items()
+            _resolve_one(name, spec, kind, header, execution_id, client, providers, http_client)
+            for name, spec, kind, header in entries
         )
     )
     return dict(resolved)
@@ -97,29 +93,30 @@ def _kind(spec: Mapping[str, Any]) -> str:
     return "api_key" if kind == "apikey" else kind
 
 
-def _header_name(name: str, spec: Mapping[str, Any]) -> str:
+def _kind_and_header(name: str, spec: Mapping[str, Any]) -> tuple[str, str]:
+    """The entry's type, normalised, and the header it sets."""
     if not isinstance(spec, Mapping):
         raise AuthConfigError(f"auth entry {name!r} must be a mapping")
     kind = _kind(spec)
     if kind == "bearer":
-        return str(spec.get("header") or "Authorization")
+        return kind, str(spec.get("header") or "Authorization")
     if kind == "basic":
-        return "Authorization"
+        return kind, "Authorization"
     if kind == "api_key":
-        return str(spec.get("header") or DEFAULT_API_KEY_HEADER)
+        return kind, str(spec.get("header") or DEFAULT_API_KEY_HEADER)
     raise AuthConfigError(f"auth entry {name!r}: unknown type {spec.get('type')!r}; use bearer, basic or api_key")
 
 
 async def _resolve_one(
     name: str,
     spec: Mapping[str, Any],
+    kind: str,
+    header: str,
     execution_id: int | None,
     client: KeychainClient,
     providers: Mapping[str, SecretProvider],
     http_client: httpx.AsyncClient | None,
 ) -> tuple[str, str]:
-    kind = _kind(spec)
-    header = _header_name(name, spec)
     provider = _provider(name, spec, providers)
 
     async def secret(field: str) -> str:

@@ -91,6 +91,11 @@ def encode_key(cache_key: str) -> str:
     return encoded
 
 
+def entry_path(cache_key: str) -> str:
+    """The API path of the entry under `cache_key` (see encode_key)."""
+    return f"/api/auth-cache/{encode_key(cache_key)}"
+
+
 def _display_url(url: str) -> str:
     """The URL without user:password@, for messages and logs."""
     parts = urlsplit(url)
@@ -116,13 +121,14 @@ def _retry_after_seconds(value: str | None) -> float | None:
 
 def _detail(response: httpx.Response) -> str:
     """The server's `detail`, plus validation specifics when Litestar gives them."""
+    fallback = response.reason_phrase or f"HTTP {response.status_code}"
     try:
         body = response.json()
     except ValueError:
-        return response.reason_phrase or f"HTTP {response.status_code}"
+        return fallback
     if not isinstance(body, dict):
-        return response.reason_phrase or f"HTTP {response.status_code}"
-    detail = str(body.get("detail") or response.reason_phrase or f"HTTP {response.status_code}")
+        return fallback
+    detail = str(body.get("detail") or fallback)
     extra = body.get("extra")
     if isinstance(extra, list):
         # Litestar's validation errors: [{"message": ..., "key": ..., "source": ...}]; values
@@ -163,12 +169,11 @@ class KeychainClient:
         self.base_url = (base_url or environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL).rstrip("/")
         self._where = _display_url(self.base_url)
         self._token = token if token is not None else (environ.get(API_TOKEN_ENV) or None)
-        self.timeout = timeout
         # A server that is gone without refusing (node down, pod moved, packets dropped by a
         # firewall) leaves a connect hanging. Connecting within the cluster takes milliseconds,
         # so a connect gets 0.5 s, not the whole timeout: with the retries, fetch_secret falls
         # back to the provider after ~1.5 s instead of ~15 s. Reads keep the full timeout.
-        self.connect_timeout = connect_timeout
+        # Given with every request, so they hold for an injected http_client too.
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
         self.retries = max(0, retries)
         self.backoff = backoff
@@ -180,7 +185,6 @@ class KeychainClient:
         self.max_retry_after = max_retry_after
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
-            timeout=self._timeouts,
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
         )
 
@@ -208,7 +212,7 @@ class KeychainClient:
     async def get(self, cache_key: str) -> Entry | None:
         """The live entry under `cache_key` (the server counts the hit), or None on a miss."""
         try:
-            response = await self._request("GET", f"/api/auth-cache/{encode_key(cache_key)}")
+            response = await self._request("GET", entry_path(cache_key))
         except NotFound:
             return None
         return self._decode(response, Entry)
@@ -239,15 +243,13 @@ class KeychainClient:
             ttl_seconds=ttl_seconds,
             expires_at=expires_at,
         )
-        response = await self._request(
-            "POST", f"/api/auth-cache/{encode_key(cache_key)}", content=msgspec.json.encode(body)
-        )
+        response = await self._request("POST", entry_path(cache_key), content=msgspec.json.encode(body))
         return self._decode(response, EntryMeta)
 
     async def delete(self, cache_key: str) -> bool:
         """True when an entry was deleted, False when there was none."""
         try:
-            await self._request("DELETE", f"/api/auth-cache/{encode_key(cache_key)}")
+            await self._request("DELETE", entry_path(cache_key))
         except NotFound:
             return False
         return True

@@ -2,7 +2,7 @@
 
 Same names, arguments, key formats and return shapes as before, so existing callers change
 only their import. Like the original, these never raise for a cache that is unavailable:
-get_cached answers None and the others False, with a warning in the log.
+get_cached answers None and the others False, logging that the cache was degraded.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from workerlib._degraded import cache_failed
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import KeychainError
 from workerlib.keys import cache_key
@@ -19,6 +20,11 @@ from workerlib.keys import cache_key
 __all__ = ["CredentialCache", "cache_key"]
 
 log = logging.getLogger(__name__)
+
+
+def _failed(action: str, credential_name: str, execution_id: int | None, exc: KeychainError) -> None:
+    context = {"credential_name": credential_name, "execution_id": execution_id}
+    cache_failed(log, f"credential cache {action} failed for {credential_name}", exc, context)
 
 
 class CredentialCache:
@@ -46,8 +52,7 @@ class CredentialCache:
         try:
             entry = await CredentialCache._keychain().get(key)
         except KeychainError as exc:
-            log.warning("credential cache read failed for %s: %s", credential_name, exc,
-                        extra={"credential_name": credential_name, "execution_id": execution_id})
+            _failed("read", credential_name, execution_id, exc)
             return None
         if entry is None:
             return None
@@ -80,7 +85,6 @@ class CredentialCache:
                 data,
                 credential_type=credential_type,
                 cache_type=cache_type,
-                scope_type="execution" if execution_id is not None else "global",
                 execution_id=execution_id,
                 parent_execution_id=parent_execution_id,
                 credential_name=credential_name,
@@ -88,8 +92,7 @@ class CredentialCache:
                 expires_at=expires_at,
             )
         except KeychainError as exc:
-            log.warning("credential cache write failed for %s: %s", credential_name, exc,
-                        extra={"credential_name": credential_name, "execution_id": execution_id})
+            _failed("write", credential_name, execution_id, exc)
             return False
         return True
 
@@ -103,6 +106,5 @@ class CredentialCache:
         try:
             return await CredentialCache._keychain().delete(key)
         except KeychainError as exc:
-            log.warning("credential cache delete failed for %s: %s", credential_name, exc,
-                        extra={"credential_name": credential_name, "execution_id": execution_id})
+            _failed("delete", credential_name, execution_id, exc)
             return False

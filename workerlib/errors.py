@@ -25,9 +25,8 @@ class KeychainUnavailable(KeychainError):
 class KeychainAPIError(KeychainError):
     """The server refused the request (4xx); `detail` is the server's own explanation."""
 
-    def __init__(self, status_code: int, detail: str, *, method: str = "", path: str = "") -> None:
-        where = f" on {method} {path}" if method else ""
-        super().__init__(f"keychain answered {status_code}{where}: {detail}")
+    def __init__(self, status_code: int, detail: str, *, method: str, path: str) -> None:
+        super().__init__(f"keychain answered {status_code} on {method} {path}: {detail}")
         self.status_code = status_code
         self.detail = detail
 

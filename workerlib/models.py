@@ -7,12 +7,9 @@ answers are ignored, so a newer server can add fields without breaking older wor
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
-
-CacheType = Literal["secret", "token", "config"]
-ScopeType = Literal["execution", "global", "session"]
 
 
 class EntryPut(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -28,9 +28,9 @@ MIN_TTL_SECONDS = 60
 DEFAULT_EXPIRES_IN = 3600
 
 
-def cache_ttl(expires_in: int, *, margin: int = REFRESH_MARGIN_SECONDS, floor: int = MIN_TTL_SECONDS) -> int:
-    """expires_in - margin, at least `floor`, but never longer than the token lives."""
-    return min(expires_in, max(floor, expires_in - margin))
+def cache_ttl(expires_in: int) -> int:
+    """expires_in - REFRESH_MARGIN_SECONDS, at least MIN_TTL_SECONDS, but never longer than the token lives."""
+    return min(expires_in, max(MIN_TTL_SECONDS, expires_in - REFRESH_MARGIN_SECONDS))
 
 
 class OAuthClient(NamedTuple):

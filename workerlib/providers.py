@@ -156,20 +156,34 @@ class FileProvider:
         return text.rstrip("\r\n")
 
 
-def provider_from_env(environ: Mapping[str, str] | None = None) -> SecretProvider:
-    """KEYCHAIN_SECRET_PROVIDER: `secret_manager` (default), `env`, or `file` (KEYCHAIN_SECRETS_DIR)."""
-    environ = os.environ if environ is None else environ
-    kind = (environ.get(PROVIDER_ENV) or "secret_manager").strip().lower()
-    if kind in ("secret_manager", "google", "gcp"):
-        return GoogleSecretManagerProvider(environ=environ)
+def make_provider(kind: str, directory: str | None = None) -> SecretProvider:
+    """A new provider: `secret_manager`, `env` or `file` (reading `directory`).
+
+    Raises LookupError for any other kind and ValueError for `file` without a directory: each
+    caller says it in terms of where the kind came from (the environment, an auth entry).
+    """
+    if kind == "secret_manager":
+        return GoogleSecretManagerProvider()
     if kind == "env":
-        return EnvProvider(environ=environ)
+        return EnvProvider()
     if kind == "file":
-        directory = environ.get(SECRETS_DIR_ENV)
         if not directory:
-            raise SecretError("", f"{PROVIDER_ENV}=file needs {SECRETS_DIR_ENV}")
+            raise ValueError("provider 'file' needs a directory")
         return FileProvider(directory)
-    raise SecretError("", f"unknown {PROVIDER_ENV} {kind!r}; use secret_manager, env or file")
+    raise LookupError(f"unknown provider {kind!r}")
+
+
+def provider_from_env() -> SecretProvider:
+    """KEYCHAIN_SECRET_PROVIDER: `secret_manager` (default), `env`, or `file` (KEYCHAIN_SECRETS_DIR)."""
+    kind = (os.environ.get(PROVIDER_ENV) or "secret_manager").strip().lower()
+    try:
+        return make_provider(
+            "secret_manager" if kind in ("google", "gcp") else kind, os.environ.get(SECRETS_DIR_ENV)
+        )
+    except ValueError:
+        raise SecretError("", f"{PROVIDER_ENV}=file needs {SECRETS_DIR_ENV}") from None
+    except LookupError:
+        raise SecretError("", f"unknown {PROVIDER_ENV} {kind!r}; use secret_manager, env or file") from None
 
 
 _default_provider: SecretProvider | None = None
