@@ -11,8 +11,7 @@ import pytest
 import pytest_asyncio
 
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.conftest import free_port
-from tests.workerlib.helpers import BASE_URL
+from tests.conftest import BASE_URL, free_port
 from workerlib import client as client_module
 from workerlib import providers as providers_module
 from workerlib.client import KeychainClient

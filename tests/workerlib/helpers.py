@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import pytest
 
-BASE_URL = "http://keychain.test"
+from tests.conftest import BASE_URL
+from workerlib import KeychainClient, SecretProvider, resolve_auth
+
+IDP_URL = "http://idp.test"
 
 
 class ScriptedServer:
@@ -63,3 +69,52 @@ CACHE_FAILURES = [
 ]
 CACHE_FAILURE_IDS = ["401", "403", "429", "418", "200-wrong-shape", "200-not-json"]
 MISS = (404, {}, {"status_code": 404, "detail": "no live entry"})
+
+
+def token_endpoint(expires_in: int = 3600, access_token: str = "at-first") -> ScriptedServer:
+    """An OAuth2 token endpoint: `access_token` first, then "at-second"."""
+    return ScriptedServer(
+        (200, {}, {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}),
+        (200, {}, {"access_token": "at-second", "token_type": "Bearer", "expires_in": expires_in}),
+    )
+
+
+async def resolve_in_two_executions(
+    auth: Mapping[str, Mapping[str, Any]], idp: ScriptedServer, keychain: KeychainClient, provider: SecretProvider
+) -> list[dict[str, str]]:
+    """resolve_auth for executions 1 then 2, the token endpoint at IDP_URL; each one's headers."""
+    async with idp.http_client(IDP_URL) as http:
+        return [
+            await resolve_auth(auth, execution_id=execution_id, client=keychain,
+                               providers={"secret_manager": provider}, http_client=http)
+            for execution_id in (1, 2)
+        ]
+
+
+def entry_body(cache_key: str, data: dict[str, Any], *, execution_id: int | None = None, **fields: Any) -> dict[str, Any]:
+    """A cached entry as the server answers a GET; `fields` override the defaults."""
+    return {
+        "cache_key": cache_key, "credential_name": cache_key.split(":", 1)[0], "credential_type": "t",
+        "cache_type": "secret", "scope_type": "global" if execution_id is None else "execution",
+        "execution_id": execution_id, "parent_execution_id": None, "ttl_seconds": 3600,
+        "expires_at": "2030-01-01T00:00:00Z", "created_at": "2029-12-31T23:00:00Z",
+        "accessed_at": "2029-12-31T23:30:00Z", "access_count": 1, "data": data, **fields,
+    }
+
+
+def assert_logged_degraded(
+    caplog: pytest.LogCaptureFixture, status: int, error_class: str, detail: str, *hidden: str
+) -> None:
+    """workerlib logged the cache failure as degraded, at the right level, without `hidden`."""
+    records = [r for r in caplog.records if r.name.startswith("workerlib") and getattr(r, "degraded", False)]
+    assert records, caplog.text
+    message = records[0].getMessage()
+    assert "degraded" in message and error_class in message and detail in message
+    if status in (401, 403):
+        # A wrong token silently disables the cache for every worker: say so loudly.
+        assert records[0].levelno == logging.ERROR and "KEYCHAIN_API_TOKEN" in message
+    else:
+        assert records[0].levelno == logging.WARNING
+    for value in hidden:
+        assert value not in caplog.text
+        assert all(value not in repr(r.__dict__) for r in caplog.records)

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.workerlib.helpers import ScriptedServer
+from tests.workerlib.helpers import IDP_URL, resolve_in_two_executions, token_endpoint
 from workerlib import AuthConfigError, GoogleSecretManagerProvider, KeychainClient, resolve_auth
 
 OPENAI = "projects/123/secrets/openai-api-key/versions/1"
@@ -73,14 +73,11 @@ async def test_api_key_defaults_to_x_api_key_with_an_optional_prefix(
 async def test_bearer_from_an_oauth_credential(
     keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator
 ) -> None:
-    idp = ScriptedServer((200, {}, {"access_token": "crm-token", "token_type": "Bearer", "expires_in": 3600}))
-    auth = {"crm": {"type": "bearer", "oauth_credential": "crm", "token_url": "http://idp.test/token",
+    idp = token_endpoint(access_token="crm-token")
+    auth = {"crm": {"type": "bearer", "oauth_credential": "crm", "token_url": f"{IDP_URL}/token",
                     "client_id": "worker", "client_secret_key": CRM_CLIENT}}
-    async with idp.http_client("http://idp.test") as http:
-        for execution_id in (1, 2):
-            headers = await resolve_auth(auth, execution_id=execution_id, client=keychain,
-                                         providers={"secret_manager": provider}, http_client=http)
-            assert headers == {"Authorization": "Bearer crm-token"}
+    headers = await resolve_in_two_executions(auth, idp, keychain, provider)
+    assert headers == [{"Authorization": "Bearer crm-token"}] * 2
     assert len(idp.requests) == 1  # the token is global, shared by both executions
     assert await keychain.get("crm:global:oauth2") is not None
 
@@ -88,13 +85,9 @@ async def test_bearer_from_an_oauth_credential(
 async def test_a_cached_oauth_token_reads_no_client_secret(
     keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator
 ) -> None:
-    idp = ScriptedServer((200, {}, {"access_token": "crm-token", "token_type": "Bearer", "expires_in": 3600}))
-    auth = {"crm": {"type": "bearer", "oauth_credential": "crm", "token_url": "http://idp.test/token",
+    auth = {"crm": {"type": "bearer", "oauth_credential": "crm", "token_url": f"{IDP_URL}/token",
                     "client_id": "worker", "client_secret_key": CRM_CLIENT}}
-    async with idp.http_client("http://idp.test") as http:
-        for execution_id in (1, 2):
-            await resolve_auth(auth, execution_id=execution_id, client=keychain,
-                               providers={"secret_manager": provider}, http_client=http)
+    await resolve_in_two_executions(auth, token_endpoint(), keychain, provider)
     # The second execution found the token cached: its client secret was never fetched.
     assert secrets.calls[CRM_CLIENT] == 1
     assert await keychain.get(f"{CRM_CLIENT}:2") is None
@@ -104,17 +97,14 @@ async def test_designs_example_bearer_from_an_oauth_client_kept_as_json_in_key(
     keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator
 ) -> None:
     """DESIGN's own example: `key` and `oauth_credential`, no token_url in the map."""
-    client_json = {"token_url": "http://idp.test/oauth/token", "client_id": "worker",
+    client_json = {"token_url": f"{IDP_URL}/oauth/token", "client_id": "worker",
                    "client_secret": OAUTH_CLIENT_SECRET, "scope": "models.read"}
     secrets.add(OAUTH_CLIENT, json.dumps(client_json) + "\n")
-    idp = ScriptedServer((200, {}, {"access_token": "oa-token", "token_type": "Bearer", "expires_in": 3600}))
+    idp = token_endpoint(access_token="oa-token")
     auth = {"openai": {"type": "bearer", "provider": "secret_manager", "key": OAUTH_CLIENT,
                        "oauth_credential": "openai-oauth"}}
-    async with idp.http_client("http://idp.test") as http:
-        for execution_id in (1, 2):
-            headers = await resolve_auth(auth, execution_id=execution_id, client=keychain,
-                                         providers={"secret_manager": provider}, http_client=http)
-            assert headers == {"Authorization": "Bearer oa-token"}
+    headers = await resolve_in_two_executions(auth, idp, keychain, provider)
+    assert headers == [{"Authorization": "Bearer oa-token"}] * 2
 
     assert len(idp.requests) == 1  # the token is global, shared by both executions
     request = idp.requests[0]

@@ -8,11 +8,18 @@ import logging
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.workerlib.helpers import BASE_URL, CACHE_FAILURE_IDS, CACHE_FAILURES, MISS, ScriptedServer
+from tests.conftest import BASE_URL, asgi_client
+from tests.workerlib.helpers import (
+    CACHE_FAILURE_IDS,
+    CACHE_FAILURES,
+    MISS,
+    ScriptedServer,
+    assert_logged_degraded,
+    entry_body,
+)
 from workerlib import (
     EnvProvider,
     FileProvider,
@@ -125,10 +132,7 @@ async def test_an_unreadable_entry_is_a_miss_and_is_overwritten(
     secret_manager.add(NAME, VALUE)
     other_key = base64.b64encode(bytes(range(100, 132))).decode()
     old_app, new_app = make_app(encryption_keys=f"old:{other_key}"), make_app()
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=old_app), base_url=BASE_URL) as old,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=new_app), base_url=BASE_URL) as new,
-    ):
+    async with asgi_client(old_app) as old, asgi_client(new_app) as new:
         await KeychainClient(BASE_URL, http_client=old).put(
             f"{NAME}:9", {"value": "stale"}, credential_type="secret_manager", execution_id=9
         )
@@ -181,55 +185,23 @@ async def test_file_provider_reads_one_file_per_secret_id(tmp_path: Path) -> Non
         await FileProvider(tmp_path).access("../etc/passwd")
 
 
-def _workerlib_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name.startswith("workerlib")]
-
-
-def _assert_logged_degraded(caplog: pytest.LogCaptureFixture, status: int, error_class: str, detail: str) -> None:
-    records = [r for r in _workerlib_records(caplog) if getattr(r, "degraded", False)]
-    assert records, caplog.text
-    message = records[0].getMessage()
-    assert "degraded" in message and error_class in message and detail in message
-    if status in (401, 403):
-        # A wrong token silently disables the cache for every worker: say so loudly.
-        assert records[0].levelno == logging.ERROR and "KEYCHAIN_API_TOKEN" in message
-    else:
-        assert records[0].levelno == logging.WARNING
-    assert VALUE not in caplog.text
-    assert all(VALUE not in repr(r.__dict__) for r in caplog.records)
-
-
 @pytest.mark.parametrize(("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS)
-async def test_a_failing_cache_read_never_fails_the_step(
+@pytest.mark.parametrize("failing", ["read", "write"])
+async def test_a_failing_cache_never_fails_the_step(
     provider: GoogleSecretManagerProvider,
     secret_manager: SecretManagerEmulator,
     caplog: pytest.LogCaptureFixture,
-    status: int, headers: dict, body: object, error_class: str, detail: str,
+    failing: str, status: int, headers: dict, body: object, error_class: str, detail: str,
 ) -> None:
     secret_manager.add(NAME, VALUE)
-    server = ScriptedServer((status, headers, body))
+    server = ScriptedServer((status, headers, body)) if failing == "read" else ScriptedServer(MISS, (status, headers, body))
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)
         assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
     assert secret_manager.calls[NAME] == 1
-    assert [r["method"] for r in server.requests] == ["GET"]  # no write-back to a cache that just failed
-    _assert_logged_degraded(caplog, status, error_class, detail)
-
-
-@pytest.mark.parametrize(("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS)
-async def test_a_failing_cache_write_never_fails_the_step(
-    provider: GoogleSecretManagerProvider,
-    secret_manager: SecretManagerEmulator,
-    caplog: pytest.LogCaptureFixture,
-    status: int, headers: dict, body: object, error_class: str, detail: str,
-) -> None:
-    secret_manager.add(NAME, VALUE)
-    server = ScriptedServer(MISS, (status, headers, body))
-    async with server.http_client() as http:
-        keychain = KeychainClient(BASE_URL, http_client=http)
-        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
-    assert [r["method"] for r in server.requests] == ["GET", "POST"]
-    _assert_logged_degraded(caplog, status, error_class, detail)
+    # A read that failed is not followed by a write-back to the cache that just failed.
+    assert [r["method"] for r in server.requests] == (["GET"] if failing == "read" else ["GET", "POST"])
+    assert_logged_degraded(caplog, status, error_class, detail, VALUE)
 
 
 async def test_the_providers_own_errors_still_reach_the_caller(
@@ -248,12 +220,7 @@ async def test_the_servers_retry_after_1_on_503_is_waited_for_with_the_default_s
     short must be ridden out (and the cache used), not turned straight into a degraded step."""
     secret_manager.add(NAME, VALUE)
     unavailable = (503, {"Retry-After": "1"}, {"status_code": 503, "detail": "the database is unreachable"})
-    hit = {
-        "cache_key": f"{NAME}:3", "credential_name": NAME, "credential_type": "secret_manager",
-        "cache_type": "secret", "scope_type": "execution", "execution_id": 3, "parent_execution_id": None,
-        "ttl_seconds": 3600, "expires_at": "2030-01-01T00:00:00Z", "created_at": "2029-12-31T23:00:00Z",
-        "accessed_at": "2029-12-31T23:30:00Z", "access_count": 1, "data": {"value": "from-the-cache"},
-    }
+    hit = entry_body(f"{NAME}:3", {"value": "from-the-cache"}, execution_id=3, credential_type="secret_manager")
     server = ScriptedServer(unavailable, unavailable, (200, {}, hit))
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)  # the defaults a worker gets

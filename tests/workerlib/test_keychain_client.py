@@ -9,7 +9,8 @@ import time
 import httpx
 import pytest
 
-from tests.workerlib.helpers import BASE_URL, ScriptedServer
+from tests.conftest import BASE_URL, asgi_client
+from tests.workerlib.helpers import ScriptedServer, entry_body
 from workerlib import (
     BadRequest,
     Entry,
@@ -30,9 +31,9 @@ def counting_client(app, requests: list[httpx.Request]) -> httpx.AsyncClient:  #
     async def record(request: httpx.Request) -> None:
         requests.append(request)
 
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url=BASE_URL, event_hooks={"request": [record]}
-    )
+    client = asgi_client(app)
+    client.event_hooks = {"request": [record]}
+    return client
 
 
 async def test_put_get_delete_round_trip(keychain: KeychainClient) -> None:
@@ -145,10 +146,7 @@ async def test_execution_scope_without_an_execution_id_is_a_bad_request(keychain
 async def test_an_entry_sealed_under_a_lost_key_is_unreadable(make_app) -> None:  # type: ignore[no-untyped-def]
     other_key = base64.b64encode(bytes(range(100, 132))).decode()
     writer, reader = make_app(), make_app(encryption_keys=f"other:{other_key}")
-    async with (
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=writer), base_url=BASE_URL) as w,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=reader), base_url=BASE_URL) as r,
-    ):
+    async with asgi_client(writer) as w, asgi_client(reader) as r:
         await KeychainClient(BASE_URL, http_client=w).put("sealed:global", {"v": 1}, credential_type="t")
         with pytest.raises(UnreadableEntry) as caught:
             await KeychainClient(BASE_URL, http_client=r).get("sealed:global")
@@ -170,12 +168,7 @@ async def test_connection_errors_are_retried_up_to_the_bound_then_unavailable(cl
 
 
 async def test_503_is_retried_honouring_retry_after_then_succeeds() -> None:
-    hit = {
-        "cache_key": "k:global", "credential_name": "k", "credential_type": "t", "cache_type": "secret",
-        "scope_type": "global", "execution_id": None, "parent_execution_id": None, "key_id": "k1",
-        "ttl_seconds": 60, "expires_at": "2030-01-01T00:00:00Z", "created_at": "2029-12-31T23:59:00Z",
-        "accessed_at": "2029-12-31T23:59:30Z", "access_count": 1, "data": {"v": 1},
-    }
+    hit = entry_body("k:global", {"v": 1}, key_id="k1", ttl_seconds=60)
     server = ScriptedServer(
         (503, {"Retry-After": "0"}, {"status_code": 503, "detail": "the database is unreachable"}),
         (429, {"Retry-After": "0"}, {"status_code": 429, "detail": "slow down"}),
@@ -242,7 +235,7 @@ async def test_close_leaves_an_injected_http_client_open(client: httpx.AsyncClie
 
 async def test_keychain_api_token_is_sent_and_the_server_enforces_it(make_app, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     app = make_app(api_tokens="ci:worker:tok-0123456789abcdef")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE_URL) as http:
+    async with asgi_client(app) as http:
         monkeypatch.delenv("KEYCHAIN_API_TOKEN", raising=False)
         with pytest.raises(Unauthorized) as caught:
             await KeychainClient(BASE_URL, http_client=http).get("k:global")

@@ -3,31 +3,32 @@
 from __future__ import annotations
 
 import base64
-import logging
 from urllib.parse import parse_qs
 
 import pytest
 
-from tests.workerlib.helpers import BASE_URL, CACHE_FAILURE_IDS, CACHE_FAILURES, MISS, ScriptedServer
+from tests.conftest import BASE_URL
+from tests.workerlib.helpers import (
+    CACHE_FAILURE_IDS,
+    CACHE_FAILURES,
+    IDP_URL,
+    MISS,
+    ScriptedServer,
+    assert_logged_degraded,
+    token_endpoint,
+)
 from workerlib import KeychainClient, TokenEndpointError, client_credentials_token
 from workerlib.oauth import cache_ttl
 
-TOKEN_URL = "http://idp.test/oauth/token"
+TOKEN_URL = f"{IDP_URL}/oauth/token"
 CLIENT_SECRET = "client-secret-0000"
-
-
-def token_endpoint(expires_in: int = 3600, access_token: str = "at-first") -> ScriptedServer:
-    return ScriptedServer(
-        (200, {}, {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}),
-        (200, {}, {"access_token": "at-second", "token_type": "Bearer", "expires_in": expires_in}),
-    )
 
 
 async def test_the_token_is_cached_globally_with_ttl_expires_in_minus_300_and_reused(
     keychain: KeychainClient,
 ) -> None:
     idp = token_endpoint(expires_in=3600)
-    async with idp.http_client("http://idp.test") as http:
+    async with idp.http_client(IDP_URL) as http:
         kwargs = dict(token_url=TOKEN_URL, client_id="worker", client_secret=CLIENT_SECRET, scope="read",
                       client=keychain, http_client=http)
         assert await client_credentials_token("crm", **kwargs) == "at-first"
@@ -49,7 +50,7 @@ async def test_the_token_is_cached_globally_with_ttl_expires_in_minus_300_and_re
 
 async def test_a_short_lived_token_is_cached_for_the_floor(keychain: KeychainClient) -> None:
     idp = token_endpoint(expires_in=200)
-    async with idp.http_client("http://idp.test") as http:
+    async with idp.http_client(IDP_URL) as http:
         await client_credentials_token("short", token_url=TOKEN_URL, client_id="w", client_secret=CLIENT_SECRET,
                                        client=keychain, http_client=http)
     entry = await keychain.get("short:global:oauth2")
@@ -64,7 +65,7 @@ def test_the_cache_never_outlives_the_token() -> None:
 
 async def test_client_secret_post_sends_the_credentials_in_the_form(keychain: KeychainClient) -> None:
     idp = token_endpoint()
-    async with idp.http_client("http://idp.test") as http:
+    async with idp.http_client(IDP_URL) as http:
         await client_credentials_token("post", token_url=TOKEN_URL, client_id="w", client_secret=CLIENT_SECRET,
                                        auth_method="client_secret_post", client=keychain, http_client=http)
     form = parse_qs(idp.requests[0]["body"].decode())
@@ -76,7 +77,7 @@ async def test_a_refusal_names_the_oauth_error_but_never_echoes_the_body(keychai
     idp = ScriptedServer(
         (401, {}, {"error": "invalid_client", "error_description": f"bad secret {CLIENT_SECRET}"})
     )
-    async with idp.http_client("http://idp.test") as http:
+    async with idp.http_client(IDP_URL) as http:
         with pytest.raises(TokenEndpointError) as caught:
             await client_credentials_token("bad", token_url=TOKEN_URL, client_id="w", client_secret=CLIENT_SECRET,
                                            client=keychain, http_client=http)
@@ -87,7 +88,7 @@ async def test_a_refusal_names_the_oauth_error_but_never_echoes_the_body(keychai
 
 async def test_keychain_down_still_gives_a_token(down_keychain: KeychainClient, caplog: pytest.LogCaptureFixture) -> None:
     idp = token_endpoint()
-    async with idp.http_client("http://idp.test") as http:
+    async with idp.http_client(IDP_URL) as http:
         token = await client_credentials_token("down", token_url=TOKEN_URL, client_id="w",
                                                client_secret=CLIENT_SECRET, client=down_keychain, http_client=http)
     assert token == "at-first"
@@ -103,13 +104,10 @@ async def test_a_failing_cache_never_fails_token_acquisition(
 ) -> None:
     keychain_server = ScriptedServer((status, headers, body)) if failing == "read" else ScriptedServer(MISS, (status, headers, body))
     idp = token_endpoint()
-    async with keychain_server.http_client() as keychain_http, idp.http_client("http://idp.test") as http:
+    async with keychain_server.http_client() as keychain_http, idp.http_client(IDP_URL) as http:
         keychain = KeychainClient(BASE_URL, http_client=keychain_http)
         token = await client_credentials_token("crm", token_url=TOKEN_URL, client_id="w",
                                                client_secret=CLIENT_SECRET, client=keychain, http_client=http)
     assert token == "at-first"
     assert [r["method"] for r in keychain_server.requests] == (["GET"] if failing == "read" else ["GET", "POST"])
-    records = [r for r in caplog.records if r.name.startswith("workerlib") and getattr(r, "degraded", False)]
-    assert records and error_class in records[0].getMessage() and detail in records[0].getMessage()
-    assert records[0].levelno == (logging.ERROR if status in (401, 403) else logging.WARNING)
-    assert "at-first" not in caplog.text and CLIENT_SECRET not in caplog.text
+    assert_logged_degraded(caplog, status, error_class, detail, "at-first", CLIENT_SECRET)
