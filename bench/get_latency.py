@@ -22,7 +22,7 @@ import httpx
 
 from demo.local_server import LocalKeychainServer, run_with_temporary_server
 from workerlib import KeychainClient
-from workerlib.client import encode_key
+from workerlib.client import entry_path
 
 KEY = "projects/bench/secrets/api-key/versions/1:1"
 TIME_LIMIT_S = 300
@@ -42,7 +42,7 @@ async def measure(url: str, token: str, requests: int, warmup: int) -> list[str]
                            execution_id=1, ttl_seconds=3600)
 
         async with httpx.AsyncClient(base_url=url, headers=headers) as http:
-            path = f"/api/auth-cache/{encode_key(KEY)}"
+            path = entry_path(KEY)
             samples = []
             for i in range(warmup + requests):
                 started = time.perf_counter()
