@@ -8,7 +8,8 @@ class KeychainError(Exception):
 
 
 class InvalidKey(KeychainError, ValueError):
-    """A cache key workerlib will not send: it could not reach the server unchanged."""
+    """A cache key workerlib will not send: it could not reach the server unchanged, or another
+    call could build the same key for a different entry."""
 
 
 class KeychainUnavailable(KeychainError):

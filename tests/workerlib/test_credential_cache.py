@@ -6,7 +6,7 @@ from datetime import datetime
 
 import pytest
 
-from workerlib import CredentialCache, KeychainClient
+from workerlib import CredentialCache, InvalidKey, KeychainClient
 
 TOKEN = {"access_token": "test123", "token_type": "bearer"}
 
@@ -72,3 +72,15 @@ async def test_an_unavailable_server_is_a_miss_and_false(
     assert await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1) is False
     assert await CredentialCache.delete_cached("svc", execution_id=1) is False
     assert "credential cache" in caplog.text and "hush-123" not in caplog.text
+
+
+async def test_a_name_that_would_spell_another_entrys_key_is_refused(keychain: KeychainClient) -> None:
+    """("a:global", execution 7) used to be the key of ("a", token type "7"): reading one read the other."""
+    assert await CredentialCache.set_cached("a", "oauth2_client_credentials", TOKEN, token_type="7")
+    with pytest.raises(InvalidKey, match="'global' segment"):
+        await CredentialCache.get_cached("a:global", execution_id=7)
+    with pytest.raises(InvalidKey):
+        await CredentialCache.set_cached("a:global", "secret_manager", {"value": "x"}, execution_id=7)
+    with pytest.raises(InvalidKey, match="contains ':'"):
+        await CredentialCache.delete_cached("a", token_type="global:7")
+    assert (await CredentialCache.get_cached("a", token_type="7"))["data"] == TOKEN

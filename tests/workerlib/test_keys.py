@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import workerlib
-from workerlib import compat
+from workerlib import InvalidKey, compat
 from workerlib.keys import cache_key
 
 
@@ -21,10 +21,34 @@ from workerlib.keys import cache_key
         (("crm", None, "oauth2"), "crm:global:oauth2"),
         (("svc",), "svc:global"),
         (("svc", None, ""), "svc:global"),
+        (("svc", "42"), "svc:42"),  # an id rendered by a template
+        (("svc", -1), "svc:-1"),
+        (("a:b", 3), "a:b:3"),
+        (("globals:a",), "globals:a:global"),  # only a whole 'global' segment is refused
     ],
 )
 def test_the_original_formats(args: tuple, key: str) -> None:
     assert cache_key(*args) == key
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("a:global", 7),  # would be ("a", token_type="7")
+        ("a:global",),  # would be ("a", token_type="global")
+        ("a:global:x", None, "t"),
+        ("global",),
+        ("a", None, "oauth2:digest"),  # would be ("a:global:oauth2", ...) and the OAuth2 key space
+        ("a", 7, "b:c"),
+        ("a", "global"),  # would be ("a",)
+        ("a", "7:x"),
+        ("a", True),
+    ],
+)
+def test_parts_that_would_spell_another_key_are_refused(args: tuple) -> None:
+    with pytest.raises(InvalidKey, match="ambiguous|not a whole number") as caught:
+        cache_key(*args)
+    assert isinstance(caught.value, ValueError)
 
 
 def test_the_format_is_built_in_one_place_only() -> None:
