@@ -48,17 +48,71 @@ def migrate(settings: Settings) -> None:
     command.upgrade(config, "head")
 
 
+def _tls_files(settings: Settings) -> tuple[Path, Path] | None:
+    """The certificate and key to serve https with, checked now so that a bad pair is one
+    line at start rather than a traceback from uvicorn (or a passphrase prompt)."""
+    import ssl
+
+    cert, key = settings.tls_cert_file, settings.tls_key_file
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = ("CERT", "KEY") if key is None else ("KEY", "CERT")
+        raise ConfigurationError(
+            f"KEYCHAIN_TLS_{given}_FILE is set but KEYCHAIN_TLS_{missing}_FILE is not: https needs "
+            "both (the certificate and its private key, PEM files), plain http neither"
+        )
+    for variable, path in (("KEYCHAIN_TLS_CERT_FILE", cert), ("KEYCHAIN_TLS_KEY_FILE", key)):
+        try:
+            path.open("rb").close()
+        except OSError as exc:
+            raise ConfigurationError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+
+    def no_passphrase() -> bytes:
+        raise ConfigurationError(f"KEYCHAIN_TLS_KEY_FILE {key} is encrypted; give the key unencrypted")
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=no_passphrase)
+    except ssl.SSLError as exc:
+        # OpenSSL's reason names the problem (KEY_VALUES_MISMATCH, ...) and never the key.
+        raise ConfigurationError(
+            f"KEYCHAIN_TLS_CERT_FILE {cert} and KEYCHAIN_TLS_KEY_FILE {key} are not a PEM "
+            f"certificate and its private key ({exc.reason or 'not PEM'})"
+        ) from None
+    return cert, key
+
+
 def serve(settings: Settings) -> None:
+    import logging
+
     import uvicorn
 
     from app.asgi import create_app
 
+    cert, key = _tls_files(settings) or (None, None)
     app = create_app(settings)
+    log = logging.getLogger(__name__)
+    if cert:
+        log.info("serving https on %s:%s (certificate %s)", settings.host, settings.port, cert)
+    else:
+        log.info(
+            "serving plain http on %s:%s; set KEYCHAIN_TLS_CERT_FILE and KEYCHAIN_TLS_KEY_FILE for https",
+            settings.host,
+            settings.port,
+        )
     # uvicorn re-raises the signal that stopped it once it has shut down; with the default
     # SIGTERM disposition that kills us before atexit hooks run, and the embedded PostgreSQL
     # (stopped by pgserver's atexit hook) would outlive us. Exit normally instead.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @asynccontextmanager
@@ -203,7 +257,8 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         "serve the HTTP API (uvicorn)",
         "Serve the HTTP API, /metrics, /health and /ready with uvicorn: one process (scale with "
-        "replicas). It never migrates: run 'keychain migrate' first.",
+        "replicas). It never migrates: run 'keychain migrate' first. With KEYCHAIN_TLS_CERT_FILE "
+        "and KEYCHAIN_TLS_KEY_FILE (PEM) it serves https only.",
     )
     serve_cmd.add_argument("--host", help="listen address (KEYCHAIN_HOST, default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="listen port (KEYCHAIN_PORT, default 8082)")

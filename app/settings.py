@@ -20,6 +20,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path(".keychain")
     host: str = "127.0.0.1"
     port: int = 8082
+    # TLS: PEM files of the server's certificate (chain) and its unencrypted private key. Both
+    # or neither; with both the server speaks https only, read once at start.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     db_schema: str = "noetl"
     db_pool_size: int = 10
     # "k2:<base64>,k1:<base64>": the first id seals new writes, all of them open old rows.
