@@ -124,7 +124,7 @@ def _detail(response: httpx.Response) -> str:
     fallback = response.reason_phrase or f"HTTP {response.status_code}"
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the stack allows
         return fallback
     if not isinstance(body, dict):
         return fallback
@@ -355,9 +355,11 @@ class KeychainClient:
 
     @staticmethod
     def _decode(response: httpx.Response, type_: type[T]) -> T:
+        # A KeychainError whatever is wrong with the answer, so callers that can do without the
+        # cache degrade; a payload nested deeper than the stack allows is a RecursionError.
         try:
             return msgspec.json.decode(response.content, type=type_)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise KeychainError(
                 f"unexpected answer from the keychain server to {response.request.method} "
                 f"{response.request.url.path}: {exc}"

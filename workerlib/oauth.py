@@ -168,7 +168,7 @@ async def _request_token(
 
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the stack allows
         body = None
     if response.status_code != 200 or not isinstance(body, dict):
         # Only the RFC 6749 error code: a body might echo what we sent.

@@ -56,6 +56,24 @@ class ScriptedServer:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self), base_url=base_url)
 
 
+def entry_body(cache_key: str, data: dict[str, Any], *, execution_id: int | None = None, **fields: Any) -> dict[str, Any]:
+    """A cached entry as the server answers a GET; `fields` override the defaults."""
+    return {
+        "cache_key": cache_key, "credential_name": cache_key.split(":", 1)[0], "credential_type": "t",
+        "cache_type": "secret", "scope_type": "global" if execution_id is None else "execution",
+        "execution_id": execution_id, "parent_execution_id": None, "ttl_seconds": 3600,
+        "expires_at": "2030-01-01T00:00:00Z", "created_at": "2029-12-31T23:00:00Z",
+        "accessed_at": "2029-12-31T23:30:00Z", "access_count": 1, "data": data, **fields,
+    }
+
+
+def too_deep_entry(depth: int = 5000) -> bytes:
+    """An entry (GET or POST answer alike) whose data is nested deeper than Python's stack:
+    decoding it raises RecursionError, not a DecodeError."""
+    body = json.dumps(entry_body("deep:global", {"deep": "NESTING"})).encode()
+    return body.replace(b'"NESTING"', b"[" * depth + b"]" * depth)
+
+
 # Every way the cache can fail other than being down, as (status, headers, body, error class,
 # text of the server's detail that the log must carry). 429 asks for a wait longer than the
 # client will give it, so it is not retried.
@@ -66,8 +84,9 @@ CACHE_FAILURES = [
     (418, {}, {"status_code": 418, "detail": "I'm a teapot"}, "KeychainAPIError", "I'm a teapot"),
     (200, {}, {"unexpected": "shape"}, "KeychainError", "unexpected answer"),
     (200, {}, b"<html>a proxy page</html>", "KeychainError", "unexpected answer"),
+    (200, {}, too_deep_entry(), "KeychainError", "maximum recursion depth"),
 ]
-CACHE_FAILURE_IDS = ["401", "403", "429", "418", "200-wrong-shape", "200-not-json"]
+CACHE_FAILURE_IDS = ["401", "403", "429", "418", "200-wrong-shape", "200-not-json", "200-nested-too-deep"]
 MISS = (404, {}, {"status_code": 404, "detail": "no live entry"})
 
 
@@ -89,17 +108,6 @@ async def resolve_in_two_executions(
                                providers={"secret_manager": provider}, http_client=http)
             for execution_id in (1, 2)
         ]
-
-
-def entry_body(cache_key: str, data: dict[str, Any], *, execution_id: int | None = None, **fields: Any) -> dict[str, Any]:
-    """A cached entry as the server answers a GET; `fields` override the defaults."""
-    return {
-        "cache_key": cache_key, "credential_name": cache_key.split(":", 1)[0], "credential_type": "t",
-        "cache_type": "secret", "scope_type": "global" if execution_id is None else "execution",
-        "execution_id": execution_id, "parent_execution_id": None, "ttl_seconds": 3600,
-        "expires_at": "2030-01-01T00:00:00Z", "created_at": "2029-12-31T23:00:00Z",
-        "accessed_at": "2029-12-31T23:30:00Z", "access_count": 1, "data": data, **fields,
-    }
 
 
 def assert_logged_degraded(

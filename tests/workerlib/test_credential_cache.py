@@ -6,6 +6,8 @@ from datetime import datetime
 
 import pytest
 
+from tests.conftest import BASE_URL
+from tests.workerlib.helpers import ScriptedServer, assert_logged_degraded, too_deep_entry
 from workerlib import CredentialCache, InvalidKey, KeychainClient
 
 TOKEN = {"access_token": "test123", "token_type": "bearer"}
@@ -62,6 +64,17 @@ async def test_global_without_token_type_is_name_colon_global(keychain: Keychain
 
 async def test_a_refused_write_is_false_not_an_exception() -> None:
     assert await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, ttl_seconds=-5) is False
+
+
+async def test_an_answer_nested_too_deep_to_decode_is_a_miss_and_false(caplog: pytest.LogCaptureFixture) -> None:
+    """Decoding it raises RecursionError; the caller sees the cache degrade, never that error."""
+    server = ScriptedServer((200, {}, too_deep_entry()))
+    async with server.http_client() as http:
+        CredentialCache.use_client(KeychainClient(BASE_URL, http_client=http))
+        assert await CredentialCache.get_cached("svc", execution_id=1) is None
+        assert await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1) is False
+    assert [r["method"] for r in server.requests] == ["GET", "POST"]
+    assert_logged_degraded(caplog, 200, "KeychainError", "maximum recursion depth", "hush-123")
 
 
 async def test_an_unavailable_server_is_a_miss_and_false(
