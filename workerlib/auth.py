@@ -13,8 +13,11 @@ An `oauth_credential` entry is an OAuth2 client-credentials token, cached global
 `client_id` or `client_id_key`, `client_secret_key`) or, with none of those, kept whole in the
 `key` secret as JSON: {"token_url": ..., "client_id": ..., "client_secret": ..., "scope": optional}.
 
-`provider` picks where secrets come from: `secret_manager` (default; KEYCHAIN_SECRET_PROVIDER
-can redirect it for local work), `env` or `file`.
+Where secrets come from is not the playbook's to choose: a playbook that could say `env` or
+`file` could read the worker's own token or the pod's service-account token. `provider` may
+only be `secret_manager` (the default: the process's provider, which the operator may point at
+environment variables or files with KEYCHAIN_SECRET_PROVIDER) or a name the worker's code
+passed in `providers=`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -31,7 +33,7 @@ import httpx
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import AuthConfigError
 from workerlib.oauth import OAuthClient, cached_token
-from workerlib.providers import SECRETS_DIR_ENV, SecretProvider, default_provider, make_provider
+from workerlib.providers import PROVIDER_ENV, SECRETS_DIR_ENV, SecretProvider
 from workerlib.secrets import fetch_secret
 
 DEFAULT_API_KEY_HEADER = "X-API-Key"
@@ -41,20 +43,23 @@ _EXPLICIT_OAUTH_FIELDS = ("token_url", "client_id", "client_id_key", "client_sec
 _OAUTH_CLIENT_FIELDS = ("token_url", "client_id", "client_secret")
 
 
-def _provider(entry: str, spec: Mapping[str, Any], providers: Mapping[str, SecretProvider]) -> SecretProvider:
+def _provider(entry: str, spec: Mapping[str, Any], providers: Mapping[str, SecretProvider]) -> SecretProvider | None:
+    """The provider the worker's code gave under the entry's `provider` name; None for the
+    process default (fetch_secret builds it only on a miss)."""
+    if "directory" in spec:
+        raise AuthConfigError(
+            f"auth entry {entry!r}: 'directory' is not accepted from a playbook; the operator sets "
+            f"{PROVIDER_ENV}=file and {SECRETS_DIR_ENV}"
+        )
     kind = str(spec.get("provider") or "secret_manager")
     if kind in providers:
         return providers[kind]
     if kind == "secret_manager":
-        return default_provider()  # the process's, which KEYCHAIN_SECRET_PROVIDER can redirect
-    try:
-        return make_provider(kind, spec.get("directory") or os.environ.get(SECRETS_DIR_ENV))
-    except ValueError:
-        raise AuthConfigError(f"auth entry {entry!r}: provider 'file' needs 'directory' or {SECRETS_DIR_ENV}") from None
-    except LookupError:
-        raise AuthConfigError(
-            f"auth entry {entry!r}: unknown provider {kind!r}; use secret_manager, env or file"
-        ) from None
+        return None
+    raise AuthConfigError(
+        f"auth entry {entry!r}: provider {kind!r} is not available; a playbook may use secret_manager "
+        f"(the operator can point it at env or file with {PROVIDER_ENV}) or a provider the worker registers"
+    )
 
 
 async def resolve_auth(
@@ -70,7 +75,7 @@ async def resolve_auth(
     providers = providers or {}
     # Refuse a bad map before any secret is fetched.
     owner: dict[str, str] = {}
-    entries: list[tuple[str, Mapping[str, Any], str, str]] = []
+    entries: list[tuple[str, Mapping[str, Any], str, str, SecretProvider | None]] = []
     for name, spec in auth.items():
         kind, header = _kind_and_header(name, spec)
         if header.lower() in owner:
@@ -78,11 +83,11 @@ async def resolve_auth(
                 f"auth entries {owner[header.lower()]!r} and {name!r} both set the {header} header"
             )
         owner[header.lower()] = name
-        entries.append((name, spec, kind, header))
+        entries.append((name, spec, kind, header, _provider(name, spec, providers)))
     resolved = await asyncio.gather(
         *(
-            _resolve_one(name, spec, kind, header, execution_id, client, providers, http_client)
-            for name, spec, kind, header in entries
+            _resolve_one(name, spec, kind, header, provider, execution_id, client, http_client)
+            for name, spec, kind, header, provider in entries
         )
     )
     return dict(resolved)
@@ -112,13 +117,11 @@ async def _resolve_one(
     spec: Mapping[str, Any],
     kind: str,
     header: str,
+    provider: SecretProvider | None,
     execution_id: int | None,
     client: KeychainClient,
-    providers: Mapping[str, SecretProvider],
     http_client: httpx.AsyncClient | None,
 ) -> tuple[str, str]:
-    provider = _provider(name, spec, providers)
-
     async def secret(field: str) -> str:
         path = spec.get(field)
         if not path:

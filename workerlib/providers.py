@@ -2,7 +2,10 @@
 
 A provider is anything with `async def access(name) -> str`. Names are Secret Manager version
 paths (`projects/123/secrets/openai-api-key/versions/1`); the env and file providers use the
-secret id part (`openai-api-key`) so the same playbook runs locally.
+secret id part (`openai-api-key`) so the same playbook runs locally. Which of them serves a
+process is the operator's choice (KEYCHAIN_SECRET_PROVIDER, KEYCHAIN_SECRETS_DIR), never a
+playbook's, and each reads only what is set aside for secrets: variables named
+KEYCHAIN_SECRET_*, files inside the one directory.
 """
 
 from __future__ import annotations
@@ -113,14 +116,19 @@ class GoogleSecretManagerProvider:
 
 
 class EnvProvider:
-    """Secrets from environment variables: `openai-api-key` -> `{prefix}OPENAI_API_KEY`."""
+    """Secrets from environment variables: `openai-api-key` -> `KEYCHAIN_SECRET_OPENAI_API_KEY`.
 
-    def __init__(self, *, prefix: str = "", environ: Mapping[str, str] | None = None) -> None:
-        self.prefix = prefix
+    The prefix is fixed so that no secret name reaches the worker's own settings
+    (KEYCHAIN_API_TOKEN) or anything else in its environment.
+    """
+
+    PREFIX = "KEYCHAIN_SECRET_"
+
+    def __init__(self, *, environ: Mapping[str, str] | None = None) -> None:
         self._environ = environ
 
     def variable(self, name: str) -> str:
-        return self.prefix + re.sub(r"[^A-Za-z0-9]", "_", secret_id(name)).upper()
+        return self.PREFIX + re.sub(r"[^A-Za-z0-9]", "_", secret_id(name)).upper()
 
     async def access(self, name: str) -> str:
         environ = os.environ if self._environ is None else self._environ
@@ -132,7 +140,11 @@ class EnvProvider:
 
 
 class FileProvider:
-    """Secrets from files in a directory (one file per secret id, as Kubernetes mounts them)."""
+    """Secrets from files in one directory (one file per secret id, as Kubernetes mounts them).
+
+    A file may be a symlink (Kubernetes links each one through `..data`), but only to a file
+    inside the directory: one pointing elsewhere (the service-account token, say) is refused.
+    """
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
@@ -144,53 +156,49 @@ class FileProvider:
             raise SecretNotFound(name, f"secret {name!r} has no valid secret id for a file name")
         return self.directory / sid
 
-    async def access(self, name: str) -> str:
+    def _read(self, name: str) -> str:
         path = self.path(name)
+        # Every symlink followed, then checked; reading the resolved path rather than the link
+        # means a link re-pointed after the check is not followed.
+        resolved = path.resolve(strict=True)
+        if not resolved.is_relative_to(self.directory.resolve(strict=True)):
+            raise SecretError(name, f"secret {name!r}: {path} links outside {self.directory}; refused")
+        return resolved.read_text(encoding="utf-8")
+
+    async def access(self, name: str) -> str:
         try:
-            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+            text = await asyncio.to_thread(self._read, name)
         except FileNotFoundError as exc:
-            raise SecretNotFound(name, f"secret {name!r} not found: no file {path}") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SecretError(name, f"cannot read secret {name!r} from {path} ({type(exc).__name__})") from exc
+            raise SecretNotFound(name, f"secret {name!r} not found: no file {self.path(name)}") from exc
+        except (OSError, UnicodeDecodeError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise SecretError(name, f"cannot read secret {name!r} from {self.path(name)} ({type(exc).__name__})") from exc
         # Files written by `echo` end in a newline that is not part of the secret.
         return text.rstrip("\r\n")
-
-
-def make_provider(kind: str, directory: str | None = None) -> SecretProvider:
-    """A new provider: `secret_manager`, `env` or `file` (reading `directory`).
-
-    Raises LookupError for any other kind and ValueError for `file` without a directory: each
-    caller says it in terms of where the kind came from (the environment, an auth entry).
-    """
-    if kind == "secret_manager":
-        return GoogleSecretManagerProvider()
-    if kind == "env":
-        return EnvProvider()
-    if kind == "file":
-        if not directory:
-            raise ValueError("provider 'file' needs a directory")
-        return FileProvider(directory)
-    raise LookupError(f"unknown provider {kind!r}")
 
 
 def provider_from_env() -> SecretProvider:
     """KEYCHAIN_SECRET_PROVIDER: `secret_manager` (default), `env`, or `file` (KEYCHAIN_SECRETS_DIR)."""
     kind = (os.environ.get(PROVIDER_ENV) or "secret_manager").strip().lower()
-    try:
-        return make_provider(
-            "secret_manager" if kind in ("google", "gcp") else kind, os.environ.get(SECRETS_DIR_ENV)
-        )
-    except ValueError:
-        raise SecretError("", f"{PROVIDER_ENV}=file needs {SECRETS_DIR_ENV}") from None
-    except LookupError:
-        raise SecretError("", f"unknown {PROVIDER_ENV} {kind!r}; use secret_manager, env or file") from None
+    if kind in ("secret_manager", "google", "gcp"):
+        return GoogleSecretManagerProvider()
+    if kind == "env":
+        return EnvProvider()
+    if kind == "file":
+        directory = os.environ.get(SECRETS_DIR_ENV)
+        if not directory:
+            raise SecretError("", f"{PROVIDER_ENV}=file needs {SECRETS_DIR_ENV}")
+        return FileProvider(directory)
+    raise SecretError("", f"unknown {PROVIDER_ENV} {kind!r}; use secret_manager, env or file")
 
 
 _default_provider: SecretProvider | None = None
 
 
 def default_provider() -> SecretProvider:
-    """The process's provider, from the environment on first use (Secret Manager by default)."""
+    """The process's provider, from the environment on first use (Secret Manager by default).
+
+    It is what a playbook's `provider: secret_manager` (or no provider) gets.
+    """
     global _default_provider
     if _default_provider is None:
         _default_provider = provider_from_env()

@@ -5,13 +5,22 @@ from __future__ import annotations
 import base64
 import json
 import traceback
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.workerlib.helpers import IDP_URL, resolve_in_two_executions, token_endpoint
-from workerlib import AuthConfigError, GoogleSecretManagerProvider, KeychainClient, resolve_auth
+from workerlib import (
+    AuthConfigError,
+    FileProvider,
+    GoogleSecretManagerProvider,
+    KeychainClient,
+    SecretNotFound,
+    resolve_auth,
+)
+from workerlib import providers as providers_module
 
 OPENAI = "projects/123/secrets/openai-api-key/versions/1"
 JIRA = "projects/123/secrets/jira-password/versions/2"
@@ -19,6 +28,8 @@ MAPS = "projects/123/secrets/maps-key/versions/1"
 CRM_CLIENT = "projects/123/secrets/crm-client-secret/versions/1"
 OAUTH_CLIENT = "projects/123/secrets/openai-oauth-client/versions/1"
 OAUTH_CLIENT_SECRET = "oauth-client-secret-0000"
+WORKER_TOKEN = "worker-keychain-token-0000"
+SERVICE_ACCOUNT_TOKEN = "eyJhbGciOi-service-account"
 
 
 @pytest.fixture
@@ -149,11 +160,49 @@ async def test_an_oauth_credential_with_neither_key_nor_token_url_says_both_ways
         await resolve_auth({"svc": {"type": "bearer", "oauth_credential": "svc"}}, execution_id=1, client=keychain)
 
 
-async def test_the_env_provider_serves_local_runs(keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
-    headers = await resolve_auth({"openai": {"type": "bearer", "provider": "env", "key": OPENAI}},
-                                 execution_id=3, client=keychain)
-    assert headers == {"Authorization": "Bearer sk-local"}
+async def test_the_operator_can_point_the_default_provider_at_the_environment(
+    keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "env")
+    monkeypatch.setenv("KEYCHAIN_SECRET_OPENAI_API_KEY", "sk-local")
+    providers_module.set_default_provider(None)
+    for spec in ({"type": "bearer", "key": OPENAI}, {"type": "bearer", "provider": "secret_manager", "key": OPENAI}):
+        headers = await resolve_auth({"openai": spec}, execution_id=3, client=keychain)
+        assert headers == {"Authorization": "Bearer sk-local"}
+
+
+async def test_a_playbook_cannot_read_the_workers_own_token_from_its_environment(
+    keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYCHAIN_API_TOKEN", WORKER_TOKEN)
+    with pytest.raises(AuthConfigError, match="provider 'env' is not available") as caught:
+        await resolve_auth({"x": {"type": "bearer", "provider": "env", "key": "KEYCHAIN_API_TOKEN"}},
+                           execution_id=1, client=keychain)
+    assert WORKER_TOKEN not in str(caught.value)
+
+    # Even with the operator's env provider, a secret name only reaches KEYCHAIN_SECRET_* variables.
+    monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "env")
+    providers_module.set_default_provider(None)
+    for key in ("KEYCHAIN_API_TOKEN", "keychain-api-token", "../KEYCHAIN_API_TOKEN"):
+        with pytest.raises(SecretNotFound, match="KEYCHAIN_SECRET_") as not_found:
+            await resolve_auth({"x": {"type": "bearer", "key": key}}, execution_id=1, client=keychain)
+        assert WORKER_TOKEN not in str(not_found.value)
+
+
+async def test_a_playbook_cannot_name_a_directory_to_read(keychain: KeychainClient, tmp_path: Path) -> None:
+    """`provider: file` with the service-account directory used to hand out the pod's token."""
+    (tmp_path / "token").write_text(SERVICE_ACCOUNT_TOKEN)
+    for spec in ({"type": "bearer", "provider": "file", "directory": str(tmp_path), "key": "token"},
+                 {"type": "bearer", "directory": str(tmp_path), "key": "token"}):
+        with pytest.raises(AuthConfigError, match="'directory' is not accepted from a playbook.*KEYCHAIN_SECRETS_DIR"):
+            await resolve_auth({"sa": spec}, execution_id=1, client=keychain)
+
+
+async def test_the_workers_code_may_register_providers_by_name(keychain: KeychainClient, tmp_path: Path) -> None:
+    (tmp_path / "maps-key").write_text("maps-from-file\n")
+    headers = await resolve_auth({"maps": {"type": "api_key", "provider": "mounted", "key": MAPS}},
+                                 execution_id=1, client=keychain, providers={"mounted": FileProvider(tmp_path)})
+    assert headers == {"X-API-Key": "maps-from-file"}
 
 
 @pytest.mark.parametrize(
@@ -162,7 +211,7 @@ async def test_the_env_provider_serves_local_runs(keychain: KeychainClient, monk
         ({"type": "digest", "key": OPENAI}, "unknown type 'digest'"),
         ({"type": "bearer"}, "needs 'key'"),
         ({"type": "basic", "password_key": JIRA}, "needs 'username'"),
-        ({"type": "bearer", "provider": "vault", "key": OPENAI}, "unknown provider 'vault'"),
+        ({"type": "bearer", "provider": "vault", "key": OPENAI}, "provider 'vault' is not available"),
     ],
 )
 async def test_incomplete_entries_say_what_is_missing(keychain: KeychainClient, spec: dict, message: str) -> None:

@@ -25,6 +25,7 @@ from workerlib import (
     FileProvider,
     GoogleSecretManagerProvider,
     KeychainClient,
+    SecretError,
     SecretNotFound,
     fetch_secret,
 )
@@ -169,11 +170,20 @@ async def test_a_hit_never_builds_the_default_provider(
     assert providers_module._default_provider is None
 
 
-async def test_env_provider_reads_the_secret_id_as_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", VALUE)
+async def test_env_provider_reads_the_secret_id_as_a_prefixed_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYCHAIN_SECRET_OPENAI_API_KEY", VALUE)
+    monkeypatch.setenv("OPENAI_API_KEY", "not-this-one")
     assert await EnvProvider().access(NAME) == VALUE
     with pytest.raises(SecretNotFound, match="projects/123/secrets/nope/versions/1"):
         await EnvProvider().access("projects/123/secrets/nope/versions/1")
+
+
+async def test_env_provider_never_reaches_the_workers_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYCHAIN_API_TOKEN", VALUE)
+    for name in ("KEYCHAIN_API_TOKEN", "keychain-api-token", "projects/1/secrets/KEYCHAIN_API_TOKEN/versions/1"):
+        with pytest.raises(SecretNotFound, match="KEYCHAIN_SECRET_KEYCHAIN_API_TOKEN is not set") as caught:
+            await EnvProvider().access(name)
+        assert VALUE not in str(caught.value)
 
 
 async def test_file_provider_reads_one_file_per_secret_id(tmp_path: Path) -> None:
@@ -183,6 +193,35 @@ async def test_file_provider_reads_one_file_per_secret_id(tmp_path: Path) -> Non
         await FileProvider(tmp_path).access("projects/123/secrets/nope/versions/1")
     with pytest.raises(SecretNotFound):
         await FileProvider(tmp_path).access("../etc/passwd")
+
+
+async def test_file_provider_reads_a_kubernetes_secret_volume(tmp_path: Path) -> None:
+    """Kubernetes mounts each key as a link through `..data` to a timestamped directory."""
+    volume = tmp_path / "secrets"
+    (volume / "..2026_01_01_00_00_00.1").mkdir(parents=True)
+    (volume / "..2026_01_01_00_00_00.1" / "openai-api-key").write_text(VALUE)
+    (volume / "..data").symlink_to("..2026_01_01_00_00_00.1")
+    (volume / "openai-api-key").symlink_to("..data/openai-api-key")
+    assert await FileProvider(volume).access(NAME) == VALUE
+    # The directory itself reached through a link is the same directory.
+    (tmp_path / "linked").symlink_to(volume)
+    assert await FileProvider(tmp_path / "linked").access(NAME) == VALUE
+
+
+async def test_file_provider_refuses_a_link_out_of_its_directory(tmp_path: Path) -> None:
+    outside = tmp_path / "serviceaccount"
+    outside.mkdir()
+    (outside / "token").write_text(VALUE)
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "sa-token").symlink_to(outside / "token")
+    (secrets_dir / "via-dir").symlink_to(outside)
+    with pytest.raises(SecretError, match="links outside") as caught:
+        await FileProvider(secrets_dir).access("projects/1/secrets/sa-token/versions/1")
+    assert VALUE not in str(caught.value)
+    (secrets_dir / "loop").symlink_to("loop")
+    with pytest.raises(SecretError, match="cannot read"):
+        await FileProvider(secrets_dir).access("loop")
 
 
 @pytest.mark.parametrize(("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS)
