@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 # (event loop, key) -> the task loading it. A task belongs to its loop, so the loop is part of
-# the key; the entry goes as soon as the task finishes, so a later call starts afresh.
+# the key; the entry goes as soon as the task finishes, so a later call starts afresh. Keys may
+# hold id()s of the objects the load uses: the task keeps them alive, so no id is reused while
+# its entry is here.
 _inflight: dict[tuple[int, Hashable], asyncio.Task[Any]] = {}
 
 

@@ -115,7 +115,7 @@ async def cached_token(
         return token["access_token"], store
 
     return await read_through(
-        ("oauth2", keychain.base_url, key),
+        ("oauth2", id(keychain), key),  # another client may hold another token: see fetch_secret
         keychain,
         key,
         cached=cached,

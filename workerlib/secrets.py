@@ -67,7 +67,9 @@ async def fetch_secret(
         return value, store
 
     return await read_through(
-        ("secret", keychain.base_url, key),
+        # Callers share a load only if it is theirs: the same entry, asked of the same provider,
+        # through the same client (another may hold another token, allowed other entries).
+        ("secret", id(keychain), id(provider), key),
         keychain,
         key,
         cached=cached,

@@ -66,6 +66,22 @@ async def test_25_concurrent_misses_make_one_provider_call(
     assert secret_manager.total_calls == 1
 
 
+async def test_concurrent_misses_asking_different_providers_each_get_their_own(
+    keychain: KeychainClient, tmp_path: Path
+) -> None:
+    """One load per key used to be shared whatever provider each caller named."""
+    values = {"team-a": "value-from-a", "team-b": "value-from-b"}
+    providers = {}
+    for team, value in values.items():
+        (tmp_path / team).mkdir()
+        (tmp_path / team / "openai-api-key").write_text(value)
+        providers[team] = FileProvider(tmp_path / team)
+    got = await asyncio.gather(
+        *(fetch_secret(NAME, execution_id=8, client=keychain, provider=providers[team]) for team in values)
+    )
+    assert got == list(values.values())
+
+
 async def test_another_execution_does_not_see_the_entry(
     keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
 ) -> None:
