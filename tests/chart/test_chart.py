@@ -10,6 +10,7 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "keychain"
@@ -28,7 +29,11 @@ SECRETS = {
 DEFAULT_KINDS = sorted(
     ["ConfigMap", "Deployment", "Job", "PodDisruptionBudget", "Secret", "Secret", "Service", "ServiceAccount"]
 )
-PRODUCTION_KINDS = sorted(DEFAULT_KINDS + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"])
+# The production example keeps its secrets in existing Secrets: the chart makes none.
+PRODUCTION_KINDS = sorted(
+    [kind for kind in DEFAULT_KINDS if kind != "Secret"]
+    + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"]
+)
 # Custom resources kubernetes-validate has no schema for.
 CRD_API_GROUPS = ("monitoring.coreos.com/",)
 
@@ -162,6 +167,12 @@ SHORT_KEY = base64.b64encode(b"short").decode()
             SHORT_KEY,
         ),
         ({"encryptionKeys": ENCRYPTION_KEYS + ",k1:" + "A" * 43 + "="}, 'lists key id "k1" twice', "A" * 43),
+        # verify-full needs a CA file; asyncpg would refuse to connect at start.
+        (
+            {"databaseUrl": DATABASE_URL + "?sslmode=verify-full"},
+            "asks for sslmode=verify-full or verify-ca but no CA is given",
+            "not-a-password",
+        ),
         (
             {"apiTokens": "ci:reader:not-a-real-token"},
             'token "ci" needs the role worker or admin',
@@ -431,6 +442,13 @@ def test_service_monitor_scrapes_metrics(production_docs):
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     (endpoint,) = monitor["spec"]["endpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/metrics"
+    # The production example serves TLS: Prometheus scrapes https, checking the
+    # certificate against the name it was made for, not the pod IP it dials.
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "keychain-tls", "key": "ca.crt"}},
+        "serverName": "kc-keychain.keychain.svc",
+    }
     assert matches(
         monitor["spec"]["selector"]["matchLabels"], one(production_docs, "Service")["metadata"]["labels"]
     )
@@ -520,3 +538,98 @@ def test_values_document_what_an_existing_secret_must_hold():
     for key in ("KEYCHAIN_DATABASE_URL", "KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"):
         assert key in documented
 
+
+# --- TLS ----------------------------------------------------------------------
+
+TLS = {"tls": {"enabled": True, "existingSecret": "keychain-tls"}}
+
+
+def mounted_file(workload: dict, path: str) -> tuple[dict, dict]:
+    """The (volumeMount, volume) that serves `path` in the workload's container."""
+    mount = next(m for m in container(workload)["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    return mount, volume
+
+
+def env_value(workload: dict, name: str) -> str:
+    (only,) = env_named(workload, name)
+    return only["value"]
+
+
+def test_tls_mounts_the_certificate_and_serves_https(helm):
+    docs = helm.render(SECRETS, TLS)
+    deployment = one(docs, "Deployment")
+    server = container(deployment)
+    for setting, key in (("KEYCHAIN_TLS_CERT_FILE", "tls.crt"), ("KEYCHAIN_TLS_KEY_FILE", "tls.key")):
+        path = env_value(deployment, setting)
+        mount, volume = mounted_file(deployment, path)
+        assert mount["readOnly"] is True
+        assert volume["secret"]["secretName"] == "keychain-tls"
+        item = path[len(mount["mountPath"]) + 1 :]
+        assert {"key": key, "path": item} in volume["secret"]["items"]
+    # Group-readable only: the pod's fsGroup owns the files, others read nothing.
+    assert volume["secret"]["defaultMode"] == 0o440
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert server[probe]["httpGet"]["scheme"] == "HTTPS", probe
+    assert one(docs, "Service")["spec"]["ports"][0]["appProtocol"] == "https"
+    # The migration serves nothing: the private key stays out of its pod.
+    job = one(docs, "Job")
+    assert not env_named(job, "KEYCHAIN_TLS_KEY_FILE")
+    job_secrets = [v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert "keychain-tls" not in job_secrets
+    kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_without_tls_the_server_is_plain_http(default_docs):
+    deployment = one(default_docs, "Deployment")
+    assert not env_named(deployment, "KEYCHAIN_TLS_CERT_FILE")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "scheme" not in container(deployment)[probe]["httpGet"], probe
+    assert one(default_docs, "Service")["spec"]["ports"][0]["appProtocol"] == "http"
+
+
+def test_tls_without_a_secret_fails_with_a_clear_message(helm):
+    result = helm.template(SECRETS, {"tls": {"enabled": True}})
+    assert result.returncode != 0
+    assert "keychain: tls.enabled is true but tls.existingSecret is empty" in result.stderr
+    # It says what the certificate must name.
+    assert "kc-keychain.keychain.svc" in result.stderr
+
+
+def test_database_ca_is_mounted_for_verify_full(helm):
+    url = DATABASE_URL + "?sslmode=verify-full"
+    docs = helm.render(secrets_with(databaseUrl=url), {"databaseCA": {"existingSecret": "keychain-db-ca"}})
+    # Both connect: the server, and the migration before it.
+    for workload in (one(docs, "Deployment"), one(docs, "Job")):
+        path = env_value(workload, "PGSSLROOTCERT")
+        mount, volume = mounted_file(workload, path)
+        assert mount["readOnly"] is True
+        assert volume["secret"] == {
+            "secretName": "keychain-db-ca",
+            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+        }
+        assert path == mount["mountPath"] + "/ca.crt"
+    # A CA the operator mounts some other way, named in extraEnv, is enough too.
+    from_operator = {"name": "PGSSLROOTCERT", "value": "/etc/ssl/certs/db-ca.pem"}
+    helm.render(secrets_with(databaseUrl=url), {"extraEnv": [from_operator]})
+
+
+def test_notes_with_tls_give_workers_an_https_url_and_the_ca(helm):
+    notes = helm.notes(SECRETS, TLS).stdout.split("NOTES:", 1)[1]
+    assert "KEYCHAIN_SERVER_URL=https://kc-keychain.keychain.svc:8082" in notes
+    assert "KEYCHAIN_CA_FILE=" in notes
+    assert "--cacert ca.crt" in notes
+    plain = helm.notes(SECRETS).stdout.split("NOTES:", 1)[1]
+    assert "KEYCHAIN_SERVER_URL=http://kc-keychain.keychain.svc:8082" in plain
+    assert "cross the network in clear" in plain
+
+
+def test_examples_verify_the_database_certificate(helm):
+    # What operators copy: every example database URL checks the server's certificate.
+    for example in ((CHART / "values.yaml").read_text(), PRODUCTION_VALUES.read_text()):
+        assert "?sslmode=verify-full" in example
+    production = yaml.safe_load(PRODUCTION_VALUES.read_text())
+    assert production["databaseCA"]["existingSecret"]
+    notes = helm.notes({"secrets": {"existingSecret": "keychain-credentials"}}).stdout
+    assert "?sslmode=verify-full" in notes

@@ -201,3 +201,49 @@ Usage: include "keychain.extraEnvHas" (list . "KEYCHAIN_DATABASE_URL")
 {{- end }}
 {{- if has (index . 1) $names }}true{{ end }}
 {{- end }}
+
+{{/*
+Where the server finds its TLS certificate and key (tls.existingSecret), and
+the database's CA (databaseCA.existingSecret). Read-only secret volumes: 0440
+with the pod's fsGroup, so only the server's group reads the key.
+*/}}
+{{- define "keychain.tlsDir" -}}/etc/keychain/tls{{- end }}
+{{- define "keychain.databaseCADir" -}}/etc/keychain/database-ca{{- end }}
+
+{{/*
+A probe from values, with scheme HTTPS when the server serves TLS (the kubelet
+does not verify the certificate, so the pod IP need not be in it).
+Usage: include "keychain.probe" (list .Values.startupProbe .)
+*/}}
+{{- define "keychain.probe" -}}
+{{- $probe := deepCopy (index . 0) }}
+{{- if and (index . 1).Values.tls.enabled $probe.httpGet }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/*
+The database CA (databaseCA.existingSecret) in the server and the migration
+Job: the env variable, the mount and the volume. Include only when it is set.
+*/}}
+{{- define "keychain.databaseCAEnv" -}}
+# asyncpg checks the database's certificate against this file (sslmode=verify-full).
+- name: PGSSLROOTCERT
+  value: {{ printf "%s/%s" (include "keychain.databaseCADir" .) .Values.databaseCA.key | quote }}
+{{- end }}
+
+{{- define "keychain.databaseCAMount" -}}
+- name: database-ca
+  mountPath: {{ include "keychain.databaseCADir" . }}
+  readOnly: true
+{{- end }}
+
+{{- define "keychain.databaseCAVolume" -}}
+- name: database-ca
+  secret:
+    secretName: {{ .Values.databaseCA.existingSecret }}
+    items:
+      - key: {{ .Values.databaseCA.key }}
+        path: {{ .Values.databaseCA.key }}
+{{- end }}

@@ -24,6 +24,10 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- if and $url (not (regexMatch "^(postgres|postgresql|postgresql\\+asyncpg)://" $url)) }}
 {{- fail "\n\nkeychain: secrets.databaseUrl must start with postgresql://, postgres:// or postgresql+asyncpg:// (value not shown)." }}
 {{- end }}
+{{- /* asyncpg checks the database's certificate only against PGSSLROOTCERT's file. */}}
+{{- if and (regexMatch "[?&]sslmode=verify-(ca|full)(&|$)" $url) (not .Values.databaseCA.existingSecret) (not (has "PGSSLROOTCERT" $extraEnvNames)) }}
+{{- fail "\n\nkeychain: secrets.databaseUrl asks for sslmode=verify-full or verify-ca but no CA is given: set databaseCA.existingSecret to a Secret holding the database server's CA certificate (key databaseCA.key, default ca.crt)." }}
+{{- end }}
 
 {{- /* Encryption keys: "id:<base64 of 32 bytes>,...", as app/crypto.py parses them. */}}
 {{- $keys := .Values.secrets.encryptionKeys }}
@@ -68,6 +72,10 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- end }}
 
 {{- end }}{{/* not existingSecret */}}
+
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail (printf "\n\nkeychain: tls.enabled is true but tls.existingSecret is empty. Name a Secret of type kubernetes.io/tls in namespace %s holding tls.crt and tls.key for %s.%s.svc (a cert-manager Certificate makes one)." .Release.Namespace (include "keychain.fullname" .) .Release.Namespace) }}
+{{- end }}
 
 {{- if gt (int64 .Values.config.defaultTtlSeconds) (int64 .Values.config.maxTtlSeconds) }}
 {{- fail "\n\nkeychain: config.defaultTtlSeconds is larger than config.maxTtlSeconds." }}
