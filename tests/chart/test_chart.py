@@ -18,9 +18,13 @@ PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
 
 # Obvious placeholders, distinctive enough to search for in rendered output.
 DATABASE_URL = "postgresql+asyncpg://keychain:not-a-password@db.example.internal:5432/keychain"
-ENCRYPTION_KEYS = "k2:{},k1:{}".format(
-    base64.b64encode(b"\x02" * 32).decode(), base64.b64encode(bytes(32)).decode()
-)
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# Fixed but not patterned: the chart refuses repeated-byte keys as placeholders.
+ENCRYPTION_KEYS = f"k2:{b64(bytes(range(32)))},k1:{b64(bytes(range(32, 64)))}"
+OTHER_KEY = b64(bytes(range(64, 96)))
 API_TOKENS = "ci:worker:not-a-real-worker-token,ops:admin:sha256:" + "0" * 64
 SECRETS = {
     "secrets": {"databaseUrl": DATABASE_URL, "encryptionKeys": ENCRYPTION_KEYS, "apiTokens": API_TOKENS}
@@ -166,7 +170,17 @@ SHORT_KEY = base64.b64encode(b"short").decode()
             'key "k1" is not the standard base64 of exactly 32 bytes',
             SHORT_KEY,
         ),
-        ({"encryptionKeys": ENCRYPTION_KEYS + ",k1:" + "A" * 43 + "="}, 'lists key id "k1" twice', "A" * 43),
+        ({"encryptionKeys": ENCRYPTION_KEYS + ",k1:" + OTHER_KEY}, 'lists key id "k1" twice', OTHER_KEY),
+        # Placeholders copied from an example must not reach a cluster.
+        ({"encryptionKeys": "k1:" + b64(bytes(32))}, 'key "k1" is a placeholder', b64(bytes(32))[:40]),
+        (
+            {"encryptionKeys": ENCRYPTION_KEYS + ",k3:" + b64(b"\x01" * 32)},
+            'key "k3" is a placeholder',
+            b64(b"\x01" * 32)[:40],
+        ),
+        ({"apiTokens": "ci:worker:CHANGE-ME-worker-token"}, 'token "ci" is a placeholder', "worker-token"),
+        ({"apiTokens": API_TOKENS + ",ops2:admin:changeme"}, 'token "ops2" is a placeholder', "changeme"),
+        ({"apiTokens": "ci:worker:Replace_Me_123"}, 'token "ci" is a placeholder', "Replace_Me_123"),
         # verify-full needs a CA file; asyncpg would refuse to connect at start.
         (
             {"databaseUrl": DATABASE_URL + "?sslmode=verify-full"},

@@ -46,6 +46,11 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- if not (regexMatch "^[A-Za-z0-9+/]{43}=$" (default "" $parts._1)) }}
 {{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is not the standard base64 of exactly 32 bytes (value not shown)." $id) }}
 {{- end }}
+{{- /* 32 zero bytes (AAAA...A=), or any key whose first 30 bytes repeat one
+3-byte unit, is a placeholder: a random key does that once in 2^216. */}}
+{{- if eq (substr 0 40 $parts._1) (repeat 10 (substr 0 4 $parts._1)) }}
+{{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is a placeholder (a repeated byte pattern such as 32 zero bytes), not a random key. Make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'" $id) }}
+{{- end }}
 {{- if has $id $ids }}
 {{- fail (printf "\n\nkeychain: secrets.encryptionKeys lists key id %q twice." $id) }}
 {{- end }}
@@ -67,6 +72,9 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- end }}
 {{- if not (has $parts._1 (list "worker" "admin")) }}
 {{- fail (printf "\n\nkeychain: secrets.apiTokens token %q needs the role worker or admin as its second field (value not shown)." $parts._0) }}
+{{- end }}
+{{- if regexMatch "(?i)(change|replace)[-_. ]?me" $parts._2 }}
+{{- fail (printf "\n\nkeychain: secrets.apiTokens token %q is a placeholder (it contains CHANGE-ME or REPLACE-ME); make a real one with: python -c 'import secrets;print(secrets.token_urlsafe(32))'" $parts._0) }}
 {{- end }}
 {{- end }}
 {{- end }}
