@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import msgspec
 
-from workerlib._loops import close_with_loop
+from workerlib._loops import PerLoop
 from workerlib.errors import (
     BadRequest,
     Forbidden,
@@ -366,31 +366,28 @@ class KeychainClient:
             ) from exc
 
 
-# A worker process shares one client; it is built from the environment on first use.
-_default_client: KeychainClient | None = None
-_default_loop: asyncio.AbstractEventLoop | None = None
+# Each event loop of a worker process shares one client, built from the environment on first
+# use: an httpx pool belongs to the loop it was made on. One injected with set_default_client()
+# serves every loop instead.
+_default_clients: PerLoop[KeychainClient] = PerLoop(KeychainClient, KeychainClient.close)
+_injected_client: KeychainClient | None = None
 
 
 def default_client() -> KeychainClient:
-    """The process's KeychainClient, built from KEYCHAIN_SERVER_URL / KEYCHAIN_API_TOKEN.
+    """The running loop's KeychainClient, built from KEYCHAIN_SERVER_URL / KEYCHAIN_API_TOKEN.
 
-    An httpx pool belongs to one event loop; a new loop (a second asyncio.run) gets a new
-    client, and each one made here is closed as its loop shuts down.
+    Each loop (a second asyncio.run, another thread's loop) gets its own, made once however
+    many threads ask, and closed as that loop shuts down.
     """
-    global _default_client, _default_loop
-    loop = asyncio.get_running_loop()
-    if _default_client is None or (_default_loop is not None and _default_loop is not loop):
-        _default_client = KeychainClient()
-        _default_loop = loop
-        close_with_loop(_default_client.close)
-    return _default_client
+    return _injected_client or _default_clients.get()
 
 
 def set_default_client(client: KeychainClient | None) -> KeychainClient | None:
-    """Install the client that fetch_secret and CredentialCache use by default; returns the old one."""
-    global _default_client, _default_loop
-    previous = _default_client
-    _default_client = client
-    # An injected client is the caller's to manage; do not replace it on another loop.
-    _default_loop = None
+    """Install the client that fetch_secret and CredentialCache use by default; returns the old one.
+
+    An injected client is the caller's to manage and serves every loop; None goes back to one
+    per loop from the environment.
+    """
+    global _injected_client
+    previous, _injected_client = _injected_client, client
     return previous

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from workerlib._loops import close_with_loop
+from workerlib._loops import PerLoop
 from workerlib.errors import SecretError, SecretNotFound
 
 EMULATOR_HOST_ENV = "SECRET_MANAGER_EMULATOR_HOST"
@@ -46,7 +46,7 @@ class GoogleSecretManagerProvider:
 
     With SECRET_MANAGER_EMULATOR_HOST=host:port (or `emulator_host=`) it talks to that address
     over an insecure channel with anonymous credentials, as PUBSUB_EMULATOR_HOST does; otherwise
-    it uses Application Default Credentials. The client is made lazily, on the running loop,
+    it uses Application Default Credentials. A client is made lazily for each running loop,
     and closed when that loop shuts down (or by close()).
     """
 
@@ -60,13 +60,11 @@ class GoogleSecretManagerProvider:
         environ = os.environ if environ is None else environ
         self.emulator_host = emulator_host or environ.get(EMULATOR_HOST_ENV) or None
         self.timeout = timeout
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Its channel belongs to the loop it was made on: one per loop, each closed as its loop
+        # shuts down (closing it from a later loop is not possible).
+        self._clients: PerLoop[Any] = PerLoop(self._make_client, lambda client: client.transport.close())
 
-    def _get_client(self) -> Any:
-        loop = asyncio.get_running_loop()
-        if self._client is not None and self._loop is loop:
-            return self._client
+    def _make_client(self) -> Any:
         from google.cloud import secretmanager_v1
 
         if self.emulator_host:
@@ -80,19 +78,13 @@ class GoogleSecretManagerProvider:
                 channel=grpc.aio.insecure_channel(self.emulator_host),
                 credentials=AnonymousCredentials(),
             )
-            client = secretmanager_v1.SecretManagerServiceAsyncClient(transport=transport)
-        else:
-            client = secretmanager_v1.SecretManagerServiceAsyncClient()
-        # Its channel belongs to this loop: close it as the loop shuts down, whether or not a
-        # later loop has replaced it by then (closing it from that loop is not possible).
-        close_with_loop(client.transport.close)
-        self._client, self._loop = client, loop
-        return client
+            return secretmanager_v1.SecretManagerServiceAsyncClient(transport=transport)
+        return secretmanager_v1.SecretManagerServiceAsyncClient()
 
     async def access(self, name: str) -> str:
         from google.api_core import exceptions as gexc
 
-        client = self._get_client()
+        client = self._clients.get()
         try:
             response = await client.access_secret_version(name=name, timeout=self.timeout)
         except gexc.NotFound as exc:
@@ -110,9 +102,10 @@ class GoogleSecretManagerProvider:
             raise SecretError(name, f"secret {name!r} is not UTF-8 text") from exc
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.transport.close()
-            self._client = None
+        """Close the running loop's client now (the next access makes a new one)."""
+        client = self._clients.pop()
+        if client is not None:
+            await client.transport.close()
 
 
 class EnvProvider:

@@ -14,6 +14,7 @@ from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, free_port
 from workerlib import client as client_module
 from workerlib import providers as providers_module
+from workerlib._loops import PerLoop
 from workerlib.client import KeychainClient
 from workerlib.compat import CredentialCache
 from workerlib.providers import GoogleSecretManagerProvider
@@ -88,9 +89,14 @@ async def down_keychain(closed_port: int) -> AsyncIterator[KeychainClient]:
 
 
 @pytest.fixture(autouse=True)
-def _no_process_defaults() -> Iterator[None]:
-    """Process-wide defaults (client, provider, CredentialCache's client) never leak between tests."""
-    saved = (client_module._default_client, client_module._default_loop, providers_module._default_provider)
+def _no_process_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Process-wide defaults (clients, provider, CredentialCache's client) never leak between tests.
+
+    Each test gets its own table of per-loop default clients, so one built from a test's
+    environment is not handed to the next test on the same loop (it still closes with its loop).
+    """
+    monkeypatch.setattr(client_module, "_default_clients", PerLoop(KeychainClient, KeychainClient.close))
+    saved = (client_module._injected_client, providers_module._default_provider)
     yield
-    client_module._default_client, client_module._default_loop, providers_module._default_provider = saved
+    client_module._injected_client, providers_module._default_provider = saved
     CredentialCache.use_client(None)

@@ -69,12 +69,46 @@ def test_each_loops_default_client_is_closed_as_that_loop_ends(
     assert second is not first and second._http.is_closed
 
 
+def test_threads_with_loops_of_their_own_get_one_default_client_each(
+    keychain_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads each running a loop used to rebuild the one process client on every switch
+    (2 threads x 100 calls made 58 pools, most never closed)."""
+    monkeypatch.setenv("KEYCHAIN_SERVER_URL", keychain_url)
+    client_module.set_default_client(None)
+    seen: list[client_module.KeychainClient] = []
+    turns = threading.Condition()
+    calls_made = 0
+
+    async def calls(me: int) -> None:
+        nonlocal calls_made
+        for _ in range(100):
+            with turns:  # the two threads take strict turns: the worst case, every time
+                turns.wait_for(lambda: calls_made % 2 == me, timeout=10)
+                seen.append(client_module.default_client())
+                calls_made += 1
+                turns.notify_all()
+            await asyncio.sleep(0)
+        assert await client_module.default_client().get("k:global") is None
+
+    threads = [threading.Thread(target=asyncio.run, args=(calls(me),)) for me in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(seen) == 200
+    clients = {id(c): c for c in seen}
+    assert len(clients) == 2  # one per loop
+    assert all(c._http.is_closed for c in clients.values())  # each closed as its loop ended
+    assert not client_module._default_clients._values  # and forgotten: nothing keeps the loops alive
+
+
 def test_the_providers_channel_is_closed_as_its_loop_ends() -> None:
     async def task(provider: GoogleSecretManagerProvider) -> Any:
         async with SecretManagerEmulator({NAME: "v"}) as emulator:
             provider.emulator_host = emulator.address
             assert await provider.access(NAME) == "v"
-            channel = provider._client.transport.grpc_channel
+            channel = provider._clients.get().transport.grpc_channel
             assert channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN
             return channel
 
@@ -90,7 +124,7 @@ def test_an_explicit_close_before_the_loop_ends_is_fine() -> None:
         async with SecretManagerEmulator({NAME: "v"}) as emulator:
             provider = GoogleSecretManagerProvider(emulator_host=emulator.address)
             assert await provider.access(NAME) == "v"
-            channel = provider._client.transport.grpc_channel
+            channel = provider._clients.get().transport.grpc_channel
             await provider.close()
             return channel
 
