@@ -181,6 +181,8 @@ SHORT_KEY = base64.b64encode(b"short").decode()
         ({"apiTokens": "ci:worker:CHANGE-ME-worker-token"}, 'token "ci" is a placeholder', "worker-token"),
         ({"apiTokens": API_TOKENS + ",ops2:admin:changeme"}, 'token "ops2" is a placeholder', "changeme"),
         ({"apiTokens": "ci:worker:Replace_Me_123"}, 'token "ci" is a placeholder', "Replace_Me_123"),
+        ({"apiTokens": "ci:worker:<worker-token>"}, 'token "ci" is a placeholder', "worker-token"),
+        ({"apiTokens": "ci:worker:" + "ab" * 12}, 'token "ci" is a placeholder', "ab" * 12),
         # verify-full needs a CA file; asyncpg would refuse to connect at start.
         (
             {"databaseUrl": DATABASE_URL + "?sslmode=verify-full"},

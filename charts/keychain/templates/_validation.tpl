@@ -46,10 +46,11 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- if not (regexMatch "^[A-Za-z0-9+/]{43}=$" (default "" $parts._1)) }}
 {{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is not the standard base64 of exactly 32 bytes (value not shown)." $id) }}
 {{- end }}
-{{- /* 32 zero bytes (AAAA...A=), or any key whose first 30 bytes repeat one
-3-byte unit, is a placeholder: a random key does that once in 2^216. */}}
-{{- if eq (substr 0 40 $parts._1) (repeat 10 (substr 0 4 $parts._1)) }}
-{{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is a placeholder (a repeated byte pattern such as 32 zero bytes), not a random key. Make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'" $id) }}
+{{- /* A random key's base64 has about 31 distinct characters, fewer than 16 once
+in 10^15; 32 zero bytes (AAAA...A=) have two, a short repeated pattern few. The
+app refuses such keys too (app/crypto.py), but only once a pod starts. */}}
+{{- if lt (len (splitList "" $parts._1 | uniq)) 16 }}
+{{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is a placeholder (a repeated pattern such as 32 zero bytes), not random bytes. Make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'" $id) }}
 {{- end }}
 {{- if has $id $ids }}
 {{- fail (printf "\n\nkeychain: secrets.encryptionKeys lists key id %q twice." $id) }}
@@ -73,8 +74,11 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- if not (has $parts._1 (list "worker" "admin")) }}
 {{- fail (printf "\n\nkeychain: secrets.apiTokens token %q needs the role worker or admin as its second field (value not shown)." $parts._0) }}
 {{- end }}
-{{- if regexMatch "(?i)(change|replace)[-_. ]?me" $parts._2 }}
-{{- fail (printf "\n\nkeychain: secrets.apiTokens token %q is a placeholder (it contains CHANGE-ME or REPLACE-ME); make a real one with: python -c 'import secrets;print(secrets.token_urlsafe(32))'" $parts._0) }}
+{{- /* Tokens copied from an example and never replaced, as app/auth.py sees them;
+a sha256:<digest> is checked by the app alone. */}}
+{{- $token := $parts._2 }}
+{{- if and (not (hasPrefix "sha256:" $token)) (or (regexMatch "(?i)change[-_ ]?me|replace[-_ ]?me|placeholder|example|<.*>" $token) (lt (len (splitList "" $token | uniq)) 8)) }}
+{{- fail (printf "\n\nkeychain: secrets.apiTokens token %q is a placeholder (CHANGE-ME, REPLACE-ME, <...>, example or too few distinct characters); make a real one with: python -c 'import secrets;print(secrets.token_urlsafe(32))'" $parts._0) }}
 {{- end }}
 {{- end }}
 {{- end }}
