@@ -20,22 +20,27 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_500_INTERNAL_SERVER_ERROR
 
-from app.audit import AuditMiddleware
-from app.auth import TokenTable
+from app.audit import AuditMiddleware, ReadAudit, run_read_audit_flusher
+from app.auth import WWW_AUTHENTICATE, ExecutionTokens, TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database, make_engine
 from app.db.tables import build_metadata
 from app.errors import (
     RETRY_AFTER_SECONDS,
+    AccessDenied,
     ConfigurationError,
     DatabaseUnavailable,
     EntryNotFound,
+    ExecutionEnded,
+    FeatureDisabled,
     InvalidEntry,
     KeychainError,
+    TokenRevoked,
     UnreadableEntry,
 )
-from app.keychain.controller import AuthCacheController, ExecutionController
-from app.keychain.service import TtlPolicy
+from app.json_shape import shape_problem
+from app.keychain.controller import AuthCacheController, ExecutionController, ExecutionTokenController
+from app.keychain.service import EntryLimits
 from app.keychain.sweeper import run_sweeper
 from app.logs import RequestIdMiddleware
 from app.metrics import RequestMetricsMiddleware
@@ -50,15 +55,20 @@ SWAGGER_ASSETS = "/static/swagger-ui"
 # Each domain error is one HTTP answer; anything unmapped is a 500 and a bug.
 _ERROR_STATUS: dict[type[KeychainError], int] = {
     InvalidEntry: 400,
+    TokenRevoked: 401,
+    AccessDenied: 403,
     EntryNotFound: 404,
     UnreadableEntry: 409,
+    ExecutionEnded: 409,
+    FeatureDisabled: 501,
     DatabaseUnavailable: 503,
 }
+_ERROR_HEADERS = {401: WWW_AUTHENTICATE, 503: {"Retry-After": RETRY_AFTER_SECONDS}}
 
 
 def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, object]]:
     status = next(_ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in _ERROR_STATUS)
-    headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    headers = _ERROR_HEADERS.get(status)
     return Response({"status_code": status, "detail": str(exc)}, status_code=status, headers=headers)
 
 
@@ -78,8 +88,12 @@ def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, ob
 
 class _Request(Request):
     async def json(self) -> Any:
-        # msgspec decodes nested arrays and objects recursively; a body of "[[[[..." deeper
-        # than the interpreter's recursion limit is the caller's mistake, not a server error.
+        settings: Settings = self.app.state.runtime.settings
+        problem = shape_problem(await self.body(), settings.max_token_data_depth, settings.max_token_data_items)
+        if problem is not None:
+            raise ClientException(problem)
+        # msgspec decodes nested arrays and objects recursively; should the depth cap be set
+        # past the interpreter's recursion limit, that is still the caller's mistake.
         try:
             return await super().json()
         except RecursionError as exc:
@@ -120,8 +134,15 @@ def make_keyring(settings: Settings) -> KeyRing:
     return KeyRing.load_or_create_local(settings.data_dir)
 
 
+def make_execution_tokens(settings: Settings) -> ExecutionTokens | None:
+    # Local mode generates a signing key, as it does an encryption key; a shared database
+    # needs KEYCHAIN_TOKEN_SIGNING_KEYS.
+    local_dir = settings.data_dir if settings.database_url is None else None
+    return ExecutionTokens.configured(settings.token_signing_keys, local_dir, settings.execution_token_ttl_seconds)
+
+
 def make_token_table(settings: Settings) -> TokenTable:
-    tokens = TokenTable.parse(settings.api_tokens)
+    tokens = TokenTable.parse(settings.api_tokens, settings.api_token_limits)
     if tokens.is_open:
         if settings.database_url is not None and not settings.allow_open_api:
             raise ConfigurationError(
@@ -150,12 +171,23 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
                 runtime.settings.sweep_interval_seconds,
                 runtime.settings.sweep_batch_size,
                 runtime.metrics,
+                ended_retention_seconds=runtime.settings.execution_token_ttl_seconds,
             ),
             name="keychain-sweeper",
+        )
+    audit_flusher = None
+    if runtime.read_audit is not None:
+        audit_flusher = asyncio.create_task(
+            run_read_audit_flusher(runtime.read_audit, runtime.settings.audit_flush_seconds),
+            name="keychain-read-audit",
         )
     try:
         yield
     finally:
+        if audit_flusher is not None:
+            audit_flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await audit_flusher
         if sweeper is not None:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -169,19 +201,28 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     """Build the app. Tests pass their own settings and a Database bound to a test transaction."""
     settings = settings or load_settings()
     tokens = make_token_table(settings)
+    execution_tokens = make_execution_tokens(settings)
+    if execution_tokens is None and tokens.has_role("issuer"):
+        raise ConfigurationError(
+            "an issuer token is configured but KEYCHAIN_TOKEN_SIGNING_KEYS is not: set it "
+            "(id:<base64 of 32 random bytes>) so that execution tokens can be signed"
+        )
     _, table = build_metadata(settings.db_schema)
     runtime = Runtime(
         settings=settings,
         keyring=make_keyring(settings),
         tokens=tokens,
         table=table,
-        ttl=TtlPolicy(settings.default_ttl_seconds, settings.max_ttl_seconds),
+        limits=EntryLimits(settings.default_ttl_seconds, settings.max_ttl_seconds, settings.max_token_data_bytes),
+        execution_tokens=execution_tokens,
+        read_audit=ReadAudit() if settings.audit_reads else None,
         database=database,
     )
     return Litestar(
         route_handlers=[
             AuthCacheController,
             ExecutionController,
+            ExecutionTokenController,
             SystemController,
             create_static_files_router(
                 path=SWAGGER_ASSETS,

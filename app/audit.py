@@ -1,21 +1,26 @@
-"""Audit events: who wrote, deleted, cleaned up or was denied, and how it ended; never the data.
+"""Audit events: who read, wrote, deleted, cleaned up, minted or was denied; never the data.
 
 Route handlers that change state carry opt={"audit": True}; this middleware sees the final
 status (including a guard's 401/403, for any route) and emits one event on `keychain.audit`,
-named by the handler's operation id.
+named by the handler's operation id. Reads are the hot path, so ReadAudit counts them in memory
+and emits one event per (actor, key, outcome) per flush, with the count.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from app.auth import Principal
 from app.errors import InvalidEntry
-from app.keychain.controller import cache_key_sent
+from app.keychain.paths import cache_key_sent
 from app.response_status import StatusRecorder
 
 audit_log = logging.getLogger("keychain.audit")
@@ -43,6 +48,55 @@ def audit_event(
             **details,
         },
     )
+
+
+READ_ACTION = "getEntry"
+
+
+class ReadAudit:
+    """Reads counted per (actor, role, key, outcome) between flushes; a flush emits them.
+
+    Bounded: once `max_pending` distinct reads wait, the next record flushes at once.
+    """
+
+    def __init__(self, max_pending: int = 10_000) -> None:
+        self.max_pending = max_pending
+        self._pending: dict[tuple[str, str, str, str], list[float]] = {}
+
+    def record(self, principal: Principal, cache_key: str, outcome: str) -> None:
+        event = (principal.name, principal.role, cache_key, outcome)
+        counted = self._pending.get(event)
+        if counted is not None:
+            counted[0] += 1
+            return
+        if len(self._pending) >= self.max_pending:
+            self.flush()
+        self._pending[event] = [1, time.time()]
+
+    def flush(self) -> int:
+        """Emit every pending read event; answers how many events went out."""
+        pending, self._pending = self._pending, {}
+        for (actor, role, cache_key, outcome), (count, first) in pending.items():
+            audit_event(
+                READ_ACTION,
+                outcome,
+                actor=actor,
+                role=role,
+                cache_key=cache_key,
+                count=int(count),
+                first_at=datetime.fromtimestamp(first, UTC).isoformat(),
+            )
+        return len(pending)
+
+
+async def run_read_audit_flusher(audit: ReadAudit, interval: float) -> None:
+    """Flush every `interval` seconds; cancelled at shutdown, it flushes what is left."""
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            audit.flush()
+    finally:
+        audit.flush()
 
 
 def _target(scope: Scope) -> str | None:

@@ -1,4 +1,4 @@
-"""The `keychain` console script: serve, migrate, sweep, rotate-keys, stats."""
+"""The `keychain` console script: serve, migrate, sweep, rotate-keys, stats, mint-token."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.errors import ConfigurationError, DatabaseNotMigrated, DatabaseUnavailable
+from app.errors import (
+    ConfigurationError,
+    DatabaseNotMigrated,
+    DatabaseUnavailable,
+    ExecutionEnded,
+    FeatureDisabled,
+    InvalidEntry,
+)
 from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
@@ -133,7 +140,9 @@ async def _sweep(settings: Settings) -> int:
     from app.keychain.sweeper import sweep_once
 
     async with _opened_database(settings) as (database, table):
-        result = await sweep_once(database, table, settings.sweep_batch_size)
+        result = await sweep_once(
+            database, table, settings.sweep_batch_size, ended_retention_seconds=settings.execution_token_ttl_seconds
+        )
     if not result.swept:
         print("another replica holds the sweep lock; nothing done")
     else:
@@ -185,6 +194,31 @@ async def _stats(settings: Settings, top: int, as_json: bool) -> int:
         print(msgspec.json.encode(report).decode())
     else:
         print(_stats_text(report))
+    return EXIT_OK
+
+
+async def _mint_token(settings: Settings, args: argparse.Namespace) -> int:
+    from app.asgi import make_execution_tokens
+    from app.auth import Principal
+    from app.keychain.repository import KeychainRepository
+    from app.keychain.schemas import ExecutionTokenRequest
+    from app.keychain.service import mint_execution_token
+
+    signer = make_execution_tokens(settings)
+    request = ExecutionTokenRequest(
+        execution_id=args.execution_id,
+        parent_execution_id=args.parent_execution_id,
+        read=args.read,
+        write=args.write,
+        ttl_seconds=args.ttl,
+    )
+    async with _opened_database(settings) as (database, table), database.transaction() as conn:
+        minted = await mint_execution_token(
+            KeychainRepository(conn, table), signer, Principal(name="cli", role="issuer"), request
+        )
+    # The token alone on stdout, for TOKEN=$(keychain mint-token ...); the rest for people.
+    print(minted.token)
+    print(f"execution {minted.execution_id}, expires {minted.expires_at.isoformat()}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -292,6 +326,21 @@ def _parser() -> argparse.ArgumentParser:
         "removed from KEYCHAIN_ENCRYPTION_KEYS.",
     )
     rotate_cmd.add_argument("--batch-size", type=int, default=500, help="rows per transaction (500)")
+    mint_cmd = command(
+        "mint-token",
+        "print an execution token (as an issuer would get from POST /api/execution-tokens)",
+        "Sign a token bound to one execution with KEYCHAIN_TOKEN_SIGNING_KEYS. It reaches that "
+        "execution's and its sub-executions' entries, global entries only as --read/--write list "
+        "(exact names, or prefixes ending in '*'), and stops working when it expires or the "
+        "execution is cleaned up.",
+    )
+    mint_cmd.add_argument("--execution-id", type=int, required=True, help="the execution it is bound to")
+    mint_cmd.add_argument("--parent-execution-id", type=int, help="its top-level execution, if any")
+    mint_cmd.add_argument("--read", action="append", default=[], metavar="CREDENTIAL", help="global reads (repeat)")
+    mint_cmd.add_argument(
+        "--write", action="append", default=[], metavar="CREDENTIAL", help="global writes, reads too (repeat)"
+    )
+    mint_cmd.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS)")
     return parser
 
 
@@ -312,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_rotate_keys(settings, args.batch_size))
         elif args.command == "stats":
             return asyncio.run(_stats(settings, args.top, args.json))
-    except ConfigurationError as exc:
+        elif args.command == "mint-token":
+            return asyncio.run(_mint_token(settings, args))
+    except (ConfigurationError, InvalidEntry, ExecutionEnded, FeatureDisabled) as exc:
         return _fail(args.command, str(exc), EXIT_FAILED)
     except Exception as exc:
         code = _database_failure(args.command, settings, exc)

@@ -23,6 +23,22 @@ class EntryNotFound(KeychainError):
         self.reason = reason
 
 
+class AccessDenied(KeychainError):
+    """The caller's token may not touch this entry (403); the message says which rule refused."""
+
+
+class TokenRevoked(KeychainError):
+    """An execution token whose execution has ended (401): it never works again."""
+
+
+class ExecutionEnded(KeychainError):
+    """No token is minted for an execution that has already been cleaned up (409)."""
+
+
+class FeatureDisabled(KeychainError):
+    """The call needs something this server was not configured with (501)."""
+
+
 class UnreadableEntry(KeychainError):
     """The stored ciphertext does not open with the configured keys (409).
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.auth import TokenTable
+from app.audit import ReadAudit
+from app.auth import ExecutionTokens, Principal, TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database
 from app.keychain.repository import KeychainRepository
-from app.keychain.service import KeychainService, TtlPolicy
+from app.keychain.service import EntryLimits, KeychainService
 from app.metrics import KeychainMetrics
 from app.settings import Settings
 
@@ -25,14 +27,24 @@ class Runtime:
     keyring: KeyRing
     tokens: TokenTable
     table: Table
-    ttl: TtlPolicy
+    limits: EntryLimits
+    execution_tokens: ExecutionTokens | None = None
+    # None when KEYCHAIN_AUDIT_READS is off.
+    read_audit: ReadAudit | None = None
     # Set by the lifespan (or injected by tests) before the first request.
     database: Database | None = None
     # Per app, not the process-global registry: each create_app() (and each test) counts alone.
     metrics: KeychainMetrics = field(default_factory=KeychainMetrics)
 
     def keychain_service(self, conn: AsyncConnection) -> KeychainService:
-        return KeychainService(KeychainRepository(conn, self.table), self.keyring, self.ttl, self.metrics)
+        return KeychainService(
+            KeychainRepository(conn, self.table),
+            self.keyring,
+            self.limits,
+            self.metrics,
+            self.read_audit,
+            self.execution_tokens,
+        )
 
 
 def runtime_of(state: State) -> Runtime:
@@ -43,6 +55,11 @@ async def provide_connection(state: State) -> AsyncIterator[AsyncConnection]:
     """The request owns the transaction: committed before the response, rolled back on error."""
     async with runtime_of(state).database.transaction() as conn:
         yield conn
+
+
+def provide_caller(request: Request) -> Principal:
+    """The principal the bearer-token guard authenticated."""
+    return request.state.principal
 
 
 def provide_keychain_service(

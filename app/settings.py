@@ -39,6 +39,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 1024 * 1024
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    # "name:read:pattern,name:write:pattern,...": limits configured tokens to credentials by
+    # name (exact, or a prefix ending in '*'); a token named here reaches nothing else.
+    api_token_limits: str = ""
+    # "s1:<base64 of 32 bytes>,...": the first signs execution tokens, all of them verify.
+    token_signing_keys: str = ""
+    # The longest (and default) life of an execution token.
+    execution_token_ttl_seconds: int = 24 * 3600
+    # Every read is an audit event, counted in memory and emitted every audit_flush_seconds.
+    audit_reads: bool = True
+    audit_flush_seconds: float = 1.0
+    # Shape caps for token_data, checked on the raw body before it is decoded; no real
+    # credential comes near them.
+    max_token_data_bytes: int = 64 * 1024
+    max_token_data_depth: int = 32
+    max_token_data_items: int = 10_000
 
 
 # Environment variable suffix -> Settings field, where the two differ.

@@ -35,6 +35,7 @@ from demo.local_server import free_port  # noqa: F401 - tests import it from her
 
 TEST_KEY_ID = "test-k1"
 TEST_KEY = base64.b64encode(bytes(range(32))).decode()
+TEST_SIGNING_KEYS = "test-s1:" + base64.b64encode(bytes(range(32, 64))).decode()
 
 
 class SavepointDatabase(Database):
@@ -109,6 +110,7 @@ def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         database_url="postgresql://unused",  # tests hand the app their own Database
         data_dir=str(tmp_path_factory.mktemp("data")),
         encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
+        token_signing_keys=TEST_SIGNING_KEYS,
         sweep_interval_seconds=0,
         allow_open_api=True,  # most tests call the API without a token
     )

@@ -34,6 +34,9 @@ CACHE_TYPES: tuple[str, ...] = get_args(CacheType)
 SCOPE_TYPES: tuple[str, ...] = get_args(ScopeType)
 
 
+ENDED_EXECUTION_TABLE = "keychain_ended_execution"
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -58,6 +61,12 @@ def build_metadata(schema: str) -> tuple[MetaData, Table]:
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
         Column("accessed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
         Column("access_count", Integer, nullable=False, server_default=text("0")),
+        # The principal whose token wrote the entry: replacing a live global entry written by
+        # someone else needs a write grant.
+        Column("written_by", Text, nullable=False, server_default=text("'unknown'")),
+        # Random per write and bound into the ciphertext's associated data, so an older
+        # ciphertext of the same key cannot be replayed onto the row. NULL: sealed before 0002.
+        Column("write_id", LargeBinary),
         CheckConstraint(_in("cache_type", CACHE_TYPES), name="cache_type"),
         CheckConstraint(_in("scope_type", SCOPE_TYPES), name="scope_type"),
         CheckConstraint(
@@ -67,4 +76,17 @@ def build_metadata(schema: str) -> tuple[MetaData, Table]:
         Index(None, "execution_id"),
         Index(None, "parent_execution_id"),
     )
+    Table(
+        ENDED_EXECUTION_TABLE,
+        metadata,
+        # Cleaned-up executions: their execution tokens stop working at once.
+        Column("execution_id", BigInteger, primary_key=True),
+        Column("ended_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+        Index(None, "ended_at"),
+    )
     return metadata, keychain
+
+
+def ended_executions(keychain: Table) -> Table:
+    """The ended-executions table that sits beside `keychain` in its metadata."""
+    return keychain.metadata.tables[f"{keychain.schema}.{ENDED_EXECUTION_TABLE}"]

@@ -3,23 +3,32 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import unquote
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import Example
-from litestar.types import Scope
 from litestar.params import Body, PathParameter, QueryParameter
 from litestar.openapi.datastructures import ResponseSpec
 
-from app.auth import require_role
-from app.errors import InvalidEntry
-from app.keychain.schemas import Deleted, Entry, EntryMeta, EntryPage, EntryPut, EntryQuery, ScopeType
+from app.auth import Principal, require_role
+from app.keychain.paths import AUTH_CACHE_PATH, cache_key_sent
+from app.keychain.schemas import (
+    Deleted,
+    Entry,
+    EntryMeta,
+    EntryPage,
+    EntryPut,
+    EntryQuery,
+    ExecutionToken,
+    ExecutionTokenRequest,
+    ScopeType,
+)
 from app.keychain.service import KeychainService
 from app.openapi import ErrorBody, error_responses
-from app.runtime import provide_keychain_service
+from app.runtime import provide_caller, provide_keychain_service
 
 Service = NamedDependency[KeychainService]
+Caller = NamedDependency[Principal]
 # Declared on handlers for the OpenAPI document; handlers read the key with cache_key_sent().
 CacheKeyPath = Annotated[str, PathParameter(description="The cache key; may contain '/'")]
 ExecutionIdPath = Annotated[int, PathParameter(ge=0, le=2**63 - 1, description="Execution id")]
@@ -38,37 +47,15 @@ PUT_EXAMPLE = Example(
 )
 
 
-AUTH_CACHE_PATH = "/api/auth-cache"
-
-
-def cache_key_sent(scope: Scope) -> str:
-    """The cache key exactly as the caller sent it.
-
-    Routing normalises the path (drops a trailing '/', folds '//'), which would silently file
-    the entry under another key; the raw path keeps what was sent, for the service to judge.
-    Escapes that do not decode as UTF-8 are refused rather than replaced, so two different
-    keys can never land on one entry.
-    """
-    raw_path = scope.get("raw_path")
-    prefix = f"{AUTH_CACHE_PATH}/"
-    try:
-        if raw_path:
-            sent = unquote(raw_path.decode("utf-8"), errors="strict")
-            if sent.startswith(prefix):
-                return sent[len(prefix) :]
-    except UnicodeDecodeError as exc:
-        raise InvalidEntry("cache key is not valid UTF-8 once its %-escapes are decoded") from exc
-    # No raw path from the server: the :path parameter, which keeps its leading slash.
-    routed = scope["path_params"]["cache_key"]
-    return routed[1:] if routed.startswith("/") else routed
-
-
 class _ApiController(Controller):
     """What every /api route shares: the bearer-token guard and the keychain service."""
 
     guards = [require_role]
     security = [{"bearer": []}]
-    dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
+    dependencies = {
+        "service": Provide(provide_keychain_service, sync_to_thread=False),
+        "caller": Provide(provide_caller, sync_to_thread=False),
+    }
 
 
 class AuthCacheController(_ApiController):
@@ -79,10 +66,10 @@ class AuthCacheController(_ApiController):
         "/{cache_key:path}",
         operation_id="getEntry",
         summary="Read an entry (counts a hit)",
-        responses=error_responses(401, 404, 409, 503),
+        responses=error_responses(401, 403, 404, 409, 503),
     )
-    async def get_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> Entry:
-        return await service.get(cache_key_sent(request.scope))
+    async def get_entry(self, request: Request, service: Service, caller: Caller, cache_key: CacheKeyPath) -> Entry:
+        return await service.get(cache_key_sent(request.scope), caller)
 
     @post(
         "/{cache_key:path}",
@@ -92,17 +79,18 @@ class AuthCacheController(_ApiController):
         opt={"audit": True},
         responses={
             200: ResponseSpec(EntryMeta, description="An existing entry was replaced"),
-            **error_responses(401, 413, 503),
+            **error_responses(401, 403, 413, 503),
         },
     )
     async def put_entry(
         self,
         request: Request,
         service: Service,
+        caller: Caller,
         cache_key: CacheKeyPath,
         data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
     ) -> Response[EntryMeta]:
-        meta, created = await service.put(cache_key_sent(request.scope), data)
+        meta, created = await service.put(cache_key_sent(request.scope), data, caller)
         return Response(meta, status_code=201 if created else 200)
 
     @delete(
@@ -110,16 +98,16 @@ class AuthCacheController(_ApiController):
         operation_id="deleteEntry",
         summary="Invalidate an entry",
         opt={"audit": True},
-        responses=error_responses(401, 404, 503),
+        responses=error_responses(401, 403, 404, 503),
     )
-    async def delete_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> None:
-        await service.delete(cache_key_sent(request.scope))
+    async def delete_entry(self, request: Request, service: Service, caller: Caller, cache_key: CacheKeyPath) -> None:
+        await service.delete(cache_key_sent(request.scope), caller)
 
     @get(
         "/",
         operation_id="listEntries",
         summary="List entries' metadata, never their data (admin)",
-        opt={"role": "admin"},
+        opt={"roles": ()},
         responses=error_responses(401, 403, 503),
     )
     async def list_entries(
@@ -151,9 +139,9 @@ class ExecutionController(_ApiController):
     @delete(
         "/{execution_id:int}/auth-cache",
         operation_id="cleanupExecution",
-        summary="Drop every entry of an execution and of its sub-executions (admin)",
+        summary="Drop every entry of an execution and of its sub-executions, and end its tokens (issuer)",
         status_code=200,
-        opt={"role": "admin", "audit": True},
+        opt={"roles": ("issuer",), "audit": True},
         responses={
             **error_responses(401, 403, 503),
             404: ResponseSpec(
@@ -165,3 +153,33 @@ class ExecutionController(_ApiController):
     )
     async def cleanup_execution(self, service: Service, execution_id: ExecutionIdPath) -> Deleted:
         return Deleted(deleted=await service.cleanup_execution(execution_id))
+
+
+class ExecutionTokenController(_ApiController):
+    path = "/api/execution-tokens"
+    tags = ["executions"]
+
+    @post(
+        "/",
+        operation_id="mintExecutionToken",
+        summary="Mint a token bound to one execution (issuer)",
+        description=(
+            "The token reads and writes that execution's and its sub-executions' entries, reads "
+            "global entries only for the credentials in `read` or `write`, and writes global "
+            "entries only for those in `write` (exact names, or prefixes ending in '*'). It stops "
+            "working when it expires or when the execution is cleaned up."
+        ),
+        status_code=201,
+        opt={"roles": ("issuer",), "audit": True},
+        responses={
+            **error_responses(401, 403, 503),
+            409: ResponseSpec(ErrorBody, description="The execution has already ended", generate_examples=False),
+            501: ResponseSpec(
+                ErrorBody, description="Execution tokens are not enabled (no signing key)", generate_examples=False
+            ),
+        },
+    )
+    async def mint_execution_token(
+        self, service: Service, caller: Caller, data: Annotated[ExecutionTokenRequest, Body()]
+    ) -> ExecutionToken:
+        return await service.mint_execution_token(caller, data)

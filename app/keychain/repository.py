@@ -18,7 +18,6 @@ from sqlalchemy import (
     delete,
     func,
     literal,
-    literal_column,
     or_,
     select,
     text,
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
 from app.db.engine import translated
+from app.db.tables import ended_executions
 from app.errors import InvalidEntry
 from app.keychain.schemas import EntryQuery
 
@@ -58,8 +58,17 @@ def _touch_statement(table: Table) -> Update:
 
 @functools.cache
 def _meta_columns(table: Table) -> tuple[Column[Any], ...]:
-    """Every column but the payload (a repository is made per request: compute this once)."""
-    return tuple(c for c in table.c if c.name != "data")
+    """Every column but the payload and its write id (a repository is made per request:
+    compute this once)."""
+    return tuple(c for c in table.c if c.name not in ("data", "write_id"))
+
+
+def _with_expiry(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`expires_at` None means now() + ttl_seconds, by the database's clock."""
+    values = dict(values)
+    if values["expires_at"] is None:
+        values["expires_at"] = func.now() + timedelta(seconds=values["ttl_seconds"])
+    return values
 
 
 class KeychainRepository:
@@ -92,22 +101,45 @@ class KeychainRepository:
         stmt = select(t.c.expires_at).where(t.c.cache_key == cache_key)
         return (await self._execute(stmt)).scalar_one_or_none()
 
-    async def upsert(self, values: Mapping[str, Any]) -> tuple[Row[Any], bool]:
-        """Create or replace; answers the row's metadata and whether it was created.
+    async def get_live_for_update(self, cache_key: str) -> Row[Any] | None:
+        """A live row, locked until the transaction ends, without counting a hit."""
+        t = self.table
+        stmt = select(t).where(t.c.cache_key == cache_key, t.c.expires_at > func.now()).with_for_update()
+        return (await self._execute(stmt)).one_or_none()
+
+    async def lock(self, cache_key: str) -> Row[Any] | None:
+        """The row's metadata and whether it is live, locked until the transaction ends."""
+        t = self.table
+        stmt = (
+            select(*_meta_columns(t), (t.c.expires_at > func.now()).label("live"))
+            .where(t.c.cache_key == cache_key)
+            .with_for_update()
+        )
+        return (await self._execute(stmt)).one_or_none()
+
+    async def insert_new(self, values: Mapping[str, Any]) -> Row[Any] | None:
+        """Insert a new entry; None when the key is taken (the caller decides on replacing).
 
         An `expires_at` of None means now() + ttl_seconds, by the database's clock."""
         t = self.table
-        values = dict(values)
-        if values["expires_at"] is None:
-            values["expires_at"] = func.now() + timedelta(seconds=values["ttl_seconds"])
-        stmt = insert(t).values(**values, created_at=func.now(), accessed_at=func.now())
-        replaced = {name: stmt.excluded[name] for name in values if name != "cache_key"}
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[t.c.cache_key],
-            set_={**replaced, "created_at": func.now(), "accessed_at": func.now(), "access_count": 0},
-        ).returning(*_meta_columns(t), literal_column("xmax = 0").label("inserted"))
-        row = (await self._execute(stmt)).one()
-        return row, row.inserted
+        stmt = (
+            insert(t)
+            .values(**_with_expiry(values), created_at=func.now(), accessed_at=func.now())
+            .on_conflict_do_nothing(index_elements=[t.c.cache_key])
+            .returning(*_meta_columns(t))
+        )
+        return (await self._execute(stmt)).one_or_none()
+
+    async def replace(self, values: Mapping[str, Any]) -> Row[Any]:
+        """Overwrite the entry under the key: a new write, so its counters start again."""
+        t = self.table
+        stmt = (
+            update(t)
+            .where(t.c.cache_key == values["cache_key"])
+            .values(**_with_expiry(values), created_at=func.now(), accessed_at=func.now(), access_count=0)
+            .returning(*_meta_columns(t))
+        )
+        return (await self._execute(stmt)).one()
 
     async def delete(self, cache_key: str) -> bool:
         t = self.table
@@ -119,6 +151,24 @@ class KeychainRepository:
         stmt = delete(t).where(
             or_(t.c.execution_id == execution_id, t.c.parent_execution_id == execution_id)
         )
+        return (await self._execute(stmt)).rowcount
+
+    async def mark_ended(self, execution_id: int) -> None:
+        ended = ended_executions(self.table)
+        stmt = insert(ended).values(execution_id=execution_id).on_conflict_do_nothing()
+        await self._execute(stmt)
+
+    async def ended_among(self, execution_ids: tuple[int | None, ...]) -> int | None:
+        """The first of these executions that has ended, or None."""
+        ended = ended_executions(self.table)
+        wanted = [e for e in execution_ids if e is not None]
+        stmt = select(ended.c.execution_id).where(ended.c.execution_id.in_(wanted)).limit(1)
+        return (await self._execute(stmt)).scalar_one_or_none()
+
+    async def forget_ended_before(self, age_seconds: int) -> int:
+        """Ended executions older than any token that could name them need not be kept."""
+        ended = ended_executions(self.table)
+        stmt = delete(ended).where(ended.c.ended_at < func.now() - timedelta(seconds=age_seconds))
         return (await self._execute(stmt)).rowcount
 
     async def list_meta(self, query: EntryQuery) -> tuple[list[Row[Any]], int]:
@@ -213,29 +263,33 @@ class KeychainRepository:
         result = await self._execute(delete(t).where(t.c.cache_key.in_(doomed.scalar_subquery())))
         return result.rowcount
 
-    async def sealed_by_other_keys(
-        self, primary_key_id: str, after_key: str, batch_size: int
-    ) -> list[Row[Any]]:
-        """Rows to re-seal, in key order after `after_key` (keyset paging makes it resumable).
+    async def to_reseal(self, primary_key_id: str, after_key: str, batch_size: int) -> list[Row[Any]]:
+        """Rows to re-seal, in key order after `after_key` (keyset paging makes it resumable):
+        sealed by another key, or sealed before writes were bound (no write_id).
 
         FOR UPDATE without SKIP LOCKED: a row held by a hit is waited for (milliseconds),
         never skipped, since paging moves past it for good."""
         t = self.table
         stmt = (
-            select(t.c.cache_key, t.c.data)
-            .where(t.c.key_id != primary_key_id, t.c.cache_key > after_key)
+            select(t)
+            .where(_needs_reseal(t, primary_key_id), t.c.cache_key > after_key)
             .order_by(t.c.cache_key)
             .limit(batch_size)
             .with_for_update()
         )
         return list((await self._execute(stmt)).all())
 
-    async def count_sealed_by_other_keys(self, primary_key_id: str) -> int:
+    async def count_to_reseal(self, primary_key_id: str) -> int:
         t = self.table
-        stmt = select(func.count()).select_from(t).where(t.c.key_id != primary_key_id)
+        stmt = select(func.count()).select_from(t).where(_needs_reseal(t, primary_key_id))
         return (await self._execute(stmt)).scalar_one()
 
-    async def replace_sealed(self, cache_key: str, data: bytes, key_id: str) -> None:
+    async def replace_sealed(self, cache_key: str, data: bytes, key_id: str, write_id: bytes) -> None:
         """Swap the ciphertext only: TTL, counters and timestamps stay as they were."""
         t = self.table
-        await self._execute(update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id))
+        stmt = update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id, write_id=write_id)
+        await self._execute(stmt)
+
+
+def _needs_reseal(t: Table, primary_key_id: str) -> Any:
+    return or_(t.c.key_id != primary_key_id, t.c.write_id.is_(None))

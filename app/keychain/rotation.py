@@ -1,4 +1,5 @@
-"""Re-sealing rows under the primary key, so an old key can leave the ring."""
+"""Re-sealing rows under the primary key, so an old key can leave the ring, and binding rows
+sealed before writes were bound (migration 0002) to their write."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Table
 
-from app.crypto import KeyRing
+from app.crypto import KeyRing, bound_data, new_write_id
 from app.db.engine import Database
 from app.errors import UnreadableEntry
 from app.keychain.repository import KeychainRepository
@@ -25,7 +26,7 @@ class RotationResult:
 
 async def count_to_reseal(database: Database, table: Table, keyring: KeyRing) -> int:
     async with database.transaction() as conn:
-        return await KeychainRepository(conn, table).count_sealed_by_other_keys(keyring.primary_key_id)
+        return await KeychainRepository(conn, table).count_to_reseal(keyring.primary_key_id)
 
 
 async def reseal_all(
@@ -42,17 +43,18 @@ async def reseal_all(
     while True:
         async with database.transaction() as conn:
             repository = KeychainRepository(conn, table)
-            rows = await repository.sealed_by_other_keys(keyring.primary_key_id, after_key, batch_size)
+            rows = await repository.to_reseal(keyring.primary_key_id, after_key, batch_size)
             for row in rows:
-                associated_data = row.cache_key.encode()
                 try:
-                    payload = keyring.open(row.data, associated_data)
+                    payload = keyring.open(row.data, bound_data(row._mapping))
                 except UnreadableEntry as exc:
                     result.unreadable += 1
                     log.warning("cannot re-seal entry: %s", exc, extra={"cache_key": row.cache_key})
                     continue
-                sealed = keyring.seal(payload, associated_data)
-                await repository.replace_sealed(row.cache_key, sealed.envelope, sealed.key_id)
+                # A fresh write id: rows sealed before writes were bound get bound now.
+                write_id = new_write_id()
+                sealed = keyring.seal(payload, bound_data({**row._mapping, "write_id": write_id}))
+                await repository.replace_sealed(row.cache_key, sealed.envelope, sealed.key_id, write_id)
                 result.resealed += 1
         if not rows:
             return result

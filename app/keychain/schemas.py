@@ -46,6 +46,8 @@ class EntryMeta(msgspec.Struct, kw_only=True):
     created_at: datetime
     accessed_at: datetime
     access_count: int
+    # The principal whose token wrote it ("unknown" for entries written before this was kept).
+    written_by: str
 
 
 class Entry(EntryMeta, kw_only=True):
@@ -72,3 +74,31 @@ class EntryPage(msgspec.Struct, kw_only=True):
 
 class Deleted(msgspec.Struct, kw_only=True):
     deleted: int
+
+
+GrantPattern = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+
+
+class ExecutionTokenRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What an execution token may reach besides its execution's own entries."""
+
+    execution_id: ExecutionId
+    # A sub-execution's token dies with its top-level execution too.
+    parent_execution_id: ExecutionId | None = None
+    # Global entries by credential name (exact, or a prefix ending in '*'); write implies read.
+    read: Annotated[list[GrantPattern], msgspec.Meta(max_length=100)] = []
+    write: Annotated[list[GrantPattern], msgspec.Meta(max_length=100)] = []
+    # At most, and by default, KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS.
+    ttl_seconds: Annotated[int, msgspec.Meta(gt=0)] | None = None
+
+
+class ExecutionToken(msgspec.Struct, kw_only=True):
+    token: str
+    execution_id: int
+    parent_execution_id: int | None
+    read: list[str]
+    write: list[str]
+    expires_at: datetime
+
+    def __repr__(self) -> str:  # the token is a credential: keep it out of logs and tracebacks
+        return f"ExecutionToken(execution_id={self.execution_id}, expires_at={self.expires_at!r}, token=<hidden>)"

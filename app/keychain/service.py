@@ -1,4 +1,4 @@
-"""The rules of the cache: key syntax, TTL, scopes, encryption and access tracking."""
+"""The rules of the cache: key syntax, TTL, scopes, encryption, access control and tracking."""
 
 from __future__ import annotations
 
@@ -11,10 +11,30 @@ from typing import Any
 
 import msgspec
 
-from app.crypto import KeyRing
-from app.errors import EntryNotFound, InvalidEntry, UnreadableEntry
+from app.audit import ReadAudit
+from app.auth import ExecutionTokens, Grants, Principal, check_patterns
+from app.crypto import KeyRing, bound_data, new_write_id
+from app.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    EntryNotFound,
+    ExecutionEnded,
+    FeatureDisabled,
+    InvalidEntry,
+    TokenRevoked,
+    UnreadableEntry,
+)
+from app.keychain import access
 from app.keychain.repository import KeychainRepository
-from app.keychain.schemas import Entry, EntryMeta, EntryPage, EntryPut, EntryQuery
+from app.keychain.schemas import (
+    Entry,
+    EntryMeta,
+    EntryPage,
+    EntryPut,
+    EntryQuery,
+    ExecutionToken,
+    ExecutionTokenRequest,
+)
 from app.metrics import KeychainMetrics
 
 log = logging.getLogger(__name__)
@@ -25,9 +45,10 @@ _WHOLE_NUMBER = re.compile(r"^\s*[+-]?\d{1,12}\s*$")
 
 
 @dataclass(frozen=True)
-class TtlPolicy:
-    default_seconds: int
-    max_seconds: int
+class EntryLimits:
+    default_ttl_seconds: int
+    max_ttl_seconds: int
+    max_token_data_bytes: int
 
 
 def check_name(value: str, field: str) -> str:
@@ -65,38 +86,67 @@ class KeychainService:
         self,
         repository: KeychainRepository,
         keyring: KeyRing,
-        ttl: TtlPolicy,
+        limits: EntryLimits,
         metrics: KeychainMetrics | None = None,
+        read_audit: ReadAudit | None = None,
+        execution_tokens: ExecutionTokens | None = None,
     ) -> None:
         self.repository = repository
         self.keyring = keyring
-        self.ttl = ttl
+        self.limits = limits
         # The app passes its own; without one (scripts, unit tests) counts go to a private registry.
         self.metrics = metrics if metrics is not None else KeychainMetrics()
+        self.read_audit = read_audit
+        self.execution_tokens = execution_tokens
 
-    async def get(self, cache_key: str) -> Entry:
+    async def get(self, cache_key: str, principal: Principal) -> Entry:
         check_cache_key(cache_key)
-        row = await self.repository.get_and_touch(cache_key)
+        await self._check_token_alive(principal)
+        if access.reads_everything(principal):
+            row = await self.repository.get_and_touch(cache_key)
+        else:
+            # Checked before the hit is counted; the lock keeps the row as checked until then.
+            row = await self.repository.get_live_for_update(cache_key)
+            if row is not None:
+                access.check_read(principal, row._mapping)
+                row = await self.repository.get_and_touch(cache_key)
         if row is None:
             expired = await self.repository.expires_at(cache_key) is not None
             reason = "expired" if expired else "absent"
-            log.info("cache miss", extra={"cache_key": cache_key, "reason": reason})
+            log.info("cache miss", extra={"cache_key": cache_key, "reason": reason, "actor": principal.name})
             self.metrics.miss(reason)
+            self._audit_read(principal, cache_key, reason)
             raise EntryNotFound(f"no live entry for this key ({reason})", reason=reason)
         try:
-            payload = self.keyring.open(row.data, cache_key.encode())
+            payload = self.keyring.open(row.data, bound_data(row._mapping))
         except UnreadableEntry as exc:
             # Tampering, or a key dropped from the ring too early: the caller gets a 409, and
             # an operator must hear of it too. The row stays for inspection.
             log.warning(
                 "unreadable entry", extra={"cache_key": cache_key, "key_id": row.key_id, "reason": str(exc)}
             )
+            self._audit_read(principal, cache_key, "unreadable")
             raise
-        log.info("cache hit", extra={"cache_key": cache_key, "access_count": row.access_count})
+        log.info(
+            "cache hit", extra={"cache_key": cache_key, "access_count": row.access_count, "actor": principal.name}
+        )
         self.metrics.hit()
+        self._audit_read(principal, cache_key, "hit")
         return Entry(**_meta_fields(row), data=msgspec.json.decode(payload))
 
-    async def put(self, cache_key: str, body: EntryPut) -> tuple[EntryMeta, bool]:
+    def _audit_read(self, principal: Principal, cache_key: str, outcome: str) -> None:
+        if self.read_audit is not None:
+            self.read_audit.record(principal, cache_key, outcome)
+
+    async def _check_token_alive(self, principal: Principal) -> None:
+        """An execution token dies with its execution (or the parent it was minted under)."""
+        if principal.execution_id is None:
+            return
+        ended = await self.repository.ended_among((principal.execution_id, principal.parent_execution_id))
+        if ended is not None:
+            raise TokenRevoked(f"execution {ended} has ended; its execution tokens no longer work")
+
+    async def put(self, cache_key: str, body: EntryPut, principal: Principal) -> tuple[EntryMeta, bool]:
         check_cache_key(cache_key)
         scope_type = body.scope_type or ("execution" if body.execution_id is not None else "global")
         if scope_type == "execution" and body.execution_id is None:
@@ -107,25 +157,50 @@ class KeychainService:
         check_name(credential_name, "credential_name")
         check_name(body.credential_type, "credential_type")
         ttl_seconds, expires_at = self._expiry(body)
-        sealed = self.keyring.seal(msgspec.json.encode(body.token_data), cache_key.encode())
-        row, created = await self.repository.upsert(
-            {
-                "cache_key": cache_key,
-                "credential_name": credential_name,
-                "credential_type": body.credential_type,
-                "cache_type": body.cache_type,
-                "scope_type": scope_type,
-                "execution_id": body.execution_id,
-                "parent_execution_id": body.parent_execution_id,
-                "data": sealed.envelope,
-                "key_id": sealed.key_id,
-                "ttl_seconds": ttl_seconds,
-                "expires_at": expires_at,
-            }
+        values: dict[str, Any] = {
+            "cache_key": cache_key,
+            "credential_name": credential_name,
+            "credential_type": body.credential_type,
+            "cache_type": body.cache_type,
+            "scope_type": scope_type,
+            "execution_id": body.execution_id,
+            "parent_execution_id": body.parent_execution_id,
+            "written_by": principal.name,
+            "write_id": new_write_id(),
+            "ttl_seconds": ttl_seconds,
+            "expires_at": expires_at,
+        }
+        await self._check_token_alive(principal)
+        access.check_write(principal, values)
+        plaintext = msgspec.json.encode(body.token_data)
+        if len(plaintext) > self.limits.max_token_data_bytes:
+            raise InvalidEntry(
+                f"token_data is {len(plaintext)} bytes as JSON; the limit is "
+                f"{self.limits.max_token_data_bytes} (KEYCHAIN_MAX_TOKEN_DATA_BYTES)"
+            )
+        sealed = self.keyring.seal(plaintext, bound_data(values))
+        values.update(data=sealed.envelope, key_id=sealed.key_id)
+        row, created = await self._store(values, principal)
+        log.info(
+            "cache write",
+            extra={"cache_key": cache_key, "outcome": "created" if created else "replaced", "actor": principal.name},
         )
-        log.info("cache write", extra={"cache_key": cache_key, "outcome": "created" if created else "replaced"})
         self.metrics.write(created=created)
         return EntryMeta(**_meta_fields(row)), created
+
+    async def _store(self, values: dict[str, Any], principal: Principal) -> tuple[Any, bool]:
+        """Insert, or replace what is there if the principal may; a new key costs one statement."""
+        for _ in range(3):  # a row deleted or inserted between our statements: try again
+            row = await self.repository.insert_new(values)
+            if row is not None:
+                return row, True
+            existing = await self.repository.lock(values["cache_key"])
+            if existing is None:
+                continue
+            if existing.live:
+                access.check_replace(principal, existing._mapping)
+            return await self.repository.replace(values), False
+        raise DatabaseUnavailable("the entry kept changing under concurrent writers; retry")
 
     def _expiry(self, body: EntryPut) -> tuple[int, datetime | None]:
         """TTL in seconds and the expiry as given, or None for now() + TTL (the database's now)."""
@@ -137,23 +212,28 @@ class KeychainService:
             self._check_ttl(math.ceil(remaining), "expires_at")
             self._check_ttl(ttl, "ttl_seconds")
             return ttl, body.expires_at
-        ttl = self.ttl.default_seconds if body.ttl_seconds is None else _whole_seconds(body.ttl_seconds)
+        ttl = self.limits.default_ttl_seconds if body.ttl_seconds is None else _whole_seconds(body.ttl_seconds)
         self._check_ttl(ttl, "ttl_seconds")
         return ttl, None
 
     def _check_ttl(self, seconds: int, field: str) -> None:
         if seconds <= 0:
             raise InvalidEntry(f"{field} must give a positive lifetime, got {seconds} seconds")
-        if seconds > self.ttl.max_seconds:
+        if seconds > self.limits.max_ttl_seconds:
             raise InvalidEntry(
-                f"{field} gives {seconds} seconds; the maximum is {self.ttl.max_seconds}"
+                f"{field} gives {seconds} seconds; the maximum is {self.limits.max_ttl_seconds}"
             )
 
-    async def delete(self, cache_key: str) -> None:
+    async def delete(self, cache_key: str, principal: Principal) -> None:
         check_cache_key(cache_key)
-        if not await self.repository.delete(cache_key):
+        await self._check_token_alive(principal)
+        existing = await self.repository.lock(cache_key)
+        if existing is None:
             raise EntryNotFound("no entry for this key", reason="absent")
-        log.info("cache delete", extra={"cache_key": cache_key})
+        if existing.live:
+            access.check_replace(principal, existing._mapping)
+        await self.repository.delete(cache_key)
+        log.info("cache delete", extra={"cache_key": cache_key, "actor": principal.name})
         self.metrics.delete()
 
     async def check_ready(self) -> None:
@@ -164,10 +244,15 @@ class KeychainService:
         return await self.repository.live_entries_by_scope()
 
     async def cleanup_execution(self, execution_id: int) -> int:
+        """Drop the execution's entries and end it: its execution tokens stop working."""
         deleted = await self.repository.delete_execution(execution_id)
+        await self.repository.mark_ended(execution_id)
         log.info("execution cleanup", extra={"execution_id": execution_id, "deleted": deleted})
         self.metrics.execution_cleanup(deleted)
         return deleted
+
+    async def mint_execution_token(self, issuer: Principal, request: ExecutionTokenRequest) -> ExecutionToken:
+        return await mint_execution_token(self.repository, self.execution_tokens, issuer, request)
 
     async def list_meta(self, query: EntryQuery) -> EntryPage:
         if query.credential_name is not None:
@@ -175,6 +260,40 @@ class KeychainService:
         rows, total = await self.repository.list_meta(query)
         items = [EntryMeta(**_meta_fields(row)) for row in rows]
         return EntryPage(items=items, total=total, limit=query.limit, offset=query.offset)
+
+
+async def mint_execution_token(
+    repository: KeychainRepository,
+    execution_tokens: ExecutionTokens | None,
+    issuer: Principal,
+    request: ExecutionTokenRequest,
+) -> ExecutionToken:
+    """The rules of minting, shared by the API and `keychain mint-token`."""
+    if execution_tokens is None:
+        raise FeatureDisabled("execution tokens are not enabled on this server: set KEYCHAIN_TOKEN_SIGNING_KEYS")
+    try:
+        grants = Grants(read=check_patterns(request.read, "read"), write=check_patterns(request.write, "write"))
+    except ConfigurationError as exc:
+        raise InvalidEntry(str(exc)) from None
+    ttl = request.ttl_seconds or execution_tokens.max_ttl_seconds
+    if ttl > execution_tokens.max_ttl_seconds:
+        raise InvalidEntry(
+            f"ttl_seconds is {ttl}; execution tokens live at most {execution_tokens.max_ttl_seconds} "
+            "seconds (KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS)"
+        )
+    ended = await repository.ended_among((request.execution_id, request.parent_execution_id))
+    if ended is not None:
+        raise ExecutionEnded(f"execution {ended} has ended; no token is minted for it")
+    minted = execution_tokens.mint(issuer.name, request.execution_id, request.parent_execution_id, grants, ttl)
+    log.info("execution token minted", extra={"execution_id": request.execution_id, "actor": issuer.name})
+    return ExecutionToken(
+        token=minted.token,
+        execution_id=request.execution_id,
+        parent_execution_id=request.parent_execution_id,
+        read=list(grants.read),
+        write=list(grants.write),
+        expires_at=minted.expires_at,
+    )
 
 
 _META_FIELDS = EntryMeta.__struct_fields__

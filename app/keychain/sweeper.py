@@ -24,9 +24,15 @@ class SweepResult:
 
 
 async def sweep_once(
-    database: Database, table: Table, batch_size: int, metrics: KeychainMetrics | None = None
+    database: Database,
+    table: Table,
+    batch_size: int,
+    metrics: KeychainMetrics | None = None,
+    *,
+    ended_retention_seconds: int,
 ) -> SweepResult:
-    """Delete expired rows batch by batch, each batch its own short transaction.
+    """Delete expired rows batch by batch, each batch its own short transaction; with the last
+    batch, forget executions that ended longer ago than any of their tokens can live.
 
     Every pass counts once as swept, skipped or failed; rows count as each batch commits.
     """
@@ -43,6 +49,8 @@ async def sweep_once(
                     metrics.sweep("skipped")
                     return SweepResult(deleted=0, swept=False)
                 batch = await repository.delete_expired(batch_size)
+                if batch < batch_size:
+                    await repository.forget_ended_before(ended_retention_seconds)
             deleted += batch
             metrics.rows_swept(batch)
             if batch < batch_size:
@@ -61,12 +69,14 @@ async def run_sweeper(
     interval: float,
     batch_size: int,
     metrics: KeychainMetrics | None = None,
+    *,
+    ended_retention_seconds: int,
 ) -> None:
     """Sweep every `interval` seconds until cancelled; a failed pass is logged and retried."""
     while True:
         await asyncio.sleep(interval)
         try:
-            await sweep_once(database, table, batch_size, metrics)
+            await sweep_once(database, table, batch_size, metrics, ended_retention_seconds=ended_retention_seconds)
         except DatabaseUnavailable:
             log.warning("sweep skipped: the database is unreachable")
         except Exception:

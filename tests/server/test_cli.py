@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import json
 import os
 import subprocess
@@ -112,7 +114,7 @@ async def test_stats_text_is_a_readable_summary(repo_root, migrated_url, test_se
 @pytest.mark.parametrize("command", ["migrate", "sweep", "stats", "rotate-keys"])
 def test_an_unreachable_database_is_one_line_and_exit_code_3(repo_root, command):
     url = f"postgresql://keychain:pw-not-for-logs@127.0.0.1:{free_port()}/keychain"
-    keys = "k1:" + "A" * 43 + "="  # rotate-keys needs a key ring before it connects
+    keys = "k1:" + base64.b64encode(bytes(range(32))).decode()  # rotate-keys needs a key ring first
     done = keychain(repo_root, command, KEYCHAIN_DATABASE_URL=url, KEYCHAIN_ENCRYPTION_KEYS=keys)
     assert done.returncode == EXIT_UNAVAILABLE
     assert done.stderr.count("\n") == 1, done.stderr
@@ -142,7 +144,9 @@ def test_bad_configuration_is_one_line_and_exit_code_1(repo_root, env, message):
     assert "pw-not-for-logs" not in done.stderr
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["migrate"], ["sweep"], ["stats"], ["rotate-keys"]])
+@pytest.mark.parametrize(
+    "command", [[], ["serve"], ["migrate"], ["sweep"], ["stats"], ["rotate-keys"], ["mint-token"]]
+)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
@@ -165,8 +169,8 @@ def test_bad_usage_is_exit_code_2(args, capsys):
 @pytest.mark.parametrize(
     ("env", "missing"),
     [
-        ({"KEYCHAIN_API_TOKENS": "ops:admin:" + "t" * 20}, "KEYCHAIN_ENCRYPTION_KEYS"),
-        ({"KEYCHAIN_ENCRYPTION_KEYS": "k1:" + "A" * 43 + "="}, "KEYCHAIN_API_TOKENS"),
+        ({"KEYCHAIN_API_TOKENS": "ops:admin:ops-admin-token-0123456789"}, "KEYCHAIN_ENCRYPTION_KEYS"),
+        ({"KEYCHAIN_ENCRYPTION_KEYS": "k1:" + base64.b64encode(bytes(range(32))).decode()}, "KEYCHAIN_API_TOKENS"),
     ],
 )
 def test_serve_refuses_a_shared_database_without_keys_or_tokens(repo_root, env, missing):
@@ -175,3 +179,31 @@ def test_serve_refuses_a_shared_database_without_keys_or_tokens(repo_root, env, 
     assert done.returncode == EXIT_FAILED
     assert done.stderr.startswith(f"keychain serve: {missing} is required")
     assert "t" * 20 not in done.stderr
+
+
+async def test_mint_token_prints_a_token_the_server_accepts(repo_root, migrated_url, test_settings):
+    done = keychain(
+        repo_root, "mint-token", "--execution-id", "42", "--read", "crm", "--ttl", "600",
+        KEYCHAIN_DATABASE_URL=migrated_url, KEYCHAIN_TOKEN_SIGNING_KEYS=test_settings.token_signing_keys,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+    token = done.stdout.strip()
+    assert "execution 42, expires" in done.stderr and token not in done.stderr
+    settings = msgspec.structs.replace(test_settings, database_url=migrated_url, api_tokens="")
+    database = Database(make_engine(settings))
+    try:
+        async with asgi_client(create_app(settings, database=database)) as client:
+            headers = {"Authorization": f"Bearer {token}"}
+            body = {"token_data": {"v": 1}, "credential_type": "bearer", "execution_id": 42}
+            assert (await client.post("/api/auth-cache/k:42", json=body, headers=headers)).status_code == 201
+            assert (await client.post("/api/auth-cache/k:43", json={**body, "execution_id": 43}, headers=headers)).status_code == 403
+    finally:
+        await database.dispose()
+
+
+def test_mint_token_without_a_signing_key_says_what_to_set(repo_root, migrated_url):
+    done = keychain(repo_root, "mint-token", "--execution-id", "1", KEYCHAIN_DATABASE_URL=migrated_url)
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr == (
+        "keychain mint-token: execution tokens are not enabled on this server: set KEYCHAIN_TOKEN_SIGNING_KEYS\n"
+    )

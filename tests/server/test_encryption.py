@@ -67,9 +67,12 @@ def test_a_key_no_longer_in_the_ring_fails_closed_with_its_id():
     ("spec", "message"),
     [
         ("k1:not-base64!", "not valid base64"),
-        (f"k1:{base64.b64encode(b'short').decode()}", "AES-256 needs 32"),
+        (f"k1:{base64.b64encode(b'short').decode()}", "5 bytes; it must be 32"),
         (base64.b64encode(bytes(range(32))).decode(), "entry 1 must look like"),
-        (f"k1:{base64.b64encode(bytes(32)).decode()},k1:{base64.b64encode(bytes(32)).decode()}", "twice"),
+        (f"k1:{base64.b64encode(os.urandom(32)).decode()},k1:{base64.b64encode(os.urandom(32)).decode()}", "twice"),
+        # Copied from an example and never replaced: all zeros, a repeated pattern.
+        (f"k1:{base64.b64encode(bytes(32)).decode()}", "looks like a placeholder"),
+        (f"k1:{base64.b64encode(b'0123' * 8).decode()}", "looks like a placeholder"),
     ],
 )
 def test_bad_key_configuration_is_refused_at_start_up(spec, message):
@@ -86,3 +89,33 @@ def test_local_mode_generates_a_private_key_file_once(tmp_path):
     sealed = first.seal(b"payload", b"key")
     # A restart (or a second replica on the same data directory) reads the same key.
     assert KeyRing.load_or_create_local(tmp_path).open(sealed.envelope, b"key") == b"payload"
+
+
+async def test_an_older_ciphertext_replayed_onto_its_row_does_not_open(client, connection):
+    """The review: the associated data bound only the cache key, so someone with write access
+    to the table could put back yesterday's ciphertext of the same key."""
+    key = "/api/auth-cache/crm:global:oauth2"
+    await client.post(key, json={"token_data": {"access_token": "revoked-yesterday"}, "credential_type": "bearer"})
+    old = (await connection.execute(text("SELECT data FROM noetl.keychain"))).scalar_one()
+    await client.post(key, json={"token_data": {"access_token": "current"}, "credential_type": "bearer"})
+    await connection.execute(text("UPDATE noetl.keychain SET data = :old"), {"old": old})
+    answer = await client.get(key)
+    assert answer.status_code == 409
+    assert "revoked-yesterday" not in answer.text
+
+
+@pytest.mark.parametrize(
+    "tampering",
+    [
+        "execution_id = 43",  # moved to another execution, to pass its access check
+        "written_by = 'someone-else'",  # made to look like another principal's
+        "credential_name = 'granted-credential'",  # renamed into a grant
+    ],
+)
+async def test_the_ciphertext_is_bound_to_the_rows_access_fields(client, connection, tampering):
+    body = {"token_data": {"v": PLAINTEXT_SECRET}, "credential_type": "bearer", "execution_id": 42}
+    await client.post("/api/auth-cache/db:42", json=body)
+    await connection.execute(text(f"UPDATE noetl.keychain SET {tampering}"))
+    answer = await client.get("/api/auth-cache/db:42")
+    assert answer.status_code == 409
+    assert PLAINTEXT_SECRET not in answer.text

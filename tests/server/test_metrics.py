@@ -87,12 +87,12 @@ async def test_sweeps_count_passes_by_result_and_rows(
     # Skipped first: once this test's transaction sweeps, it holds the lock until rollback.
     async with engine.connect() as other_replica, other_replica.begin():
         await other_replica.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID})
-        assert not (await sweep_once(database, table, batch_size=2, metrics=metrics)).swept
-    assert (await sweep_once(database, table, batch_size=2, metrics=metrics)).deleted == 3
+        assert not (await sweep_once(database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600)).swept
+    assert (await sweep_once(database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600)).deleted == 3
     unreachable = Database(make_engine(test_settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"))
     try:
         with pytest.raises(DatabaseUnavailable):
-            await sweep_once(unreachable, table, batch_size=2, metrics=metrics)
+            await sweep_once(unreachable, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600)
     finally:
         await unreachable.dispose()
 
@@ -136,7 +136,7 @@ async def test_entries_by_scope_count_live_rows_only(client, connection):
 
 
 async def test_metrics_are_open_and_out_of_the_schema_when_tokens_are_configured(make_app):
-    app = make_app(api_tokens="ci:worker:" + "x" * 20)
+    app = make_app(api_tokens="ci:worker:ci-worker-token-0123456789")
     async with asgi_client(app) as client:
         assert (await client.get("/api/auth-cache/k")).status_code == 401
         samples = await scrape(client)

@@ -100,3 +100,34 @@ def test_concurrent_migrators_wait_for_each_other(make_empty_database):
         _, stderr = migrator.communicate(timeout=120)
         assert migrator.returncode == 0, stderr
     assert _inspect(url, lambda c: inspect(c).has_table("keychain", schema=SCHEMA))
+
+
+def test_rows_from_before_0002_are_attributed_to_unknown_writers(make_empty_database):
+    """Expand (0002: nullable columns) then contract (0003: backfill, default, NOT NULL)."""
+    url = make_empty_database()
+    config = _config(url)
+    command.upgrade(config, "0001")
+
+    async def insert_row():
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(
+                    "INSERT INTO noetl.keychain (cache_key, credential_name, credential_type, cache_type,"
+                    " scope_type, data, key_id, ttl_seconds, expires_at) VALUES ('old:global', 'old',"
+                    " 'bearer', 'secret', 'global', '\\x00', 'k1', 60, now())"
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(insert_row())
+    command.upgrade(config, "head")
+
+    def writers(sync_conn):
+        columns = {c["name"]: c for c in inspect(sync_conn).get_columns("keychain", schema=SCHEMA)}
+        rows = sync_conn.exec_driver_sql("SELECT written_by, write_id FROM noetl.keychain").all()
+        return columns["written_by"]["nullable"], [tuple(r) for r in rows]
+
+    assert _inspect(url, writers) == (False, [("unknown", None)])
+    command.downgrade(config, "0001")
+    assert _inspect(url, lambda c: "written_by" not in {x["name"] for x in inspect(c).get_columns("keychain", schema=SCHEMA)})

@@ -107,3 +107,30 @@ async def test_the_rotate_keys_command_reseals_committed_rows(make_empty_databas
         for i in range(3):
             assert (await client.get(f"/api/auth-cache/entry-{i}")).json()["data"] == {"value": f"value-{i}"}
     await database.dispose()
+
+
+async def test_rows_sealed_before_writes_were_bound_still_open_and_rotation_binds_them(
+    make_app, connection, database, table
+):
+    """Migration 0002 leaves older rows without a write id (bound to their key alone): they
+    stay readable, and rotate-keys re-seals them bound to a write, even under the same key."""
+    ring = KeyRing.parse(K1)
+    legacy = ring.seal(b'{"value": "from-before"}', b"legacy:global")
+    await connection.execute(
+        text(
+            "INSERT INTO noetl.keychain (cache_key, credential_name, credential_type, cache_type, scope_type,"
+            " data, key_id, ttl_seconds, expires_at) VALUES ('legacy:global', 'legacy', 'bearer', 'secret',"
+            " 'global', :data, 'k1', 600, now() + interval '10 minutes')"
+        ),
+        {"data": legacy.envelope},
+    )
+    async with client_for(make_app, K1) as app:
+        answer = await app.get("/api/auth-cache/legacy:global")
+        assert answer.json()["data"] == {"value": "from-before"}
+        assert answer.json()["written_by"] == "unknown"  # migration 0003's default
+        assert await count_to_reseal(database, table, ring) == 1
+        assert (await reseal_all(database, table, ring, batch_size=10)).resealed == 1
+        assert await count_to_reseal(database, table, ring) == 0
+        assert (await app.get("/api/auth-cache/legacy:global")).json()["data"] == {"value": "from-before"}
+    write_id = (await connection.execute(text("SELECT write_id FROM noetl.keychain"))).scalar_one()
+    assert write_id is not None

@@ -10,6 +10,7 @@ from app.keychain.repository import SWEEP_LOCK_ID
 from app.keychain.sweeper import run_sweeper, sweep_once
 
 BODY = {"token_data": {"v": "x"}, "credential_type": "bearer", "ttl_seconds": 60}
+RETENTION = 3600  # how long ended executions are remembered
 
 
 async def _expire(connection, *keys: str) -> None:
@@ -29,10 +30,10 @@ async def test_a_sweep_deletes_only_expired_rows_in_batches(client, connection, 
     await client.post("/api/auth-cache/live", json=BODY)
     await _expire(connection, *(f"old-{i}" for i in range(5)))
 
-    result = await sweep_once(database, table, batch_size=2)
+    result = await sweep_once(database, table, batch_size=2, ended_retention_seconds=RETENTION)
     assert result.swept and result.deleted == 5
     assert await _keys(connection) == ["live"]
-    again = await sweep_once(database, table, batch_size=2)
+    again = await sweep_once(database, table, batch_size=2, ended_retention_seconds=RETENTION)
     assert again.swept and again.deleted == 0
 
 
@@ -41,7 +42,7 @@ async def test_only_one_replica_sweeps_at_a_time(client, connection, database, t
     await _expire(connection, "old")
     async with engine.connect() as other_replica, other_replica.begin():
         await other_replica.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID})
-        result = await sweep_once(database, table, batch_size=10)
+        result = await sweep_once(database, table, batch_size=10, ended_retention_seconds=RETENTION)
     assert not result.swept
     assert await _keys(connection) == ["old"]
 
@@ -49,7 +50,7 @@ async def test_only_one_replica_sweeps_at_a_time(client, connection, database, t
 async def test_the_background_task_sweeps_and_is_cancelled_cleanly(client, connection, database, table):
     await client.post("/api/auth-cache/old", json=BODY)
     await _expire(connection, "old")
-    task = asyncio.create_task(run_sweeper(database, table, interval=0.01, batch_size=10))
+    task = asyncio.create_task(run_sweeper(database, table, interval=0.01, batch_size=10, ended_retention_seconds=RETENTION))
     for _ in range(200):
         async with database.transaction() as conn:  # the sweeper shares this connection
             if not await _keys(conn):
