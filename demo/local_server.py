@@ -35,7 +35,12 @@ def keychain_command() -> list[str]:
 
 
 class LocalKeychainServer:
-    def __init__(self, data_dir: Path, *, api_tokens: str = "", log_level: str = "INFO") -> None:
+    def __init__(
+        self, data_dir: Path, *, api_tokens: str = "", log_level: str = "INFO", **settings: str
+    ) -> None:
+        """`settings` are more KEYCHAIN_* settings by field name (audit_reads="false").
+
+        Servers given one data directory share its embedded PostgreSQL."""
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -47,6 +52,7 @@ class LocalKeychainServer:
             KEYCHAIN_PORT=str(self.port),
             KEYCHAIN_API_TOKENS=api_tokens,
             KEYCHAIN_LOG_LEVEL=log_level,
+            **{f"KEYCHAIN_{name.upper()}": value for name, value in settings.items()},
         )
         self.commands: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
