@@ -6,11 +6,12 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from workerlib.errors import Forbidden, KeychainError, Unauthorized
+from workerlib.errors import Forbidden, KeychainConfigError, KeychainError, Unauthorized
 
-_TOKEN_PROBLEMS = {
+_CONFIGURATION_PROBLEMS = {
     Unauthorized: "KEYCHAIN_API_TOKEN is missing or unknown to the keychain server",
     Forbidden: "KEYCHAIN_API_TOKEN's role may not do this",
+    KeychainConfigError: "the keychain client cannot be built from this configuration",
 }
 
 
@@ -18,11 +19,11 @@ def cache_failed(logger: logging.Logger, what: str, exc: KeychainError, context:
     """Log `what` happened because of `exc`, marked degraded.
 
     Names the error class and, through str(exc), the server's own detail; never a value.
-    A refused token is an ERROR, not a warning: the step still runs, but every step of every
-    worker with that token runs without the cache until someone fixes the configuration.
+    A refused token or an unusable setting is an ERROR, not a warning: the step still runs, but
+    every step of every worker so configured runs without the cache until someone fixes it.
     """
     extra = {**context, "degraded": True, "error_class": type(exc).__name__}
-    problem = next((text for cls, text in _TOKEN_PROBLEMS.items() if isinstance(exc, cls)), None)
+    problem = next((text for cls, text in _CONFIGURATION_PROBLEMS.items() if isinstance(exc, cls)), None)
     if problem:
         logger.error("%s (degraded; %s): %s: %s", what, problem, type(exc).__name__, exc, extra=extra)
     else:

@@ -15,19 +15,19 @@ from typing import Any, TypeVar
 
 from workerlib._degraded import cache_failed
 from workerlib._flight import single_flight
-from workerlib.client import KeychainClient
-from workerlib.errors import KeychainError, UnreadableEntry
+from workerlib.client import KeychainClient, default_client
+from workerlib.errors import KeychainConfigError, KeychainError, UnreadableEntry
 from workerlib.models import Entry
 
 T = TypeVar("T")
 
-# Writes the produced value back to the cache; None when there is nothing worth caching.
-Store = Callable[[], Awaitable[object]] | None
+# Writes the produced value back through the given client; None when there is nothing worth caching.
+Store = Callable[[KeychainClient], Awaitable[object]] | None
 
 
 async def read_through(
-    flight_key: Hashable,
-    client: KeychainClient,
+    flight_key: tuple[Hashable, ...],
+    client: KeychainClient | None,
     key: str,
     *,
     cached: Callable[[Entry], T | None],
@@ -40,15 +40,26 @@ async def read_through(
 ) -> T:
     """The value under `key`: `cached(entry)` on a hit, else `produce()`'s value, then stored.
 
-    `cached` answers None for an entry it cannot use (refetched and overwritten). `uncached`
-    and `unstored` are the degraded log's words for a failed read and a failed write-back;
-    `unreadable`, when given, is logged for an entry the server can no longer open.
+    `client` None is the process default; a default the environment cannot build is the
+    cache failing too. `cached` answers None for an entry it cannot use (refetched and
+    overwritten). `uncached` and `unstored` are the degraded log's words for a failed read and
+    a failed write-back; `unreadable`, when given, is logged for an entry the server can no
+    longer open. Concurrent callers with one `flight_key` and client share one load.
     """
+    keychain = client
+    if keychain is None:
+        try:
+            keychain = default_client()
+        except KeychainConfigError as exc:
+            cache_failed(log, uncached, exc, context)
 
     async def load() -> T:
+        if keychain is None:
+            value, _ = await produce()
+            return value
         cacheable = True
         try:
-            entry = await client.get(key)
+            entry = await keychain.get(key)
         except UnreadableEntry:
             # The server can no longer open it (key rotated out too early): a miss, rewritten below.
             if unreadable:
@@ -67,9 +78,10 @@ async def read_through(
         value, store = await produce()
         if cacheable and store is not None:
             try:
-                await store()
+                await store(keychain)
             except KeychainError as exc:
                 cache_failed(log, unstored, exc, context)
         return value
 
-    return await single_flight(flight_key, load)
+    # Another client may carry another token, allowed other entries: loads are shared per client.
+    return await single_flight((id(keychain), *flight_key), load)

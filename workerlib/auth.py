@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from workerlib.client import KeychainClient, default_client
+from workerlib.client import KeychainClient
 from workerlib.errors import AuthConfigError
 from workerlib.oauth import OAuthClient, cached_token
 from workerlib.providers import PROVIDER_ENV, SECRETS_DIR_ENV, SecretProvider
@@ -71,7 +71,6 @@ async def resolve_auth(
     http_client: httpx.AsyncClient | None = None,
 ) -> dict[str, str]:
     """All entries' headers merged; two entries setting the same header is an error."""
-    client = client or default_client()
     providers = providers or {}
     # Refuse a bad map before any secret is fetched.
     owner: dict[str, str] = {}
@@ -119,7 +118,7 @@ async def _resolve_one(
     header: str,
     provider: SecretProvider | None,
     execution_id: int | None,
-    client: KeychainClient,
+    client: KeychainClient | None,
     http_client: httpx.AsyncClient | None,
 ) -> tuple[str, str]:
     async def secret(field: str) -> str:
@@ -153,7 +152,7 @@ async def _oauth_token(
     name: str,
     spec: Mapping[str, Any],
     secret: Callable[[str], Awaitable[str]],
-    client: KeychainClient,
+    client: KeychainClient | None,
     http_client: httpx.AsyncClient | None,
 ) -> str:
     """The entry's token; its OAuth2 client (and so its secrets) is only read on a cache miss."""

@@ -12,6 +12,7 @@ import email.utils
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -28,6 +29,7 @@ from workerlib.errors import (
     Forbidden,
     InvalidKey,
     KeychainAPIError,
+    KeychainConfigError,
     KeychainError,
     KeychainUnavailable,
     NotFound,
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SERVER_URL = "http://localhost:8082"
 SERVER_URL_ENV = "KEYCHAIN_SERVER_URL"
 API_TOKEN_ENV = "KEYCHAIN_API_TOKEN"
+CA_FILE_ENV = "KEYCHAIN_CA_FILE"
 
 T = TypeVar("T")
 
@@ -96,12 +99,62 @@ def entry_path(cache_key: str) -> str:
     return f"/api/auth-cache/{encode_key(cache_key)}"
 
 
-def _display_url(url: str) -> str:
-    """The URL without user:password@, for messages and logs."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+def display_url(url: str) -> str:
+    """scheme://host[:port]/path of `url`, for messages and logs: user:password@, a query and a
+    fragment may all hold credentials."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparsable URL)"
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _checked_base_url(url: str, setting: str) -> str:
+    url = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        # Not quoted: a value this far off might be something else pasted in, a token even.
+        raise KeychainConfigError(
+            f"{setting} must be an http:// or https:// URL with a host, such as {DEFAULT_SERVER_URL} "
+            "(the value given is not, and is not repeated here)"
+        )
+    if "@" in parts.netloc or "?" in url or "#" in url or not url.isprintable():
+        raise KeychainConfigError(
+            f"{setting} ({display_url(url)}) may hold only scheme, host, port and path: no user:password@, "
+            f"query, fragment or control characters (the token goes in {API_TOKEN_ENV})"
+        )
+    return url
+
+
+def _checked_token(token: str | None, setting: str) -> str | None:
+    # A token mounted from a file ends in a newline that is not part of it.
+    token = (token or "").strip()
+    if not token:
+        return None
+    if not (token.isascii() and token.isprintable()):
+        raise KeychainConfigError(
+            f"{setting} holds non-ASCII or control characters; a bearer token is printable ASCII "
+            "(its value is not shown)"
+        )
+    return token
+
+
+def _tls_verify(verify: bool | str | ssl.SSLContext | None, environ: Mapping[str, str]) -> bool | ssl.SSLContext:
+    setting = "verify"
+    if verify is None:
+        verify, setting = environ.get(CA_FILE_ENV) or True, CA_FILE_ENV
+    if not isinstance(verify, str):
+        return verify
+    try:
+        return ssl.create_default_context(cafile=verify)
+    except (OSError, ssl.SSLError) as exc:
+        raise KeychainConfigError(
+            f"{setting} names {verify!r}, which is not a readable PEM file of CA certificates ({type(exc).__name__})"
+        ) from None
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -147,8 +200,11 @@ class KeychainClient:
     """Async client for the Keychain HTTP API; one pooled connection set for its whole life.
 
     base_url and token default to KEYCHAIN_SERVER_URL (else http://localhost:8082) and
-    KEYCHAIN_API_TOKEN. Pass `http_client` to share a pool (or to reach an in-process app);
-    the client closes only the httpx client it made itself.
+    KEYCHAIN_API_TOKEN; either one unusable is a KeychainConfigError here, not a failure at the
+    first request. TLS is verified: `verify` is a CA bundle file, an SSLContext, or a bool;
+    None means the file in KEYCHAIN_CA_FILE when set, else the system's CAs. Pass
+    `http_client` to share a pool (or to reach an in-process app); its TLS settings are its own,
+    and the client closes only the httpx client it made itself.
     """
 
     def __init__(
@@ -163,12 +219,20 @@ class KeychainClient:
         max_backoff: float = 2.0,
         max_retry_after: float = 2.0,
         http_client: httpx.AsyncClient | None = None,
+        verify: bool | str | ssl.SSLContext | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
-        self.base_url = (base_url or environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL).rstrip("/")
-        self._where = _display_url(self.base_url)
-        self._token = token if token is not None else (environ.get(API_TOKEN_ENV) or None)
+        if base_url:
+            self.base_url = _checked_base_url(base_url, "base_url")
+        else:
+            self.base_url = _checked_base_url(environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL, SERVER_URL_ENV)
+        if token is not None:
+            self._token = _checked_token(token, "token")
+        else:
+            self._token = _checked_token(environ.get(API_TOKEN_ENV), API_TOKEN_ENV)
+        if http_client is not None and verify is not None:
+            raise KeychainConfigError("verify applies to the httpx client KeychainClient makes, not to http_client")
         # A server that is gone without refusing (node down, pod moved, packets dropped by a
         # firewall) leaves a connect hanging. Connecting within the cluster takes milliseconds,
         # so a connect gets 0.5 s, not the whole timeout: with the retries, fetch_secret falls
@@ -186,11 +250,12 @@ class KeychainClient:
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            verify=_tls_verify(verify, environ),
         )
 
     def __repr__(self) -> str:
         # Never show the token.
-        return f"KeychainClient(base_url={self._where!r}, token={'set' if self._token else 'unset'})"
+        return f"KeychainClient(base_url={self.base_url!r}, token={'set' if self._token else 'unset'})"
 
     async def __aenter__(self) -> KeychainClient:
         return self
@@ -310,17 +375,17 @@ class KeychainClient:
                     attempt += 1
                     continue
                 raise KeychainUnavailable(
-                    f"cannot reach the keychain server at {self._where} "
+                    f"cannot reach the keychain server at {self.base_url} "
                     f"({type(exc).__name__}, {attempt + 1} attempts)"
                 ) from exc
             except httpx.TimeoutException as exc:
                 raise KeychainUnavailable(
-                    f"the keychain server at {self._where} did not answer {method} in time "
+                    f"the keychain server at {self.base_url} did not answer {method} in time "
                     f"({type(exc).__name__})"
                 ) from exc
             except httpx.HTTPError as exc:
                 raise KeychainUnavailable(
-                    f"talking to the keychain server at {self._where} failed ({type(exc).__name__})"
+                    f"talking to the keychain server at {self.base_url} failed ({type(exc).__name__})"
                 ) from exc
 
             status = response.status_code

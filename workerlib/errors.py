@@ -12,6 +12,11 @@ class InvalidKey(KeychainError, ValueError):
     call could build the same key for a different entry."""
 
 
+class KeychainConfigError(KeychainError, ValueError):
+    """KeychainClient's settings are unusable (server URL, API token, CA file). Raised when the
+    client is built; the message names the setting, never a token's value."""
+
+
 class KeychainUnavailable(KeychainError):
     """The Keychain server could not be reached, or answered 5xx, after the retries.
 

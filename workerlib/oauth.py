@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import httpx
 
 from workerlib._readthrough import Store, read_through
-from workerlib.client import KeychainClient, default_client
+from workerlib.client import KeychainClient
 from workerlib.errors import TokenEndpointError
 from workerlib.keys import cache_key
 from workerlib.models import Entry
@@ -83,7 +83,6 @@ async def cached_token(
     """
     if auth_method not in ("client_secret_basic", "client_secret_post"):
         raise ValueError("auth_method must be 'client_secret_basic' or 'client_secret_post'")
-    keychain = client or default_client()
     key = cache_key(name, token_type=TOKEN_TYPE)
 
     def cached(entry: Entry) -> str | None:
@@ -101,7 +100,7 @@ async def cached_token(
             return token["access_token"], None
         data = {k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token}
 
-        async def store() -> None:
+        async def store(keychain: KeychainClient) -> None:
             # No execution_id: the server scopes it globally.
             await keychain.put(
                 key,
@@ -115,8 +114,8 @@ async def cached_token(
         return token["access_token"], store
 
     return await read_through(
-        ("oauth2", id(keychain), key),  # another client may hold another token: see fetch_secret
-        keychain,
+        ("oauth2", key),
+        client,
         key,
         cached=cached,
         produce=produce,

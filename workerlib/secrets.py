@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from workerlib._readthrough import Store, read_through
-from workerlib.client import KeychainClient, default_client
+from workerlib.client import KeychainClient
 from workerlib.keys import cache_key
 from workerlib.models import Entry
 from workerlib.providers import SecretProvider, default_provider
@@ -36,7 +36,6 @@ async def fetch_secret(
     Cached execution-scoped under `{name}:{execution_id}`; with no execution id, globally
     under `{name}:global`. Raises SecretNotFound (naming the secret) when the provider has none.
     """
-    keychain = client or default_client()
     key = cache_key(name, execution_id)
     context = {"secret_name": name, "execution_id": execution_id}
 
@@ -52,7 +51,7 @@ async def fetch_secret(
         # The provider is only needed on a miss: a hit never builds the process default.
         value = await (provider or default_provider()).access(name)
 
-        async def store() -> None:
+        async def store(keychain: KeychainClient) -> None:
             # The server derives the scope from execution_id: execution-scoped, else global.
             await keychain.put(
                 key,
@@ -67,10 +66,9 @@ async def fetch_secret(
         return value, store
 
     return await read_through(
-        # Callers share a load only if it is theirs: the same entry, asked of the same provider,
-        # through the same client (another may hold another token, allowed other entries).
-        ("secret", id(keychain), id(provider), key),
-        keychain,
+        # Callers share a load only if it asks the same provider (read_through adds the client).
+        ("secret", id(provider), key),
+        client,
         key,
         cached=cached,
         produce=produce,

@@ -126,3 +126,18 @@ def assert_logged_degraded(
     for value in hidden:
         assert value not in caplog.text
         assert all(value not in repr(r.__dict__) for r in caplog.records)
+
+
+# Settings the process-default client cannot be built from, as (variable, value): the value
+# must never reach a log.
+UNUSABLE_SETTINGS = [("KEYCHAIN_API_TOKEN", "tök-0123456789abcdef"), ("KEYCHAIN_SERVER_URL", "tok-pasted-here-0000")]
+UNUSABLE_SETTING_IDS = ["token-non-ascii", "url-not-a-url"]
+
+
+def assert_logged_unusable_configuration(caplog: pytest.LogCaptureFixture, variable: str, value: str) -> None:
+    """workerlib logged, at ERROR and marked degraded, which setting it could not use, not its value."""
+    records = [r for r in caplog.records if r.name.startswith("workerlib") and getattr(r, "degraded", False)]
+    assert records, caplog.text
+    assert all(r.levelno == logging.ERROR for r in records)
+    assert "KeychainConfigError" in records[0].getMessage() and variable in records[0].getMessage()
+    assert value not in caplog.text and all(value not in repr(r.__dict__) for r in caplog.records)

@@ -7,8 +7,16 @@ from datetime import datetime
 import pytest
 
 from tests.conftest import BASE_URL
-from tests.workerlib.helpers import ScriptedServer, assert_logged_degraded, too_deep_entry
+from tests.workerlib.helpers import (
+    UNUSABLE_SETTING_IDS,
+    UNUSABLE_SETTINGS,
+    ScriptedServer,
+    assert_logged_degraded,
+    assert_logged_unusable_configuration,
+    too_deep_entry,
+)
 from workerlib import CredentialCache, InvalidKey, KeychainClient
+from workerlib import client as client_module
 
 TOKEN = {"access_token": "test123", "token_type": "bearer"}
 
@@ -97,3 +105,16 @@ async def test_a_name_that_would_spell_another_entrys_key_is_refused(keychain: K
     with pytest.raises(InvalidKey, match="contains ':'"):
         await CredentialCache.delete_cached("a", token_type="global:7")
     assert (await CredentialCache.get_cached("a", token_type="7"))["data"] == TOKEN
+
+
+@pytest.mark.parametrize(("variable", "value"), UNUSABLE_SETTINGS, ids=UNUSABLE_SETTING_IDS)
+async def test_an_unusable_client_configuration_is_a_miss_and_false(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    CredentialCache.use_client(None)
+    client_module.set_default_client(None)
+    assert await CredentialCache.get_cached("svc", execution_id=1) is None
+    assert await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, execution_id=1) is False
+    assert await CredentialCache.delete_cached("svc", execution_id=1) is False
+    assert_logged_unusable_configuration(caplog, variable, value)

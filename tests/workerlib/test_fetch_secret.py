@@ -16,8 +16,11 @@ from tests.workerlib.helpers import (
     CACHE_FAILURE_IDS,
     CACHE_FAILURES,
     MISS,
+    UNUSABLE_SETTING_IDS,
+    UNUSABLE_SETTINGS,
     ScriptedServer,
     assert_logged_degraded,
+    assert_logged_unusable_configuration,
     entry_body,
 )
 from workerlib import (
@@ -174,6 +177,18 @@ async def test_with_nothing_given_it_builds_client_and_provider_from_the_environ
         assert await keychain.get(f"{NAME}:11") is not None
     finally:
         await providers_module.default_provider().close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("variable", "value"), UNUSABLE_SETTINGS, ids=UNUSABLE_SETTING_IDS)
+async def test_an_unusable_client_configuration_degrades_to_the_provider(
+    provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
+) -> None:
+    secret_manager.add(NAME, VALUE)
+    monkeypatch.setenv(variable, value)
+    client_module.set_default_client(None)
+    assert await fetch_secret(NAME, execution_id=13, provider=provider) == VALUE
+    assert_logged_unusable_configuration(caplog, variable, value)
 
 
 async def test_a_hit_never_builds_the_default_provider(

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
+import ssl
 import time
+import traceback
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from tests.conftest import BASE_URL, asgi_client
 from tests.workerlib.helpers import ScriptedServer, entry_body
@@ -18,6 +26,8 @@ from workerlib import (
     Forbidden,
     InvalidKey,
     KeychainClient,
+    KeychainConfigError,
+    KeychainError,
     KeychainUnavailable,
     RateLimited,
     Unauthorized,
@@ -261,3 +271,104 @@ async def test_a_server_that_drops_packets_fails_within_the_connect_timeouts(sil
             await asyncio.wait_for(keychain.get("k:global"), timeout=6)
         elapsed = time.monotonic() - started
     assert 1.4 <= elapsed < 3.0
+
+
+async def test_a_token_mounted_from_a_file_loses_its_trailing_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYCHAIN_API_TOKEN", " tok-0123456789abcdef\n")
+    server = ScriptedServer((404, {}, {"status_code": 404, "detail": "no live entry"}))
+    async with server.http_client() as http:
+        assert await KeychainClient(BASE_URL, http_client=http).get("k:global") is None
+    assert server.requests[0]["headers"]["authorization"] == "Bearer tok-0123456789abcdef"
+
+
+BAD_TOKENS = ["tök-0123456789", "tok-01234\n56789", "tok-0123\x0056789", "tok\t0123456789"]
+
+
+@pytest.mark.parametrize("token", BAD_TOKENS, ids=["non-ascii", "inner-newline", "nul", "tab"])
+def test_a_token_that_cannot_be_a_header_is_refused_at_construction_without_its_value(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for make, setting in ((lambda: KeychainClient(BASE_URL, token=token), "token"),
+                          (lambda: KeychainClient(BASE_URL, environ={"KEYCHAIN_API_TOKEN": token}), "KEYCHAIN_API_TOKEN")):
+        with pytest.raises(KeychainConfigError, match=setting) as caught:
+            make()
+        assert isinstance(caught.value, KeychainError) and isinstance(caught.value, ValueError)
+        shown = "".join(traceback.format_exception(caught.value))
+        assert token not in shown and token.strip()[:8] not in shown
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("localhost:8082", "must be an http:// or https:// URL"),
+        ("ftp://keychain.test", "must be an http:// or https:// URL"),
+        ("http://", "must be an http:// or https:// URL"),
+        ("http://keychain.test:port", "must be an http:// or https:// URL"),
+        ("tok-looks-like-a-token-0000", "must be an http:// or https:// URL"),
+        ("http://ops:pw-0000@keychain.test", r"\(http://keychain.test\) may hold only"),
+        ("https://keychain.test/?token=tk-0000", r"\(https://keychain.test/\) may hold only"),
+        ("http://keychain.test/#tk-0000", "may hold only"),
+        ("http://keychain.test/a\nb", "control characters"),
+    ],
+)
+def test_a_server_url_that_is_not_http_host_is_refused_at_construction(url: str, message: str) -> None:
+    for make, setting in ((lambda: KeychainClient(url), "base_url"),
+                          (lambda: KeychainClient(environ={"KEYCHAIN_SERVER_URL": url}), "KEYCHAIN_SERVER_URL")):
+        with pytest.raises(KeychainConfigError, match=message) as caught:
+            make()
+        assert setting in str(caught.value)
+        for hidden in ("pw-0000", "tk-0000", "tok-looks-like"):
+            assert hidden not in "".join(traceback.format_exception(caught.value))
+
+
+def test_a_server_url_with_a_path_and_a_trailing_slash_is_fine() -> None:
+    assert KeychainClient("https://gateway.test/keychain/ \n").base_url == "https://gateway.test/keychain"
+
+
+def _ca_pem(path: Path, name: str) -> Path:
+    """A self-signed CA certificate (what a cluster's private CA hands out) written to `path`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _trusted_cas(keychain: KeychainClient) -> list[str]:
+    """Common names of the CAs the client's own pool verifies the server against."""
+    context: ssl.SSLContext = keychain._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    return [dict(item[0] for item in ca["subject"]).get("commonName", "") for ca in context.get_ca_certs()]
+
+
+async def test_tls_is_verified_against_keychain_ca_file_or_the_verify_argument(tmp_path: Path) -> None:
+    env_ca, arg_ca = _ca_pem(tmp_path / "env.pem", "env-ca"), _ca_pem(tmp_path / "arg.pem", "arg-ca")
+    environ = {"KEYCHAIN_CA_FILE": str(env_ca)}
+    async with KeychainClient("https://keychain.test", environ=environ) as keychain:
+        assert _trusted_cas(keychain) == ["env-ca"]
+    async with KeychainClient("https://keychain.test", verify=str(arg_ca), environ=environ) as keychain:
+        assert _trusted_cas(keychain) == ["arg-ca"]  # the argument wins over the environment
+    context = ssl.create_default_context(cafile=str(arg_ca))
+    async with KeychainClient("https://keychain.test", verify=context, environ=environ) as keychain:
+        assert keychain._http._transport._pool._ssl_context is context  # type: ignore[attr-defined]
+    async with KeychainClient("https://keychain.test", environ={}) as keychain:
+        assert "env-ca" not in _trusted_cas(keychain)  # the system's CAs, still verified
+    async with KeychainClient("https://keychain.test", verify=False, environ=environ) as keychain:
+        assert keychain._http._transport._pool._ssl_context.verify_mode == ssl.CERT_NONE  # type: ignore[attr-defined]
+
+
+def test_an_unreadable_ca_file_is_refused_at_construction(tmp_path: Path, client: httpx.AsyncClient) -> None:
+    with pytest.raises(KeychainConfigError, match="KEYCHAIN_CA_FILE names .*missing.pem"):
+        KeychainClient("https://keychain.test", environ={"KEYCHAIN_CA_FILE": str(tmp_path / "missing.pem")})
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    with pytest.raises(KeychainConfigError, match="verify names .*garbage.pem"):
+        KeychainClient("https://keychain.test", verify=str(tmp_path / "garbage.pem"))
+    with pytest.raises(KeychainConfigError, match="not to http_client"):
+        KeychainClient(BASE_URL, http_client=client, verify=False)

@@ -13,11 +13,15 @@ from tests.workerlib.helpers import (
     CACHE_FAILURES,
     IDP_URL,
     MISS,
+    UNUSABLE_SETTING_IDS,
+    UNUSABLE_SETTINGS,
     ScriptedServer,
     assert_logged_degraded,
+    assert_logged_unusable_configuration,
     token_endpoint,
 )
 from workerlib import KeychainClient, TokenEndpointError, client_credentials_token
+from workerlib import client as client_module
 from workerlib.oauth import cache_ttl
 
 TOKEN_URL = f"{IDP_URL}/oauth/token"
@@ -111,3 +115,16 @@ async def test_a_failing_cache_never_fails_token_acquisition(
     assert token == "at-first"
     assert [r["method"] for r in keychain_server.requests] == (["GET"] if failing == "read" else ["GET", "POST"])
     assert_logged_degraded(caplog, status, error_class, detail, "at-first", CLIENT_SECRET)
+
+
+@pytest.mark.parametrize(("variable", "value"), UNUSABLE_SETTINGS, ids=UNUSABLE_SETTING_IDS)
+async def test_an_unusable_client_configuration_still_gives_a_token(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    client_module.set_default_client(None)
+    async with token_endpoint().http_client(IDP_URL) as http:
+        token = await client_credentials_token("cfg", token_url=TOKEN_URL, client_id="w",
+                                               client_secret=CLIENT_SECRET, http_client=http)
+    assert token == "at-first"
+    assert_logged_unusable_configuration(caplog, variable, value)
