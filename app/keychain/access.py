@@ -21,10 +21,6 @@ from app.errors import AccessDenied
 Entry = Mapping[str, Any]
 
 
-def reads_everything(principal: Principal) -> bool:
-    return principal.role == "admin" or (principal.grants is None and principal.execution_id is None)
-
-
 def _own_execution(principal: Principal, entry: Entry) -> bool:
     return entry["scope_type"] == "execution" and principal.execution_id in (
         entry["execution_id"],

@@ -101,12 +101,6 @@ class KeychainRepository:
         stmt = select(t.c.expires_at).where(t.c.cache_key == cache_key)
         return (await self._execute(stmt)).scalar_one_or_none()
 
-    async def get_live_for_update(self, cache_key: str) -> Row[Any] | None:
-        """A live row, locked until the transaction ends, without counting a hit."""
-        t = self.table
-        stmt = select(t).where(t.c.cache_key == cache_key, t.c.expires_at > func.now()).with_for_update()
-        return (await self._execute(stmt)).one_or_none()
-
     async def lock(self, cache_key: str) -> Row[Any] | None:
         """The row's metadata and whether it is live, locked until the transaction ends."""
         t = self.table

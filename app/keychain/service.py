@@ -102,14 +102,11 @@ class KeychainService:
     async def get(self, cache_key: str, principal: Principal) -> Entry:
         check_cache_key(cache_key)
         await self._check_token_alive(principal)
-        if access.reads_everything(principal):
-            row = await self.repository.get_and_touch(cache_key)
-        else:
-            # Checked before the hit is counted; the lock keeps the row as checked until then.
-            row = await self.repository.get_live_for_update(cache_key)
-            if row is not None:
-                access.check_read(principal, row._mapping)
-                row = await self.repository.get_and_touch(cache_key)
+        row = await self.repository.get_and_touch(cache_key)
+        if row is not None:
+            # Checked once the hit is counted, to keep a hit one statement: a refusal raises,
+            # and the request's transaction rolls the count back.
+            access.check_read(principal, row._mapping)
         if row is None:
             expired = await self.repository.expires_at(cache_key) is not None
             reason = "expired" if expired else "absent"

@@ -213,3 +213,13 @@ async def test_placeholder_tokens_are_refused_at_start(make_app, token):
     with pytest.raises(ConfigurationError, match="looks like a placeholder") as caught:
         make_app(api_tokens=f"ci:worker:{token}")
     assert token not in str(caught.value)
+
+
+async def test_a_refused_read_does_not_count_as_a_hit(api, connection):
+    owner = await mint(api, 42)
+    await api.post("/api/auth-cache/db:42", json=body({"value": SECRET}, execution_id=42), headers=bearer(owner))
+    intruder = await mint(api, 43)
+    for _ in range(3):
+        assert (await api.get("/api/auth-cache/db:42", headers=bearer(intruder))).status_code == 403
+    count = (await connection.execute(text("SELECT access_count FROM noetl.keychain"))).scalar_one()
+    assert count == 0
