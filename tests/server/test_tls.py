@@ -300,3 +300,30 @@ def test_without_tls_settings_the_server_says_it_serves_plain_http(tmp_path):
         process.terminate()
         process.wait(timeout=30)
     assert f"serving plain http on 127.0.0.1:{port}" in log.read_text()
+
+
+async def test_workerlib_reads_over_https_with_the_ca_it_is_given(tls_server, certificates):
+    from workerlib import KeychainClient
+
+    # As a worker pod is configured: the CA file in KEYCHAIN_CA_FILE, verify left alone.
+    environ = {"KEYCHAIN_CA_FILE": str(certificates.ca)}
+    async with KeychainClient(tls_server.https_url, tls_server.token, environ=environ) as client:
+        data = {"api_key": "sk-from-a-worker"}
+        await client.put("tls-worker-secret:8", data, credential_type="bearer", execution_id=8)
+        entry = await client.get("tls-worker-secret:8")
+    assert entry is not None and entry.data == data
+    # Or given in code.
+    verify = str(certificates.ca)
+    async with KeychainClient(tls_server.https_url, tls_server.token, verify=verify, environ={}) as client:
+        assert (await client.get("tls-worker-secret:8")) is not None
+
+
+async def test_workerlib_refuses_a_server_its_cas_do_not_vouch_for(tls_server):
+    from workerlib import KeychainClient, KeychainUnavailable
+
+    async with KeychainClient(tls_server.https_url, tls_server.token, environ={}, retries=0) as client:
+        with pytest.raises(KeychainUnavailable) as refused:
+            await client.get("tls-worker-secret:8")
+    # The traceback names the cause: the certificate, not the network.
+    assert isinstance(refused.value.__cause__, httpx.ConnectError)
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value.__cause__)
