@@ -9,9 +9,10 @@
                 "oauth_credential": "llm"}}
 
 An `oauth_credential` entry is an OAuth2 client-credentials token, cached globally under
-`{oauth_credential}:global:oauth2`. Its client is either spelled out in the map (`token_url`,
-`client_id` or `client_id_key`, `client_secret_key`) or, with none of those, kept whole in the
-`key` secret as JSON: {"token_url": ..., "client_id": ..., "client_secret": ..., "scope": optional}.
+`{oauth_credential}:global:oauth2:{digest}` (see workerlib.oauth). Its client is either spelled
+out in the map (`token_url`, `client_id` or `client_id_key`, `client_secret_key`) or, with none
+of those, kept whole in the `key` secret as JSON:
+{"token_url": ..., "client_id": ..., "client_secret": ..., "scope": optional}.
 
 Where secrets come from is not the playbook's to choose: a playbook that could say `env` or
 `file` could read the worker's own token or the pod's service-account token. `provider` may
@@ -31,8 +32,8 @@ from typing import Any
 import httpx
 
 from workerlib.client import KeychainClient
-from workerlib.errors import AuthConfigError
-from workerlib.oauth import OAuthClient, cached_token
+from workerlib.errors import AuthConfigError, TokenEndpointError
+from workerlib.oauth import OAuthClient, cached_token, check_token_url
 from workerlib.providers import PROVIDER_ENV, SECRETS_DIR_ENV, SecretProvider
 from workerlib.secrets import fetch_secret
 
@@ -155,10 +156,11 @@ async def _oauth_token(
     client: KeychainClient | None,
     http_client: httpx.AsyncClient | None,
 ) -> str:
-    """The entry's token; its OAuth2 client (and so its secrets) is only read on a cache miss."""
-    fetch_client: Callable[[], Awaitable[OAuthClient]]
+    """The entry's token. What the token is (and so its cache key) is read first, from the map or
+    from the `key` secret; the client secret only on a cache miss, wherever it can wait."""
+    client_secret: Callable[[], Awaitable[str]]
     if any(spec.get(field) for field in _EXPLICIT_OAUTH_FIELDS) or not spec.get("key"):
-        # The map is checked now, hit or miss; only the secrets wait for a miss.
+        # The map is checked before any secret is read.
         token_url = spec.get("token_url")
         if not token_url:
             raise AuthConfigError(
@@ -169,30 +171,41 @@ async def _oauth_token(
             raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
         if not spec.get("client_secret_key"):
             raise AuthConfigError(f"auth entry {name!r}: type 'bearer' needs 'client_secret_key'")
+        _check_token_url(name, str(token_url))
+        client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
+        if not client_id:  # a client_id_key secret that is empty
+            raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
+        oauth = OAuthClient(str(token_url), str(client_id), spec.get("scope"), spec.get("audience"))
 
-        async def fetch_client() -> OAuthClient:
-            client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
-            if not client_id:  # a client_id_key secret that is empty
-                raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
-            return OAuthClient(str(token_url), str(client_id), await secret("client_secret_key"), spec.get("scope"))
+        async def client_secret() -> str:
+            return await secret("client_secret_key")
 
     else:
+        # One secret holds the client's identity and its secret together: it is read either way.
+        settings = _oauth_client(name, await secret("key"))
+        _check_token_url(name, settings["token_url"])
+        oauth = OAuthClient(
+            settings["token_url"], settings["client_id"], spec.get("scope") or settings.get("scope"), spec.get("audience")
+        )
 
-        async def fetch_client() -> OAuthClient:
-            settings = _oauth_client(name, await secret("key"))
-            return OAuthClient(
-                settings["token_url"], settings["client_id"], settings["client_secret"],
-                spec.get("scope") or settings.get("scope"),
-            )
+        async def client_secret() -> str:
+            return settings["client_secret"]
 
     return await cached_token(
         str(spec["oauth_credential"]),
-        fetch_client,
-        audience=spec.get("audience"),
+        oauth,
+        client_secret,
         auth_method=str(spec.get("auth_method") or "client_secret_basic"),
         client=client,
         http_client=http_client,
     )
+
+
+def _check_token_url(name: str, token_url: str) -> None:
+    try:
+        check_token_url(token_url)
+    except TokenEndpointError as exc:
+        raise AuthConfigError(f"auth entry {name!r}: {exc}") from None
 
 
 def _oauth_client(name: str, text: str) -> dict[str, str]:

@@ -1,45 +1,86 @@
 """OAuth2 client-credentials tokens, cached globally so every worker shares one token.
 
-Cached under `{name}:global:oauth2` for `expires_in - 300` seconds (never below a floor, never
-past the token's own expiry), so a token handed out is always good for a while yet.
+A token is cached under `{name}:global:oauth2:{digest}`, the digest taken over what the token
+is (token URL, client id, scope, audience): a call naming another endpoint or scope never gets
+a token issued for the first. It is cached until REFRESH_MARGIN_SECONDS before it expires, and
+never so long that a token handed out from the cache has less than MIN_REMAINING_SECONDS left.
+
+The token URL must be https: the client secret travels in the request. Plain http is allowed
+only to hosts listed in KEYCHAIN_OAUTH_INSECURE_HOSTS (comma-separated) or `insecure_hosts=`.
+Messages show a URL without user:password@, query or fragment.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import httpx
 
 from workerlib._readthrough import Store, read_through
-from workerlib.client import KeychainClient
+from workerlib.client import KeychainClient, display_url
 from workerlib.errors import TokenEndpointError
-from workerlib.keys import cache_key
+from workerlib.keys import oauth2_token_key
 from workerlib.models import Entry
 
 log = logging.getLogger(__name__)
 
 CREDENTIAL_TYPE = "oauth2_client_credentials"
-TOKEN_TYPE = "oauth2"
+INSECURE_HOSTS_ENV = "KEYCHAIN_OAUTH_INSECURE_HOSTS"
 REFRESH_MARGIN_SECONDS = 300
-MIN_TTL_SECONDS = 60
+MIN_REMAINING_SECONDS = 60
 # RFC 6749 makes expires_in optional; assume the common hour when a server leaves it out.
 DEFAULT_EXPIRES_IN = 3600
 
 
-def cache_ttl(expires_in: int) -> int:
-    """expires_in - REFRESH_MARGIN_SECONDS, at least MIN_TTL_SECONDS, but never longer than the token lives."""
-    return min(expires_in, max(MIN_TTL_SECONDS, expires_in - REFRESH_MARGIN_SECONDS))
+def cache_ttl(expires_in: int) -> int | None:
+    """Seconds to cache a token that lives `expires_in`; None when it cannot be cached.
+
+    expires_in - REFRESH_MARGIN_SECONDS; for a short-lived token up to a minute instead, but
+    always leaving MIN_REMAINING_SECONDS of the token's life when the entry expires.
+    """
+    ttl = max(expires_in - REFRESH_MARGIN_SECONDS, min(expires_in - MIN_REMAINING_SECONDS, 60))
+    return ttl if ttl > 0 else None
 
 
 class OAuthClient(NamedTuple):
-    """What a token request needs from the client's configuration (and its secret)."""
+    """Which token is asked for: what the cache key's digest covers (never the client secret)."""
 
     token_url: str
     client_id: str
-    client_secret: str
     scope: str | None = None
+    audience: str | None = None
+
+    def digest(self) -> str:
+        # A scope is a set of space-separated names (RFC 6749, 3.3): "write read" is "read write".
+        scope = " ".join(sorted(set((self.scope or "").split())))
+        identity = json.dumps([self.token_url, self.client_id, scope, self.audience or ""])
+        return hashlib.sha256(identity.encode()).hexdigest()[:32]
+
+
+def check_token_url(token_url: str, insecure_hosts: Collection[str] | None = None) -> None:
+    """TokenEndpointError unless `token_url` is https (or http to an allowed host)."""
+    try:
+        parts = urlsplit(token_url)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if not host or parts.scheme not in ("https", "http"):
+        raise TokenEndpointError(f"token_url {display_url(token_url)!r} is not an https:// URL with a host")
+    if parts.scheme == "https":
+        return
+    allowed = {h.strip().lower() for h in os.environ.get(INSECURE_HOSTS_ENV, "").split(",")}
+    allowed.update(h.lower() for h in insecure_hosts or ())
+    if host not in allowed:
+        raise TokenEndpointError(
+            f"token_url {display_url(token_url)} is plain http, which would send the client secret in clear; "
+            f"use https, or list {host} in {INSECURE_HOSTS_ENV} (or insecure_hosts=) if it is on a trusted network"
+        )
 
 
 async def client_credentials_token(
@@ -54,49 +95,48 @@ async def client_credentials_token(
     client: KeychainClient | None = None,
     http_client: httpx.AsyncClient | None = None,
     timeout: float = 10.0,
+    insecure_hosts: Collection[str] | None = None,
 ) -> str:
     """An access token for `name`: from the cache, else from `token_url` (then cached)."""
 
-    async def fetch_client() -> OAuthClient:
-        return OAuthClient(token_url, client_id, client_secret, scope)
+    async def secret() -> str:
+        return client_secret
 
     return await cached_token(
-        name, fetch_client, audience=audience, auth_method=auth_method, client=client,
-        http_client=http_client, timeout=timeout,
+        name, OAuthClient(token_url, client_id, scope, audience), secret, auth_method=auth_method,
+        client=client, http_client=http_client, timeout=timeout, insecure_hosts=insecure_hosts,
     )
 
 
 async def cached_token(
     name: str,
-    fetch_client: Callable[[], Awaitable[OAuthClient]],
+    oauth: OAuthClient,
+    client_secret: Callable[[], Awaitable[str]],
     *,
-    audience: str | None = None,
     auth_method: str = "client_secret_basic",
     client: KeychainClient | None = None,
     http_client: httpx.AsyncClient | None = None,
     timeout: float = 10.0,
+    insecure_hosts: Collection[str] | None = None,
 ) -> str:
-    """client_credentials_token with the client's configuration fetched only on a cache miss.
+    """client_credentials_token with the client secret read only on a cache miss.
 
-    A cached token needs no client secret: `fetch_client()` (which may read secrets) runs only
+    A cached token needs no client secret: `client_secret()` (which may read a secret) runs only
     when a token has to be requested.
     """
     if auth_method not in ("client_secret_basic", "client_secret_post"):
         raise ValueError("auth_method must be 'client_secret_basic' or 'client_secret_post'")
-    key = cache_key(name, token_type=TOKEN_TYPE)
+    check_token_url(oauth.token_url, insecure_hosts)
+    key = oauth2_token_key(name, oauth.digest())
 
     def cached(entry: Entry) -> str | None:
         token = entry.data.get("access_token")
         return token if isinstance(token, str) else None
 
     async def produce() -> tuple[str, Store]:
-        oauth = await fetch_client()
-        token = await _request_token(
-            oauth.token_url, oauth.client_id, oauth.client_secret, oauth.scope, audience, auth_method,
-            http_client, timeout,
-        )
-        expires_in = _expires_in(token)
-        if expires_in <= 0:
+        token = await _request_token(oauth, await client_secret(), auth_method, http_client, timeout)
+        ttl = cache_ttl(_expires_in(token))
+        if ttl is None:
             return token["access_token"], None
         data = {k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token}
 
@@ -108,7 +148,7 @@ async def cached_token(
                 credential_type=CREDENTIAL_TYPE,
                 cache_type="token",
                 credential_name=name,
-                ttl_seconds=cache_ttl(expires_in),
+                ttl_seconds=ttl,
             )
 
         return token["access_token"], store
@@ -135,32 +175,31 @@ def _expires_in(token: dict[str, Any]) -> int:
 
 
 async def _request_token(
-    token_url: str,
-    client_id: str,
+    oauth: OAuthClient,
     client_secret: str,
-    scope: str | None,
-    audience: str | None,
     auth_method: str,
     http_client: httpx.AsyncClient | None,
     timeout: float,
 ) -> dict[str, Any]:
     form = {"grant_type": "client_credentials"}
-    if scope:
-        form["scope"] = scope
-    if audience:
-        form["audience"] = audience
+    if oauth.scope:
+        form["scope"] = oauth.scope
+    if oauth.audience:
+        form["audience"] = oauth.audience
     auth: httpx.Auth | None = None
     if auth_method == "client_secret_basic":
-        auth = httpx.BasicAuth(client_id, client_secret)
+        auth = httpx.BasicAuth(oauth.client_id, client_secret)
     else:
-        form.update(client_id=client_id, client_secret=client_secret)
+        form.update(client_id=oauth.client_id, client_secret=client_secret)
+    where = display_url(oauth.token_url)
 
     owned = http_client is None
     http = http_client or httpx.AsyncClient(timeout=timeout)
     try:
-        response = await http.post(token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=timeout)
+        response = await http.post(oauth.token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=timeout)
     except httpx.HTTPError as exc:
-        raise TokenEndpointError(f"cannot reach the token endpoint {token_url} ({type(exc).__name__})") from exc
+        # Not chained: an httpx error may quote the URL whole.
+        raise TokenEndpointError(f"cannot reach the token endpoint {where} ({type(exc).__name__})") from None
     finally:
         if owned:
             await http.aclose()
@@ -173,7 +212,7 @@ async def _request_token(
         # Only the RFC 6749 error code: a body might echo what we sent.
         error = body.get("error") if isinstance(body, dict) else None
         reason = f", error {error!r}" if isinstance(error, str) else ""
-        raise TokenEndpointError(f"token endpoint {token_url} answered {response.status_code}{reason}")
+        raise TokenEndpointError(f"token endpoint {where} answered {response.status_code}{reason}")
     if not isinstance(body.get("access_token"), str) or not body["access_token"]:
-        raise TokenEndpointError(f"token endpoint {token_url} answered without an access_token")
+        raise TokenEndpointError(f"token endpoint {where} answered without an access_token")
     return body

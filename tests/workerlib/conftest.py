@@ -100,3 +100,10 @@ def _no_process_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     client_module._injected_client, providers_module._default_provider = saved
     CredentialCache.use_client(None)
+
+
+@pytest.fixture(autouse=True)
+def _plain_http_idp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-process token endpoint (helpers.IDP_URL) is plain http: allowed the way an
+    operator allows an IdP on a trusted network. Tests of the refusal remove it."""
+    monkeypatch.setenv("KEYCHAIN_OAUTH_INSECURE_HOSTS", "idp.test")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import BASE_URL
-from workerlib import KeychainClient, SecretProvider, resolve_auth
+from workerlib import Entry, KeychainClient, SecretProvider, resolve_auth
 
 IDP_URL = "http://idp.test"
 
@@ -96,6 +97,19 @@ def token_endpoint(expires_in: int = 3600, access_token: str = "at-first") -> Sc
         (200, {}, {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}),
         (200, {}, {"access_token": "at-second", "token_type": "Bearer", "expires_in": expires_in}),
     )
+
+
+async def cached_oauth_tokens(keychain: KeychainClient, name: str) -> dict[str, Entry]:
+    """The OAuth2 tokens cached for credential `name`, by key; each key must be
+    `{name}:global:oauth2:` and a hex digest of what the token is."""
+    page = await keychain.list_entries(credential_name=name, scope_type="global")
+    tokens = {}
+    for item in page.items:
+        assert re.fullmatch(rf"{re.escape(name)}:global:oauth2:[0-9a-f]{{32}}", item.cache_key), item.cache_key
+        entry = await keychain.get(item.cache_key)
+        assert entry is not None
+        tokens[item.cache_key] = entry
+    return tokens
 
 
 async def resolve_in_two_executions(

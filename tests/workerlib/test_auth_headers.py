@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.workerlib.helpers import IDP_URL, resolve_in_two_executions, token_endpoint
+from tests.workerlib.helpers import IDP_URL, cached_oauth_tokens, resolve_in_two_executions, token_endpoint
 from workerlib import (
     AuthConfigError,
     FileProvider,
@@ -90,7 +90,7 @@ async def test_bearer_from_an_oauth_credential(
     headers = await resolve_in_two_executions(auth, idp, keychain, provider)
     assert headers == [{"Authorization": "Bearer crm-token"}] * 2
     assert len(idp.requests) == 1  # the token is global, shared by both executions
-    assert await keychain.get("crm:global:oauth2") is not None
+    assert len(await cached_oauth_tokens(keychain, "crm")) == 1
 
 
 async def test_a_cached_oauth_token_reads_no_client_secret(
@@ -123,10 +123,30 @@ async def test_designs_example_bearer_from_an_oauth_client_kept_as_json_in_key(
     assert request["headers"]["authorization"] == "Basic " + base64.b64encode(
         f"worker:{OAUTH_CLIENT_SECRET}".encode()).decode()
     assert parse_qs(request["body"].decode()) == {"grant_type": ["client_credentials"], "scope": ["models.read"]}
-    token = await keychain.get("openai-oauth:global:oauth2")
-    assert token is not None and token.data["access_token"] == "oa-token"
+    [token] = (await cached_oauth_tokens(keychain, "openai-oauth")).values()
+    assert token.data["access_token"] == "oa-token"
     # The client JSON itself came through fetch_secret, so it is cached per execution too.
     assert await keychain.get(f"{OAUTH_CLIENT}:1") is not None
+
+
+async def test_plain_http_token_urls_are_refused_before_any_secret_is_read(
+    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secrets: SecretManagerEmulator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("KEYCHAIN_OAUTH_INSECURE_HOSTS")
+    secrets.add(OAUTH_CLIENT, json.dumps({"token_url": "http://idp.test/t?tenant=q-0000", "client_id": "w",
+                                          "client_secret": OAUTH_CLIENT_SECRET}))
+    explicit = {"type": "bearer", "oauth_credential": "crm", "token_url": "http://ops:pw-0000@idp.test/token",
+                "client_id": "worker", "client_secret_key": CRM_CLIENT}
+    with pytest.raises(AuthConfigError, match="'crm': token_url http://idp.test/token is plain http") as caught:
+        await resolve_auth({"crm": explicit}, execution_id=1, client=keychain, providers={"secret_manager": provider})
+    assert "KEYCHAIN_OAUTH_INSECURE_HOSTS" in str(caught.value) and "pw-0000" not in str(caught.value)
+    assert secrets.total_calls == 0
+
+    in_key = {"type": "bearer", "key": OAUTH_CLIENT, "oauth_credential": "llm"}
+    with pytest.raises(AuthConfigError, match="'llm': token_url http://idp.test/t is plain http") as caught:
+        await resolve_auth({"llm": in_key}, execution_id=1, client=keychain, providers={"secret_manager": provider})
+    assert "q-0000" not in str(caught.value) and OAUTH_CLIENT_SECRET not in str(caught.value)
 
 
 @pytest.mark.parametrize(
