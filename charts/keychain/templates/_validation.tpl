@@ -34,30 +34,7 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- if not $keys }}
 {{- fail (printf "\n\nkeychain: no encryption key. Set secrets.encryptionKeys to \"k1:<base64 of 32 random bytes>\" (make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'), %s." $hint) }}
 {{- end }}
-{{- $ids := list }}
-{{- range $i, $entry := splitList "," $keys }}
-{{- $entry = trim $entry }}
-{{- if $entry }}
-{{- $parts := splitn ":" 2 $entry }}
-{{- $id := $parts._0 }}
-{{- if not (regexMatch "^[A-Za-z0-9_.-]{1,64}$" $id) }}
-{{- fail (printf "\n\nkeychain: secrets.encryptionKeys entry %d must look like \"<id>:<base64 key>\" with an id of letters, digits, _ . - (value not shown)." (add1 $i)) }}
-{{- end }}
-{{- if not (regexMatch "^[A-Za-z0-9+/]{43}=$" (default "" $parts._1)) }}
-{{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is not the standard base64 of exactly 32 bytes (value not shown)." $id) }}
-{{- end }}
-{{- /* A random key's base64 has about 31 distinct characters, fewer than 16 once
-in 10^15; 32 zero bytes (AAAA...A=) have two, a short repeated pattern few. The
-app refuses such keys too (app/crypto.py), but only once a pod starts. */}}
-{{- if lt (len (splitList "" $parts._1 | uniq)) 16 }}
-{{- fail (printf "\n\nkeychain: secrets.encryptionKeys key %q is a placeholder (a repeated pattern such as 32 zero bytes), not random bytes. Make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'" $id) }}
-{{- end }}
-{{- if has $id $ids }}
-{{- fail (printf "\n\nkeychain: secrets.encryptionKeys lists key id %q twice." $id) }}
-{{- end }}
-{{- $ids = append $ids $id }}
-{{- end }}
-{{- end }}
+{{- include "keychain.validateKeyRing" (dict "field" "secrets.encryptionKeys" "keys" $keys) }}
 
 {{- /* API tokens: "name:role:token,..." (the token itself may contain ':', as in sha256:<hex>). */}}
 {{- $tokens := .Values.secrets.apiTokens }}
@@ -102,6 +79,41 @@ a sha256:<digest> is checked by the app alone. */}}
 {{- $max := .Values.podDisruptionBudget.maxUnavailable }}
 {{- if and (not (kindIs "invalid" $min)) (not (kindIs "invalid" $max)) }}
 {{- fail "\n\nkeychain: podDisruptionBudget takes minAvailable or maxUnavailable, not both." }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+
+{{/*
+Check a key ring, "id:<base64 of 32 bytes>,...", as app/crypto.py parse_keys
+does: secrets.encryptionKeys and secrets.tokenSigningKeys share the format and
+the rules. Takes a dict: field (the values path, for messages), keys (the ring).
+Renders nothing; fails on the first bad entry, naming its position or id only.
+*/}}
+{{- define "keychain.validateKeyRing" -}}
+{{- $field := .field }}
+{{- $ids := list }}
+{{- range $i, $entry := splitList "," .keys }}
+{{- $entry = trim $entry }}
+{{- if $entry }}
+{{- $parts := splitn ":" 2 $entry }}
+{{- $id := $parts._0 }}
+{{- if not (regexMatch "^[A-Za-z0-9_.-]{1,64}$" $id) }}
+{{- fail (printf "\n\nkeychain: %s entry %d must look like \"<id>:<base64 key>\" with an id of letters, digits, _ . - (value not shown)." $field (add1 $i)) }}
+{{- end }}
+{{- if not (regexMatch "^[A-Za-z0-9+/]{43}=$" (default "" $parts._1)) }}
+{{- fail (printf "\n\nkeychain: %s key %q is not the standard base64 of exactly 32 bytes (value not shown)." $field $id) }}
+{{- end }}
+{{- /* A random key's base64 has about 31 distinct characters, fewer than 16 once
+in 10^15; 32 zero bytes (AAAA...A=) have two, a short repeated pattern few. The
+app refuses such keys too (app/crypto.py), but only once a pod starts. */}}
+{{- if lt (len (splitList "" $parts._1 | uniq)) 16 }}
+{{- fail (printf "\n\nkeychain: %s key %q is a placeholder (a repeated pattern such as 32 zero bytes), not random bytes. Make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'" $field $id) }}
+{{- end }}
+{{- if has $id $ids }}
+{{- fail (printf "\n\nkeychain: %s lists key id %q twice." $field $id) }}
+{{- end }}
+{{- $ids = append $ids $id }}
 {{- end }}
 {{- end }}
 {{- end }}
