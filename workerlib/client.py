@@ -113,7 +113,7 @@ def _checked_base_url(url: str, setting: str) -> str:
     url = url.strip().rstrip("/")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        parts.port  # raises ValueError for a port that is not a number
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
