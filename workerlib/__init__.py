@@ -20,7 +20,7 @@ from workerlib.errors import (
     Unauthorized,
     UnreadableEntry,
 )
-from workerlib.models import Entry, EntryMeta, EntryPage
+from workerlib.models import Entry, EntryMeta, EntryPage, ExecutionToken
 from workerlib.oauth import client_credentials_token
 from workerlib.providers import EnvProvider, FileProvider, GoogleSecretManagerProvider, SecretProvider
 from workerlib.secrets import fetch_secret
@@ -33,6 +33,7 @@ __all__ = [
     "EntryMeta",
     "EntryPage",
     "EnvProvider",
+    "ExecutionToken",
     "FileProvider",
     "Forbidden",
     "GoogleSecretManagerProvider",

@@ -8,13 +8,14 @@ bounded, back off with jitter and never come sooner than the server's Retry-Afte
 from __future__ import annotations
 
 import asyncio
+import copy
 import email.utils
 import logging
 import os
 import random
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -37,7 +38,7 @@ from workerlib.errors import (
     Unauthorized,
     UnreadableEntry,
 )
-from workerlib.models import Deleted, Entry, EntryMeta, EntryPage, EntryPut
+from workerlib.models import Deleted, Entry, EntryMeta, EntryPage, EntryPut, ExecutionToken, ExecutionTokenRequest
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,15 @@ def _tls_verify(verify: bool | str | ssl.SSLContext | None, environ: Mapping[str
         ) from None
 
 
+def _certificate_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
@@ -272,6 +282,15 @@ class KeychainClient:
         if self._owns_http:
             await self._http.aclose()
 
+    def with_token(self, token: str) -> KeychainClient:
+        """This client for another token (an execution's), sharing this one's pool and settings.
+
+        The pool stays this client's: close this one, not the copy."""
+        other = copy.copy(self)
+        other._token = _checked_token(token, "token")
+        other._owns_http = False
+        return other
+
     # -- the API ---------------------------------------------------------------------------
 
     async def get(self, cache_key: str) -> Entry | None:
@@ -324,6 +343,29 @@ class KeychainClient:
         response = await self._request("DELETE", f"/api/executions/{int(execution_id)}/auth-cache")
         return self._decode(response, Deleted).deleted
 
+    async def mint_execution_token(
+        self,
+        execution_id: int,
+        *,
+        parent_execution_id: int | None = None,
+        read: Sequence[str] = (),
+        write: Sequence[str] = (),
+        ttl_seconds: int | None = None,
+    ) -> ExecutionToken:
+        """A token bound to one execution (needs an issuer token): the engine asks for one as an
+        execution starts, and its workers use it with `with_token()`. It reaches the execution's
+        and its sub-executions' entries, global entries only for the credentials in `read` (or
+        `write`, which may also write them), and ends with the execution's cleanup."""
+        body = ExecutionTokenRequest(
+            execution_id=execution_id,
+            parent_execution_id=parent_execution_id,
+            read=list(read),
+            write=list(write),
+            ttl_seconds=ttl_seconds,
+        )
+        response = await self._request("POST", "/api/execution-tokens", content=msgspec.json.encode(body))
+        return self._decode(response, ExecutionToken)
+
     async def list_entries(
         self,
         *,
@@ -370,6 +412,12 @@ class KeychainClient:
                     method, url, content=content, params=params, headers=headers, timeout=self._timeouts
                 )
             except _RETRY_TRANSPORT_ERRORS as exc:
+                if _certificate_failure(exc):
+                    # Not the network: retrying cannot help, and the fix is a setting.
+                    raise KeychainUnavailable(
+                        f"the TLS certificate of the keychain server at {self.base_url} did not verify; "
+                        f"trust its CA with {CA_FILE_ENV} or KeychainClient(verify=...)"
+                    ) from exc
                 if attempt < self.retries:
                     await self._sleep(attempt, None, method, path, type(exc).__name__)
                     attempt += 1

@@ -40,6 +40,8 @@ class EntryMeta(msgspec.Struct, kw_only=True):
     accessed_at: datetime
     access_count: int
     key_id: str | None = None
+    # The principal whose token wrote it (servers before least privilege do not say).
+    written_by: str | None = None
 
 
 class Entry(EntryMeta, kw_only=True):
@@ -57,3 +59,25 @@ class EntryPage(msgspec.Struct, kw_only=True):
 
 class Deleted(msgspec.Struct, kw_only=True):
     deleted: int
+
+
+class ExecutionTokenRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    execution_id: int
+    parent_execution_id: int | None = None
+    read: list[str] = []
+    write: list[str] = []
+    ttl_seconds: int | None = None
+
+
+class ExecutionToken(msgspec.Struct, kw_only=True):
+    """A token bound to one execution; `token` is a credential, kept out of the repr."""
+
+    token: str
+    execution_id: int
+    parent_execution_id: int | None
+    read: list[str]
+    write: list[str]
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"ExecutionToken(execution_id={self.execution_id}, expires_at={self.expires_at!r}, token=<hidden>)"

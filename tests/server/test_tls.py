@@ -4,7 +4,9 @@ of its own, and clients that verify the way workers do."""
 
 from __future__ import annotations
 
+
 import datetime
+import logging
 import ipaddress
 import os
 import secrets
@@ -318,12 +320,14 @@ async def test_workerlib_reads_over_https_with_the_ca_it_is_given(tls_server, ce
         assert (await client.get("tls-worker-secret:8")) is not None
 
 
-async def test_workerlib_refuses_a_server_its_cas_do_not_vouch_for(tls_server):
+async def test_workerlib_refuses_a_server_its_cas_do_not_vouch_for(tls_server, caplog):
     from workerlib import KeychainClient, KeychainUnavailable
 
-    async with KeychainClient(tls_server.https_url, tls_server.token, environ={}, retries=0) as client:
-        with pytest.raises(KeychainUnavailable) as refused:
+    async with KeychainClient(tls_server.https_url, tls_server.token, environ={}, retries=2) as client:
+        with caplog.at_level(logging.INFO, logger="workerlib"), pytest.raises(KeychainUnavailable) as refused:
             await client.get("tls-worker-secret:8")
-    # The traceback names the cause: the certificate, not the network.
+    # The certificate, not the network: said so, with the setting to fix it, and not retried.
+    assert "did not verify; trust its CA with KEYCHAIN_CA_FILE" in str(refused.value)
+    assert not [r for r in caplog.records if r.getMessage() == "keychain request retried"]
     assert isinstance(refused.value.__cause__, httpx.ConnectError)
     assert "CERTIFICATE_VERIFY_FAILED" in str(refused.value.__cause__)
