@@ -4,10 +4,9 @@ of its own, and clients that verify the way workers do."""
 
 from __future__ import annotations
 
-
 import datetime
-import logging
 import ipaddress
+import logging
 import os
 import secrets
 import ssl
