@@ -223,3 +223,12 @@ async def test_a_refused_read_does_not_count_as_a_hit(api, connection):
         assert (await api.get("/api/auth-cache/db:42", headers=bearer(intruder))).status_code == 403
     count = (await connection.execute(text("SELECT access_count FROM noetl.keychain"))).scalar_one()
     assert count == 0
+
+
+async def test_a_minted_token_is_never_logged(api, caplog):
+    with caplog.at_level(logging.DEBUG):
+        token = await mint(api, 8, read=["crm"])
+        await api.get("/api/auth-cache/k:8", headers=bearer(token))
+    assert token not in caplog.text
+    assert token.split(".")[2] not in repr([r.__dict__ for r in caplog.records])
+    assert any(r.getMessage() == "audit" and r.audit_action == "mintExecutionToken" for r in caplog.records)
