@@ -38,6 +38,7 @@ from app.errors import (
     TokenRevoked,
     UnreadableEntry,
 )
+from app.invalidation import InvalidationListener, channel_name
 from app.json_shape import shape_problem
 from app.keychain.controller import AuthCacheController, ExecutionController, ExecutionTokenController
 from app.keychain.service import EntryLimits
@@ -162,36 +163,34 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     owns_database = runtime.database is None
     if owns_database:
         runtime.database = Database(make_engine(runtime.settings))
-    sweeper = None
+    # Background work that lives as long as the app: started here, stopped in reverse.
+    tasks: list[asyncio.Task[None]] = []
     if runtime.settings.sweep_interval_seconds > 0:
-        sweeper = asyncio.create_task(
-            run_sweeper(
-                runtime.database,
-                runtime.table,
-                runtime.settings.sweep_interval_seconds,
-                runtime.settings.sweep_batch_size,
-                runtime.metrics,
-                ended_retention_seconds=runtime.settings.execution_token_ttl_seconds,
-            ),
-            name="keychain-sweeper",
+        sweeping = run_sweeper(
+            runtime.database,
+            runtime.table,
+            runtime.settings.sweep_interval_seconds,
+            runtime.settings.sweep_batch_size,
+            runtime.metrics,
+            ended_retention_seconds=runtime.settings.execution_token_ttl_seconds,
         )
-    audit_flusher = None
+        tasks.append(asyncio.create_task(sweeping, name="keychain-sweeper"))
+    listener = InvalidationListener(
+        runtime.database.engine, channel_name(runtime.settings.db_schema), runtime.ended_executions.on_invalidation
+    )
+    runtime.ended_executions.listener = listener
+    tasks.append(asyncio.create_task(listener.run(), name="keychain-invalidation-listener"))
     if runtime.read_audit is not None:
-        audit_flusher = asyncio.create_task(
-            run_read_audit_flusher(runtime.read_audit, runtime.settings.audit_flush_seconds),
-            name="keychain-read-audit",
-        )
+        flushing = run_read_audit_flusher(runtime.read_audit, runtime.settings.audit_flush_seconds)
+        tasks.append(asyncio.create_task(flushing, name="keychain-read-audit"))
     try:
         yield
     finally:
-        if audit_flusher is not None:
-            audit_flusher.cancel()
+        runtime.ended_executions.listener = None
+        for task in reversed(tasks):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await audit_flusher
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+                await task
         if owns_database:
             await runtime.database.dispose()
             runtime.database = None

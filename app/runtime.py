@@ -15,6 +15,7 @@ from app.audit import ReadAudit
 from app.auth import ExecutionTokens, Principal, TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database
+from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
 from app.keychain.service import EntryLimits, KeychainService
 from app.metrics import KeychainMetrics
@@ -31,6 +32,8 @@ class Runtime:
     execution_tokens: ExecutionTokens | None = None
     # None when KEYCHAIN_AUDIT_READS is off.
     read_audit: ReadAudit | None = None
+    # Fed by the invalidation listener the lifespan starts.
+    ended_executions: EndedExecutions = field(default_factory=EndedExecutions)
     # Set by the lifespan (or injected by tests) before the first request.
     database: Database | None = None
     # Per app, not the process-global registry: each create_app() (and each test) counts alone.
@@ -44,6 +47,7 @@ class Runtime:
             self.metrics,
             self.read_audit,
             self.execution_tokens,
+            self.ended_executions,
         )
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.sql.dml import Update
 from app.db.engine import translated
 from app.db.tables import ended_executions
 from app.errors import InvalidEntry
+from app.invalidation import Invalidation, channel_name, encode
 from app.keychain.schemas import EntryQuery
 
 SWEEP_LOCK_ID = 0x6B63_7377_6565_70  # "kcsweep": one sweeping replica at a time
@@ -152,12 +153,16 @@ class KeychainRepository:
         stmt = insert(ended).values(execution_id=execution_id).on_conflict_do_nothing()
         await self._execute(stmt)
 
-    async def ended_among(self, execution_ids: tuple[int | None, ...]) -> int | None:
+    async def ended_among(self, execution_ids: tuple[int, ...]) -> int | None:
         """The first of these executions that has ended, or None."""
         ended = ended_executions(self.table)
-        wanted = [e for e in execution_ids if e is not None]
-        stmt = select(ended.c.execution_id).where(ended.c.execution_id.in_(wanted)).limit(1)
+        stmt = select(ended.c.execution_id).where(ended.c.execution_id.in_(execution_ids)).limit(1)
         return (await self._execute(stmt)).scalar_one_or_none()
+
+    async def announce(self, message: Invalidation) -> None:
+        """NOTIFY every server; delivered when (and only if) this transaction commits."""
+        stmt = text("SELECT pg_notify(:channel, :payload)")
+        await self._execute(stmt, {"channel": channel_name(self.table.schema), "payload": encode(message)})
 
     async def forget_ended_before(self, age_seconds: int) -> int:
         """Ended executions older than any token that could name them need not be kept."""

@@ -24,7 +24,9 @@ from app.errors import (
     TokenRevoked,
     UnreadableEntry,
 )
+from app.invalidation import Invalidation
 from app.keychain import access
+from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
 from app.keychain.schemas import (
     Entry,
@@ -90,6 +92,7 @@ class KeychainService:
         metrics: KeychainMetrics | None = None,
         read_audit: ReadAudit | None = None,
         execution_tokens: ExecutionTokens | None = None,
+        ended_executions: EndedExecutions | None = None,
     ) -> None:
         self.repository = repository
         self.keyring = keyring
@@ -98,6 +101,8 @@ class KeychainService:
         self.metrics = metrics if metrics is not None else KeychainMetrics()
         self.read_audit = read_audit
         self.execution_tokens = execution_tokens
+        # Without the process's (scripts, unit tests) every check reads the database.
+        self.ended_executions = ended_executions if ended_executions is not None else EndedExecutions()
 
     async def get(self, cache_key: str, principal: Principal) -> Entry:
         check_cache_key(cache_key)
@@ -139,7 +144,8 @@ class KeychainService:
         """An execution token dies with its execution (or the parent it was minted under)."""
         if principal.execution_id is None:
             return
-        ended = await self.repository.ended_among((principal.execution_id, principal.parent_execution_id))
+        ids = tuple(e for e in (principal.execution_id, principal.parent_execution_id) if e is not None)
+        ended = await self.ended_executions.first_ended(ids, self.repository.ended_among)
         if ended is not None:
             raise TokenRevoked(f"execution {ended} has ended; its execution tokens no longer work")
 
@@ -244,6 +250,7 @@ class KeychainService:
         """Drop the execution's entries and end it: its execution tokens stop working."""
         deleted = await self.repository.delete_execution(execution_id)
         await self.repository.mark_ended(execution_id)
+        await self.repository.announce(Invalidation(ended_execution_id=execution_id))
         log.info("execution cleanup", extra={"execution_id": execution_id, "deleted": deleted})
         self.metrics.execution_cleanup(deleted)
         return deleted
@@ -278,7 +285,8 @@ async def mint_execution_token(
             f"ttl_seconds is {ttl}; execution tokens live at most {execution_tokens.max_ttl_seconds} "
             "seconds (KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS)"
         )
-    ended = await repository.ended_among((request.execution_id, request.parent_execution_id))
+    ids = tuple(e for e in (request.execution_id, request.parent_execution_id) if e is not None)
+    ended = await repository.ended_among(ids)
     if ended is not None:
         raise ExecutionEnded(f"execution {ended} has ended; no token is minted for it")
     minted = execution_tokens.mint(issuer.name, request.execution_id, request.parent_execution_id, grants, ttl)

@@ -1,0 +1,104 @@
+"""The invalidation channel: changes are announced with NOTIFY in the transaction that makes
+them (so only committed ones arrive), and every server process listens on one dedicated
+connection, outside the request pool.
+
+What a process learns from the channel may stand in for a database read only while it is
+listening: `epoch` moves on every (re)connect, so anything learned before a gap is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+LISTENER_APPLICATION_NAME = "keychain-listener"
+# How often a quiet listening connection is asked whether it is still there (a dead TCP peer
+# may never say so).
+LIVENESS_INTERVAL_SECONDS = 5.0
+MAX_BACKOFF_SECONDS = 5.0
+
+
+def channel_name(schema: str) -> str:
+    """One channel per schema: deployments sharing a database do not hear each other."""
+    return f"keychain_{schema}"
+
+
+class Invalidation(msgspec.Struct, kw_only=True, omit_defaults=True):
+    # An execution was cleaned up: its entries are gone and its tokens end.
+    ended_execution_id: int | None = None
+
+
+def encode(message: Invalidation) -> str:
+    return msgspec.json.encode(message).decode()
+
+
+class InvalidationListener:
+    """LISTENs on the channel, reconnecting with capped backoff until cancelled."""
+
+    def __init__(self, engine: AsyncEngine, channel: str, on_message: Callable[[Invalidation], None]) -> None:
+        # Its own engine without a pool: the listening connection is never a request's.
+        self._engine = create_async_engine(
+            engine.url,
+            poolclass=NullPool,
+            connect_args={"timeout": 5, "server_settings": {"application_name": LISTENER_APPLICATION_NAME}},
+        )
+        self._channel = channel
+        self._on_message = on_message
+        self.connected = False
+        self.epoch = 0
+
+    def _deliver(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        try:
+            message = msgspec.json.decode(payload, type=Invalidation)
+        except msgspec.DecodeError:
+            log.warning("ignored a malformed invalidation on %s", self._channel)
+            return
+        self._on_message(message)
+
+    async def run(self) -> None:
+        failures = 0
+        try:
+            while True:
+                try:
+                    await self._listen_until_lost()
+                    failures = 0
+                except (OSError, asyncio.TimeoutError) as exc:  # asyncpg errors are OSErrors or PostgresErrors
+                    log.warning("invalidation listener cannot connect (%s); retrying", type(exc).__name__)
+                except Exception as exc:  # noqa: BLE001 - any database error: reconnect, never die
+                    log.warning("invalidation listener failed (%s); reconnecting", type(exc).__name__)
+                self.connected = False
+                failures += 1
+                await asyncio.sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, 0.1 * 2**failures)))
+        finally:
+            self.connected = False
+            await self._engine.dispose()
+
+    async def _listen_until_lost(self) -> None:
+        async with self._engine.connect() as conn:
+            raw = (await conn.get_raw_connection()).driver_connection
+            lost = asyncio.Event()
+            raw.add_termination_listener(lambda _conn: lost.set())
+            await raw.add_listener(self._channel, self._deliver)
+            # Anything learned before this moment may have missed a notification.
+            self.epoch += 1
+            self.connected = True
+            log.info("listening for invalidations on %s", self._channel)
+            try:
+                while not lost.is_set():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(lost.wait(), LIVENESS_INTERVAL_SECONDS)
+                        break
+                    await raw.fetchval("SELECT 1", timeout=2)
+            finally:
+                self.connected = False
+            log.warning("invalidation listener lost its connection; reconnecting")
