@@ -4,6 +4,7 @@ pods, probes, a migration hook that runs before the pods)."""
 
 from __future__ import annotations
 
+import ast
 import base64
 import copy
 from pathlib import Path
@@ -25,9 +26,17 @@ def b64(data: bytes) -> str:
 # Fixed but not patterned: the chart refuses repeated-byte keys as placeholders.
 ENCRYPTION_KEYS = f"k2:{b64(bytes(range(32)))},k1:{b64(bytes(range(32, 64)))}"
 OTHER_KEY = b64(bytes(range(64, 96)))
-API_TOKENS = "ci:worker:not-a-real-worker-token,ops:admin:sha256:" + "0" * 64
+SIGNING_KEYS = f"s2:{b64(bytes(range(96, 128)))},s1:{b64(bytes(range(128, 160)))}"
+API_TOKENS = (
+    "ci:worker:not-a-real-worker-token,engine:issuer:not-a-real-engine-token,ops:admin:sha256:" + "0" * 64
+)
 SECRETS = {
-    "secrets": {"databaseUrl": DATABASE_URL, "encryptionKeys": ENCRYPTION_KEYS, "apiTokens": API_TOKENS}
+    "secrets": {
+        "databaseUrl": DATABASE_URL,
+        "encryptionKeys": ENCRYPTION_KEYS,
+        "apiTokens": API_TOKENS,
+        "tokenSigningKeys": SIGNING_KEYS,
+    }
 }
 
 DEFAULT_KINDS = sorted(
@@ -147,6 +156,13 @@ def test_schema_validation_catches_a_broken_object(default_docs):
         ({"config": {"sweepIntervalSeconds": -1}}, "sweepIntervalSeconds"),
         ({"config": {"maxTtlSeconds": 0}}, "maxTtlSeconds"),
         ({"service": {"port": 70000}}, "port"),
+        ({"config": {"executionTokenTtlSeconds": 0}}, "executionTokenTtlSeconds"),
+        ({"config": {"auditReads": "yes"}}, "auditReads"),
+        ({"config": {"auditFlushSeconds": 0}}, "auditFlushSeconds"),
+        ({"config": {"maxTokenDataBytes": 0}}, "maxTokenDataBytes"),
+        ({"config": {"maxTokenDataDepth": 0}}, "maxTokenDataDepth"),
+        ({"config": {"maxTokenDataItems": 0}}, "maxTokenDataItems"),
+        ({"config": {"apiTokenLimits": ["ci:read:ci-*"]}}, "apiTokenLimits"),
         ({"replicaCount": 2, "replicas": 3}, "replicas"),
     ],
 )
@@ -191,9 +207,32 @@ SHORT_KEY = base64.b64encode(b"short").decode()
         ),
         (
             {"apiTokens": "ci:reader:not-a-real-token"},
-            'token "ci" needs the role worker or admin',
+            'token "ci" needs the role worker, issuer or admin',
             "not-a-real-token",
         ),
+        # The server would refuse to start: nothing to sign execution tokens with.
+        (
+            {"tokenSigningKeys": ""},
+            'token "engine" has the role issuer, which mints execution tokens, but secrets.tokenSigningKeys is empty',
+            "not-a-real-engine-token",
+        ),
+        # Signing keys follow the encryption keys' rules, and name the key id only.
+        (
+            {"tokenSigningKeys": "s1:" + SHORT_KEY},
+            'secrets.tokenSigningKeys key "s1" is not the standard base64 of exactly 32 bytes',
+            SHORT_KEY,
+        ),
+        (
+            {"tokenSigningKeys": "s1:" + b64(bytes(32))},
+            'secrets.tokenSigningKeys key "s1" is a placeholder',
+            b64(bytes(32))[:40],
+        ),
+        (
+            {"tokenSigningKeys": SIGNING_KEYS + ",s1:" + OTHER_KEY},
+            'secrets.tokenSigningKeys lists key id "s1" twice',
+            OTHER_KEY,
+        ),
+        ({"tokenSigningKeys": OTHER_KEY}, "secrets.tokenSigningKeys entry 1 must look like", OTHER_KEY),
         (
             {"apiTokens": "ci:not-a-real-token"},
             "secrets.apiTokens entry 1 must look like",
@@ -362,7 +401,7 @@ def test_migration_sees_only_the_database_url(default_docs):
     job = one(default_docs, "Job")
     names = [e["name"] for e in container(job)["env"]]
     assert len(names) == len(set(names))
-    assert not {"KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"} & set(names)
+    assert not {"KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS", "KEYCHAIN_TOKEN_SIGNING_KEYS"} & set(names)
 
 
 def test_hook_secret_is_deleted_whatever_the_migration_outcome(default_docs):
@@ -386,11 +425,17 @@ def test_settings_split_between_configmap_and_secret(default_docs):
         DATABASE_URL,
         ENCRYPTION_KEYS,
         API_TOKENS,
+        SIGNING_KEYS,
         "not-a-password",
         "not-a-real-worker-token",
     ):
         assert not any(secret_value in value for value in config.values())
-    assert not {"KEYCHAIN_DATABASE_URL", "KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"} & set(config)
+    assert not {
+        "KEYCHAIN_DATABASE_URL",
+        "KEYCHAIN_ENCRYPTION_KEYS",
+        "KEYCHAIN_API_TOKENS",
+        "KEYCHAIN_TOKEN_SIGNING_KEYS",
+    } & set(config)
     assert config["KEYCHAIN_HOST"] == "0.0.0.0"
     assert config["KEYCHAIN_PORT"] == "8082"
     assert config["KEYCHAIN_LOG_FORMAT"] == "json"
@@ -402,10 +447,113 @@ def test_settings_split_between_configmap_and_secret(default_docs):
         "KEYCHAIN_DATABASE_URL": DATABASE_URL,
         "KEYCHAIN_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
         "KEYCHAIN_API_TOKENS": API_TOKENS,
+        "KEYCHAIN_TOKEN_SIGNING_KEYS": SIGNING_KEYS,
     }
     sources = container(one(default_docs, "Deployment"))["envFrom"]
     assert {"configMapRef": {"name": one(default_docs, "ConfigMap")["metadata"]["name"]}} in sources
     assert {"secretRef": {"name": plain_secret(default_docs)["metadata"]["name"]}} in sources
+
+
+def settings_environment_names() -> set[str]:
+    """KEYCHAIN_* names app/settings.py reads: KEYCHAIN_ + a Settings field upper-cased, or
+    a _RENAMED suffix. Read from the source, so these tests need no app dependencies."""
+    tree = ast.parse((ROOT / "app" / "settings.py").read_text())
+    (settings,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings"]
+    fields = {n.target.id for n in settings.body if isinstance(n, ast.AnnAssign)}
+    (renamed,) = [
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.AnnAssign | ast.Assign)
+        and "_RENAMED" in [t.id for t in (n.targets if isinstance(n, ast.Assign) else [n.target])]
+    ]
+    names = {field for field in fields if field not in renamed.values()} | set(renamed)
+    return {"KEYCHAIN_" + name.upper() for name in names}
+
+
+def test_every_configmap_key_is_a_setting_the_app_reads(default_docs, helm):
+    # A misspelt name is silently ignored by the app, which then runs on its default.
+    known = settings_environment_names()
+    with_limits = helm.render(SECRETS, {"config": {"apiTokenLimits": "ci:read:ci-*"}})
+    for docs in (default_docs, with_limits):
+        config = one(docs, "ConfigMap")["data"]
+        assert set(config) <= known, set(config) - known
+    secret = plain_secret(default_docs)["data"]
+    assert set(secret) <= known, set(secret) - known
+
+
+def test_least_privilege_settings_render_into_the_configmap(helm, default_docs):
+    config = one(default_docs, "ConfigMap")["data"]
+    assert {name: config[name] for name in config if name in LEAST_PRIVILEGE_DEFAULTS} == LEAST_PRIVILEGE_DEFAULTS
+    # No limits unless asked for: an empty one would only hide a mistake.
+    assert "KEYCHAIN_API_TOKEN_LIMITS" not in config
+    limits = "ci:read:projects/1/secrets/ci-*,ci:write:ci-cache"
+    docs = helm.render(
+        SECRETS,
+        {
+            "config": {
+                "apiTokenLimits": limits,
+                "executionTokenTtlSeconds": 3600,
+                "auditReads": False,
+                "auditFlushSeconds": 0.5,
+                "maxTokenDataBytes": 2097152,
+            }
+        },
+    )
+    config = one(docs, "ConfigMap")["data"]
+    assert config["KEYCHAIN_API_TOKEN_LIMITS"] == limits
+    assert config["KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS"] == "3600"
+    assert config["KEYCHAIN_AUDIT_READS"] == "false"
+    assert config["KEYCHAIN_AUDIT_FLUSH_SECONDS"] == "0.5"
+    # Large numbers stay integers here too.
+    assert config["KEYCHAIN_MAX_TOKEN_DATA_BYTES"] == "2097152"
+    # The migration Job gets the same settings inline.
+    job = container(one(docs, "Job"))
+    assert {e["name"]: e["value"] for e in job["env"] if "value" in e} == config
+
+
+LEAST_PRIVILEGE_DEFAULTS = {
+    "KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS": "86400",
+    "KEYCHAIN_AUDIT_READS": "true",
+    "KEYCHAIN_AUDIT_FLUSH_SECONDS": "1",
+    "KEYCHAIN_MAX_TOKEN_DATA_BYTES": "65536",
+    "KEYCHAIN_MAX_TOKEN_DATA_DEPTH": "32",
+    "KEYCHAIN_MAX_TOKEN_DATA_ITEMS": "10000",
+}
+
+
+def test_every_role_the_app_knows_is_accepted(helm):
+    tokens = "w:worker:not-a-real-worker-token,e:issuer:not-a-real-engine-token,a:admin:not-a-real-admin-token"
+    docs = helm.render(secrets_with(apiTokens=tokens))
+    assert base64.b64decode(plain_secret(docs)["data"]["KEYCHAIN_API_TOKENS"]).decode() == tokens
+    # Without an issuer the signing keys are optional, and then left out of the Secret.
+    docs = helm.render(secrets_with(apiTokens="w:worker:not-a-real-worker-token", tokenSigningKeys=""))
+    assert "KEYCHAIN_TOKEN_SIGNING_KEYS" not in plain_secret(docs)["data"]
+
+
+def test_signing_keys_may_come_from_extra_env(helm):
+    # As the database URL may: e.g. a secretKeyRef to a Secret the secret manager makes.
+    from_operator = {
+        "name": "KEYCHAIN_TOKEN_SIGNING_KEYS",
+        "valueFrom": {"secretKeyRef": {"name": "keychain-signing", "key": "keys"}},
+    }
+    docs = helm.render(secrets_with(tokenSigningKeys=""), {"extraEnv": [from_operator]})
+    assert from_operator in container(one(docs, "Deployment"))["env"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ("ci:readwrite:ci-*", 'config.apiTokenLimits entry 1 ("ci:readwrite:ci-*") must look like'),
+        ("ci:read:*", "'*' alone would grant everything"),
+        ("ci:read:ci-*,ci:write:a*b", 'entry 2 ("ci:write:a*b") must look like'),
+        ("ci:read:", "entry 1 (\"ci:read:\") must look like"),
+        ("nobody:read:ci-*", 'names the token "nobody", which secrets.apiTokens does not have'),
+    ],
+)
+def test_bad_token_limits_fail_with_a_clear_message(helm, limits, message):
+    result = helm.template(SECRETS, {"config": {"apiTokenLimits": limits}})
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
 
 
 def test_production_values_fit_the_database_connection_limit(production_docs):
@@ -529,7 +677,13 @@ def test_notes_list_what_an_existing_secret_must_hold(helm):
     assert notes.returncode == 0, notes.output
     text = notes.stdout.split("NOTES:", 1)[1]
     assert "Secret keychain-credentials" in text
-    for key in ("KEYCHAIN_DATABASE_URL", "KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"):
+    for key in (
+        "KEYCHAIN_DATABASE_URL",
+        "KEYCHAIN_ENCRYPTION_KEYS",
+        "KEYCHAIN_API_TOKENS",
+        "KEYCHAIN_TOKEN_SIGNING_KEYS",
+        "worker|issuer|admin",
+    ):
         assert key in text
     # Where the pods' refusal to start can be read.
     assert "kubectl -n keychain logs deployment/kc-keychain" in text
@@ -551,8 +705,15 @@ def test_notes_list_what_an_existing_secret_must_hold(helm):
 def test_values_document_what_an_existing_secret_must_hold():
     values = (CHART / "values.yaml").read_text()
     documented = values[: values.index("  existingSecret:")]
-    for key in ("KEYCHAIN_DATABASE_URL", "KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS"):
+    for key in (
+        "KEYCHAIN_DATABASE_URL",
+        "KEYCHAIN_ENCRYPTION_KEYS",
+        "KEYCHAIN_API_TOKENS",
+        "KEYCHAIN_TOKEN_SIGNING_KEYS",
+    ):
         assert key in documented
+    # So does the production example, which uses one.
+    assert "KEYCHAIN_TOKEN_SIGNING_KEYS" in PRODUCTION_VALUES.read_text()
 
 
 # --- TLS ----------------------------------------------------------------------
@@ -639,6 +800,13 @@ def test_notes_with_tls_give_workers_an_https_url_and_the_ca(helm):
     plain = helm.notes(SECRETS).stdout.split("NOTES:", 1)[1]
     assert "KEYCHAIN_SERVER_URL=http://kc-keychain.keychain.svc:8082" in plain
     assert "cross the network in clear" in plain
+
+
+def test_notes_send_workers_to_the_engine_for_execution_tokens(helm):
+    notes = helm.notes(SECRETS).stdout.split("NOTES:", 1)[1]
+    assert "worker|issuer|admin" in notes
+    assert "POST /api/execution-tokens" in notes
+    assert "86400s" in notes
 
 
 def test_examples_verify_the_database_certificate(helm):

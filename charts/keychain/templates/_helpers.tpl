@@ -97,8 +97,9 @@ The image reference: repository:tag, or repository@digest when a digest is given
 {{- end }}
 
 {{/*
-The Secret the server reads KEYCHAIN_DATABASE_URL, KEYCHAIN_ENCRYPTION_KEYS and
-KEYCHAIN_API_TOKENS from: the operator's, or the one this chart makes.
+The Secret the server reads KEYCHAIN_DATABASE_URL, KEYCHAIN_ENCRYPTION_KEYS,
+KEYCHAIN_API_TOKENS and KEYCHAIN_TOKEN_SIGNING_KEYS from: the operator's, or the
+one this chart makes.
 */}}
 {{- define "keychain.secretName" -}}
 {{- default (include "keychain.fullname" .) .Values.secrets.existingSecret }}
@@ -134,6 +135,16 @@ KEYCHAIN_MAX_BODY_BYTES: {{ .Values.config.maxBodyBytes | int64 | quote }}
 KEYCHAIN_LOG_FORMAT: {{ .Values.config.logFormat | quote }}
 KEYCHAIN_LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 KEYCHAIN_DB_POOL_SIZE: {{ .Values.config.dbPoolSize | int64 | quote }}
+{{- with .Values.config.apiTokenLimits }}
+KEYCHAIN_API_TOKEN_LIMITS: {{ . | quote }}
+{{- end }}
+KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS: {{ .Values.config.executionTokenTtlSeconds | int64 | quote }}
+KEYCHAIN_AUDIT_READS: {{ .Values.config.auditReads | toString | quote }}
+{{- /* Seconds as a float (0.5 is fine); a whole number renders without a point. */}}
+KEYCHAIN_AUDIT_FLUSH_SECONDS: {{ .Values.config.auditFlushSeconds | toString | quote }}
+KEYCHAIN_MAX_TOKEN_DATA_BYTES: {{ .Values.config.maxTokenDataBytes | int64 | quote }}
+KEYCHAIN_MAX_TOKEN_DATA_DEPTH: {{ .Values.config.maxTokenDataDepth | int64 | quote }}
+KEYCHAIN_MAX_TOKEN_DATA_ITEMS: {{ .Values.config.maxTokenDataItems | int64 | quote }}
 # Only local runs use the data directory; point it at the writable emptyDir.
 KEYCHAIN_DATA_DIR: "/tmp/keychain"
 {{- end }}
@@ -151,6 +162,9 @@ KEYCHAIN_ENCRYPTION_KEYS: {{ . | b64enc | quote }}
 {{- end }}
 {{- with .Values.secrets.apiTokens }}
 KEYCHAIN_API_TOKENS: {{ . | b64enc | quote }}
+{{- end }}
+{{- with .Values.secrets.tokenSigningKeys }}
+KEYCHAIN_TOKEN_SIGNING_KEYS: {{ . | b64enc | quote }}
 {{- end }}
 {{- end }}
 

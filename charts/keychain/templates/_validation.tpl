@@ -5,8 +5,9 @@ value (CI logs are not a safe place for one); they name the field, and at most
 a key id or token name.
 */}}
 {{- define "keychain.validate" -}}
-{{- $hint := "or name a Secret you made in secrets.existingSecret (keys KEYCHAIN_DATABASE_URL, KEYCHAIN_ENCRYPTION_KEYS, KEYCHAIN_API_TOKENS)" }}
+{{- $hint := "or name a Secret you made in secrets.existingSecret (keys KEYCHAIN_DATABASE_URL, KEYCHAIN_ENCRYPTION_KEYS, KEYCHAIN_API_TOKENS, and KEYCHAIN_TOKEN_SIGNING_KEYS once an issuer token is configured)" }}
 {{- $extraEnvNames := list }}
+{{- $tokenNames := list }}
 {{- range .Values.extraEnv }}
 {{- $extraEnvNames = append $extraEnvNames .name }}
 {{- end }}
@@ -36,20 +37,29 @@ NOTES.txt list the keys it must hold, and the server refuses to start without th
 {{- end }}
 {{- include "keychain.validateKeyRing" (dict "field" "secrets.encryptionKeys" "keys" $keys) }}
 
+{{- /* Execution-token signing keys: the same format, optional until an issuer token needs them. */}}
+{{- $signingKeys := .Values.secrets.tokenSigningKeys }}
+{{- include "keychain.validateKeyRing" (dict "field" "secrets.tokenSigningKeys" "keys" $signingKeys) }}
+
 {{- /* API tokens: "name:role:token,..." (the token itself may contain ':', as in sha256:<hex>). */}}
 {{- $tokens := .Values.secrets.apiTokens }}
 {{- if not $tokens }}
-{{- fail (printf "\n\nkeychain: no API tokens. Set secrets.apiTokens to \"<name>:<worker|admin>:<token>,...\", %s. Without tokens the API would be open to anyone in the cluster." $hint) }}
+{{- fail (printf "\n\nkeychain: no API tokens. Set secrets.apiTokens to \"<name>:<worker|issuer|admin>:<token>,...\", %s. Without tokens the API would be open to anyone in the cluster." $hint) }}
 {{- end }}
 {{- range $i, $entry := splitList "," $tokens }}
 {{- $entry = trim $entry }}
 {{- if $entry }}
 {{- $parts := splitn ":" 3 $entry }}
+{{- $tokenNames = append $tokenNames $parts._0 }}
 {{- if or (not $parts._0) (not $parts._2) }}
-{{- fail (printf "\n\nkeychain: secrets.apiTokens entry %d must look like \"<name>:<worker|admin>:<token>\" (value not shown)." (add1 $i)) }}
+{{- fail (printf "\n\nkeychain: secrets.apiTokens entry %d must look like \"<name>:<worker|issuer|admin>:<token>\" (value not shown)." (add1 $i)) }}
 {{- end }}
-{{- if not (has $parts._1 (list "worker" "admin")) }}
-{{- fail (printf "\n\nkeychain: secrets.apiTokens token %q needs the role worker or admin as its second field (value not shown)." $parts._0) }}
+{{- if not (has $parts._1 (list "worker" "issuer" "admin")) }}
+{{- fail (printf "\n\nkeychain: secrets.apiTokens token %q needs the role worker, issuer or admin as its second field (value not shown)." $parts._0) }}
+{{- end }}
+{{- /* The server refuses to start with an issuer but nothing to sign its execution tokens with (app/asgi.py). */}}
+{{- if and (eq $parts._1 "issuer") (not $signingKeys) (not (has "KEYCHAIN_TOKEN_SIGNING_KEYS" $extraEnvNames)) }}
+{{- fail (printf "\n\nkeychain: secrets.apiTokens token %q has the role issuer, which mints execution tokens, but secrets.tokenSigningKeys is empty. Set it to \"s1:<base64 of 32 random bytes>\" (make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'; not one of the encryption keys), or set KEYCHAIN_TOKEN_SIGNING_KEYS in extraEnv." $parts._0) }}
 {{- end }}
 {{- /* Tokens copied from an example and never replaced, as app/auth.py sees them;
 a sha256:<digest> is checked by the app alone. */}}
@@ -61,6 +71,22 @@ a sha256:<digest> is checked by the app alone. */}}
 {{- end }}
 
 {{- end }}{{/* not existingSecret */}}
+
+{{- /* Token limits: "name:read|write:pattern,...", as app/auth.py _parse_limits reads
+them. Not secret, so entries are shown; names are checked against inline tokens only. */}}
+{{- range $i, $entry := splitList "," .Values.config.apiTokenLimits }}
+{{- $entry = trim $entry }}
+{{- if $entry }}
+{{- $parts := splitn ":" 3 $entry }}
+{{- $pattern := default "" $parts._2 }}
+{{- if or (not (has $parts._1 (list "read" "write"))) (not $pattern) (eq $pattern "*") (contains "*" (trimSuffix "*" $pattern)) }}
+{{- fail (printf "\n\nkeychain: config.apiTokenLimits entry %d (%q) must look like \"<token name>:<read|write>:<credential name, or a prefix ending in *>\"; '*' alone would grant everything." (add1 $i) $entry) }}
+{{- end }}
+{{- if and (not $.Values.secrets.existingSecret) (not (has $parts._0 $tokenNames)) }}
+{{- fail (printf "\n\nkeychain: config.apiTokenLimits entry %d names the token %q, which secrets.apiTokens does not have." (add1 $i) $parts._0) }}
+{{- end }}
+{{- end }}
+{{- end }}
 
 {{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
 {{- fail (printf "\n\nkeychain: tls.enabled is true but tls.existingSecret is empty. Name a Secret of type kubernetes.io/tls in namespace %s holding tls.crt and tls.key for %s.%s.svc (a cert-manager Certificate makes one)." .Release.Namespace (include "keychain.fullname" .) .Release.Namespace) }}
