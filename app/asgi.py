@@ -45,7 +45,7 @@ from app.keychain.service import EntryLimits
 from app.keychain.sweeper import run_sweeper
 from app.logs import RequestIdMiddleware
 from app.metrics import RequestMetricsMiddleware
-from app.runtime import Runtime, provide_connection
+from app.runtime import Runtime, provide_transaction
 from app.settings import Settings, load_settings
 from app.system.controller import SystemController
 
@@ -229,7 +229,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                 include_in_schema=False,
             ),
         ],
-        dependencies={"db_connection": Provide(provide_connection)},
+        dependencies={"db_transaction": Provide(provide_transaction)},
         exception_handlers={
             **{cls: _error_response for cls in _ERROR_STATUS},
             HTTP_413_REQUEST_ENTITY_TOO_LARGE: _body_too_large,

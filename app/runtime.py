@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.audit import ReadAudit
 from app.auth import ExecutionTokens, Principal, TokenTable
 from app.crypto import KeyRing
-from app.db.engine import Database
+from app.db.engine import Database, LazyTransaction
 from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
 from app.keychain.service import EntryLimits, KeychainService
@@ -39,7 +39,7 @@ class Runtime:
     # Per app, not the process-global registry: each create_app() (and each test) counts alone.
     metrics: KeychainMetrics = field(default_factory=KeychainMetrics)
 
-    def keychain_service(self, conn: AsyncConnection) -> KeychainService:
+    def keychain_service(self, conn: AsyncConnection | LazyTransaction) -> KeychainService:
         return KeychainService(
             KeychainRepository(conn, self.table),
             self.keyring,
@@ -55,10 +55,16 @@ def runtime_of(state: State) -> Runtime:
     return state.runtime
 
 
-async def provide_connection(state: State) -> AsyncIterator[AsyncConnection]:
-    """The request owns the transaction: committed before the response, rolled back on error."""
-    async with runtime_of(state).database.transaction() as conn:
-        yield conn
+async def provide_transaction(state: State) -> AsyncIterator[LazyTransaction]:
+    """The request owns the transaction: committed before the response, rolled back on error;
+    begun only if the request reads or writes the database."""
+    transaction = LazyTransaction(runtime_of(state).database)
+    try:
+        yield transaction
+    except BaseException as error:
+        await transaction.finish(error)
+        raise
+    await transaction.finish(None)
 
 
 def provide_caller(request: Request) -> Principal:
@@ -67,6 +73,6 @@ def provide_caller(request: Request) -> Principal:
 
 
 def provide_keychain_service(
-    state: State, db_connection: NamedDependency[AsyncConnection]
+    state: State, db_transaction: NamedDependency[LazyTransaction]
 ) -> KeychainService:
-    return runtime_of(state).keychain_service(db_connection)
+    return runtime_of(state).keychain_service(db_transaction)

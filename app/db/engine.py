@@ -146,3 +146,31 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class LazyTransaction:
+    """A request's unit of work, begun on its first statement: a request answered from
+    memory never takes a connection from the pool. Repositories call execute() on it as
+    they would on a connection."""
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+        self._context: Any = None
+        self._conn: AsyncConnection | None = None
+
+    async def execute(self, statement: Any, parameters: Any = None) -> Any:
+        if self._conn is None:
+            context = self._database.transaction()
+            self._conn = await context.__aenter__()
+            self._context = context  # only once entered: a failed begin has nothing to end
+        return await self._conn.execute(statement, parameters)
+
+    async def finish(self, error: BaseException | None) -> None:
+        """Commit, or roll back on `error`; nothing to do when no statement ran."""
+        context, self._context, self._conn = self._context, None, None
+        if context is None:
+            return
+        if error is None:
+            await context.__aexit__(None, None, None)
+        else:
+            await context.__aexit__(type(error), error, error.__traceback__)

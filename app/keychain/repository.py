@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
-from app.db.engine import translated
+from app.db.engine import LazyTransaction, translated
 from app.db.tables import ended_executions
 from app.errors import InvalidEntry
 from app.invalidation import Invalidation, channel_name, encode
@@ -73,7 +73,7 @@ def _with_expiry(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class KeychainRepository:
-    def __init__(self, conn: AsyncConnection, table: Table) -> None:
+    def __init__(self, conn: AsyncConnection | LazyTransaction, table: Table) -> None:
         self.conn = conn
         self.table = table
 
