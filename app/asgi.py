@@ -38,10 +38,12 @@ from app.errors import (
     TokenRevoked,
     UnreadableEntry,
 )
-from app.invalidation import InvalidationListener, channel_name
+from app.invalidation import Invalidation, InvalidationListener, channel_name
 from app.json_shape import shape_problem
 from app.keychain.controller import AuthCacheController, ExecutionController, ExecutionTokenController
-from app.keychain.service import EntryLimits
+from app.keychain.hits import run_hit_flusher
+from app.keychain.service import EntryLimits, ProcessState
+from app.keychain.tier import MemoryTier
 from app.keychain.sweeper import run_sweeper
 from app.logs import RequestIdMiddleware
 from app.metrics import RequestMetricsMiddleware
@@ -175,18 +177,30 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
             ended_retention_seconds=runtime.settings.execution_token_ttl_seconds,
         )
         tasks.append(asyncio.create_task(sweeping, name="keychain-sweeper"))
-    listener = InvalidationListener(
-        runtime.database.engine, channel_name(runtime.settings.db_schema), runtime.ended_executions.on_invalidation
-    )
-    runtime.ended_executions.listener = listener
+    process = runtime.process
+    tier = process.tier
+
+    def on_invalidation(message: Invalidation) -> None:
+        process.ended_executions.on_invalidation(message)
+        if tier is not None:
+            tier.on_invalidation(message)
+
+    listener = InvalidationListener(runtime.database.engine, channel_name(runtime.settings.db_schema), on_invalidation)
+    process.ended_executions.listener = listener
+    if tier is not None:
+        tier.listener = listener
     tasks.append(asyncio.create_task(listener.run(), name="keychain-invalidation-listener"))
-    if runtime.read_audit is not None:
-        flushing = run_read_audit_flusher(runtime.read_audit, runtime.settings.audit_flush_seconds)
+    counting = run_hit_flusher(process.hits, runtime.database, runtime.table, runtime.settings.hit_flush_seconds)
+    tasks.append(asyncio.create_task(counting, name="keychain-hit-flusher"))
+    if process.read_audit is not None:
+        flushing = run_read_audit_flusher(process.read_audit, runtime.settings.audit_flush_seconds)
         tasks.append(asyncio.create_task(flushing, name="keychain-read-audit"))
     try:
         yield
     finally:
-        runtime.ended_executions.listener = None
+        process.ended_executions.listener = None
+        if tier is not None:
+            tier.listener = None
         for task in reversed(tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -213,8 +227,16 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         tokens=tokens,
         table=table,
         limits=EntryLimits(settings.default_ttl_seconds, settings.max_ttl_seconds, settings.max_token_data_bytes),
-        execution_tokens=execution_tokens,
-        read_audit=ReadAudit() if settings.audit_reads else None,
+        process=ProcessState(
+            read_audit=ReadAudit() if settings.audit_reads else None,
+            execution_tokens=execution_tokens,
+            tier=(
+                MemoryTier(settings.memory_tier_max_entries, settings.memory_tier_max_bytes)
+                if settings.memory_tier_max_entries > 0
+                else None
+            ),
+            serve_from_memory_during_outage=settings.serve_from_memory_during_outage,
+        ),
         database=database,
     )
     return Litestar(

@@ -280,9 +280,10 @@ def require_role(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     scheme, _, token = (connection.headers.get("authorization") or "").partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token and _looks_like_jwt(token):
-        if runtime.execution_tokens is None:
+        signer = runtime.process.execution_tokens
+        if signer is None:
             raise _unauthorized(f"execution tokens are not enabled on this server ({SIGNING_KEYS_SETTING})")
-        principal: Principal | None = runtime.execution_tokens.verify(token)
+        principal: Principal | None = signer.verify(token)
     elif tokens.is_open:
         principal = OPEN_ACCESS
     elif scheme.lower() == "bearer" and token:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,12 +35,36 @@ def channel_name(schema: str) -> str:
 
 
 class Invalidation(msgspec.Struct, kw_only=True, omit_defaults=True):
+    # Entries written, replaced, deleted or re-sealed.
+    keys: list[str] = []
     # An execution was cleaned up: its entries are gone and its tokens end.
     ended_execution_id: int | None = None
+    # A sweep deleted rows that expired by then (epoch seconds, the database's clock).
+    expired_before: float | None = None
+
+
+# NOTIFY payloads must stay under 8000 bytes.
+MAX_PAYLOAD_BYTES = 7000
 
 
 def encode(message: Invalidation) -> str:
     return msgspec.json.encode(message).decode()
+
+
+def key_messages(keys: list[str]) -> list[Invalidation]:
+    """Invalidations for `keys`, as few as fit the payload limit (a key is at most 512
+    characters, so each message holds at least a dozen)."""
+    messages, batch, size = [], [], 0
+    for key in keys:
+        cost = len(msgspec.json.encode(key)) + 1
+        if batch and size + cost > MAX_PAYLOAD_BYTES:
+            messages.append(Invalidation(keys=batch))
+            batch, size = [], 0
+        batch.append(key)
+        size += cost
+    if batch:
+        messages.append(Invalidation(keys=batch))
+    return messages
 
 
 class InvalidationListener:
@@ -56,6 +81,8 @@ class InvalidationListener:
         self._on_message = on_message
         self.connected = False
         self.epoch = 0
+        # The database's clock minus ours, in seconds, measured on every probe.
+        self.clock_offset = 0.0
 
     def _deliver(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         try:
@@ -83,12 +110,24 @@ class InvalidationListener:
             self.connected = False
             await self._engine.dispose()
 
+    def database_time(self) -> float:
+        """Now by the database's clock (epoch seconds): what expires_at is compared with."""
+        return time.time() + self.clock_offset
+
+    async def _measure_clock(self, raw: Any) -> None:
+        """Also the liveness probe: a connection that cannot answer this is gone."""
+        before = time.time()
+        database_now = await raw.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8", timeout=2)
+        after = time.time()
+        self.clock_offset = database_now - (before + after) / 2
+
     async def _listen_until_lost(self) -> None:
         async with self._engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
             lost = asyncio.Event()
             raw.add_termination_listener(lambda _conn: lost.set())
             await raw.add_listener(self._channel, self._deliver)
+            await self._measure_clock(raw)
             # Anything learned before this moment may have missed a notification.
             self.epoch += 1
             self.connected = True
@@ -98,7 +137,7 @@ class InvalidationListener:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(lost.wait(), LIVENESS_INTERVAL_SECONDS)
                         break
-                    await raw.fetchval("SELECT 1", timeout=2)
+                    await self._measure_clock(raw)
             finally:
                 self.connected = False
             log.warning("invalidation listener lost its connection; reconnecting")

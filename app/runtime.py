@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from litestar import Request
 from litestar.datastructures import State
@@ -11,13 +11,11 @@ from litestar.di import NamedDependency
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.audit import ReadAudit
-from app.auth import ExecutionTokens, Principal, TokenTable
+from app.auth import Principal, TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database, LazyTransaction
-from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
-from app.keychain.service import EntryLimits, KeychainService
+from app.keychain.service import EntryLimits, KeychainService, ProcessState
 from app.metrics import KeychainMetrics
 from app.settings import Settings
 
@@ -29,26 +27,18 @@ class Runtime:
     tokens: TokenTable
     table: Table
     limits: EntryLimits
-    execution_tokens: ExecutionTokens | None = None
-    # None when KEYCHAIN_AUDIT_READS is off.
-    read_audit: ReadAudit | None = None
-    # Fed by the invalidation listener the lifespan starts.
-    ended_executions: EndedExecutions = field(default_factory=EndedExecutions)
+    # The metrics (per app, not the process-global registry: each create_app() and each test
+    # counts alone), the read audit, the memory tier and what else requests share.
+    process: ProcessState
     # Set by the lifespan (or injected by tests) before the first request.
     database: Database | None = None
-    # Per app, not the process-global registry: each create_app() (and each test) counts alone.
-    metrics: KeychainMetrics = field(default_factory=KeychainMetrics)
+
+    @property
+    def metrics(self) -> KeychainMetrics:
+        return self.process.metrics
 
     def keychain_service(self, conn: AsyncConnection | LazyTransaction) -> KeychainService:
-        return KeychainService(
-            KeychainRepository(conn, self.table),
-            self.keyring,
-            self.limits,
-            self.metrics,
-            self.read_audit,
-            self.execution_tokens,
-            self.ended_executions,
-        )
+        return KeychainService(KeychainRepository(conn, self.table), self.keyring, self.limits, self.process)
 
 
 def runtime_of(state: State) -> Runtime:

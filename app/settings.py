@@ -54,6 +54,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_token_data_bytes: int = 64 * 1024
     max_token_data_depth: int = 32
     max_token_data_items: int = 10_000
+    # Each process's memory tier of entries (0 entries: every read goes to the database).
+    memory_tier_max_entries: int = 10_000
+    memory_tier_max_bytes: int = 64 * 1024 * 1024
+    # Hits served from memory are written back this often (and at shutdown).
+    hit_flush_seconds: float = 1.0
+    # While PostgreSQL is unreachable, keep serving entries already in memory until their TTL.
+    serve_from_memory_during_outage: bool = True
 
 
 # Environment variable suffix -> Settings field, where the two differ.

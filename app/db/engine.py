@@ -157,17 +157,26 @@ class LazyTransaction:
         self._database = database
         self._context: Any = None
         self._conn: AsyncConnection | None = None
+        # A statement that failed dooms the transaction, even if the request recovered from
+        # it (say, answered from memory because the database went away).
+        self._failed: BaseException | None = None
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         if self._conn is None:
             context = self._database.transaction()
             self._conn = await context.__aenter__()
             self._context = context  # only once entered: a failed begin has nothing to end
-        return await self._conn.execute(statement, parameters)
+        try:
+            return await self._conn.execute(statement, parameters)
+        except BaseException as exc:
+            self._failed = exc
+            raise
 
     async def finish(self, error: BaseException | None) -> None:
-        """Commit, or roll back on `error`; nothing to do when no statement ran."""
+        """Commit, or roll back on `error` or after a failed statement; nothing to do when no
+        statement ran."""
         context, self._context, self._conn = self._context, None, None
+        error = error or self._failed
         if context is None:
             return
         if error is None:

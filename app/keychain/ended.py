@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from app.errors import DatabaseUnavailable
 from app.invalidation import Invalidation, InvalidationListener
 
 MAX_REMEMBERED = 100_000
@@ -43,10 +44,15 @@ class EndedExecutions:
         return self._live_epoch
 
     async def first_ended(
-        self, execution_ids: tuple[int, ...], ask_database: Callable[[tuple[int, ...]], Awaitable[int | None]]
+        self,
+        execution_ids: tuple[int, ...],
+        ask_database: Callable[[tuple[int, ...]], Awaitable[int | None]],
+        *,
+        during_outage: bool = False,
     ) -> int | None:
         """The first of these executions that has ended, or None; the database only for what
-        memory cannot answer."""
+        memory cannot answer. With `during_outage`, a database that cannot answer leaves what
+        was known before the gap standing: while it is down for everyone, nothing can end."""
         for execution_id in execution_ids:
             if execution_id in self._ended:
                 return execution_id
@@ -54,7 +60,12 @@ class EndedExecutions:
         unknown = tuple(e for e in execution_ids if epoch is None or e not in self._live)
         if not unknown:
             return None
-        ended = await ask_database(unknown)
+        try:
+            ended = await ask_database(unknown)
+        except DatabaseUnavailable:
+            if during_outage and all(e in self._live for e in execution_ids):
+                return None
+            raise
         if ended is not None:
             self.mark_ended(ended)
             return ended

@@ -64,6 +64,10 @@ def _meta_columns(table: Table) -> tuple[Column[Any], ...]:
     return tuple(c for c in table.c if c.name not in ("data", "write_id"))
 
 
+# (cache key, write id) -> (hits, the last one's time): counts a process served from memory.
+PendingHits = dict[tuple[str, bytes | None], tuple[int, datetime]]
+
+
 def _with_expiry(values: Mapping[str, Any]) -> dict[str, Any]:
     """`expires_at` None means now() + ttl_seconds, by the database's clock."""
     values = dict(values)
@@ -95,6 +99,34 @@ class KeychainRepository:
         """Read a live row and count the hit in the same statement, so concurrent hits all count."""
         result = await self._execute(_touch_statement(self.table), {"key": cache_key})
         return result.one_or_none()
+
+    async def read_live(self, cache_key: str) -> Mapping[str, Any] | None:
+        """The live row, every column, without counting a hit (the memory tier counts)."""
+        t = self.table
+        stmt = select(t).where(t.c.cache_key == cache_key, t.c.expires_at > func.now())
+        row = (await self._execute(stmt)).one_or_none()
+        return None if row is None else row._mapping
+
+    async def add_hits(self, hits: PendingHits) -> None:
+        """Add counted hits to their rows in one statement; a row replaced since (another
+        write id) or gone keeps nothing of them."""
+        stmt = text(
+            f"UPDATE {_qualified(self.table)} AS k"
+            " SET access_count = k.access_count + v.hits, accessed_at = greatest(k.accessed_at, v.at)"
+            " FROM unnest(CAST(:keys AS text[]), CAST(:write_ids AS bytea[]), CAST(:hits AS int[]),"
+            " CAST(:ats AS timestamptz[])) AS v(cache_key, write_id, hits, at)"
+            " WHERE k.cache_key = v.cache_key AND k.write_id IS NOT DISTINCT FROM v.write_id"
+        )
+        keys = list(hits)
+        await self._execute(
+            stmt,
+            {
+                "keys": [k for k, _ in keys],
+                "write_ids": [w for _, w in keys],
+                "hits": [hits[k][0] for k in keys],
+                "ats": [hits[k][1] for k in keys],
+            },
+        )
 
     async def expires_at(self, cache_key: str) -> datetime | None:
         """Tell "expired, not yet swept" from "absent" after a miss."""
@@ -158,6 +190,13 @@ class KeychainRepository:
         ended = ended_executions(self.table)
         stmt = select(ended.c.execution_id).where(ended.c.execution_id.in_(execution_ids)).limit(1)
         return (await self._execute(stmt)).scalar_one_or_none()
+
+    async def announce_swept(self) -> None:
+        """Rows expired by the database's now() are gone: servers may drop theirs too."""
+        stmt = text(
+            "SELECT pg_notify(:channel, json_build_object('expired_before', extract(epoch FROM now()))::text)"
+        )
+        await self._execute(stmt, {"channel": channel_name(self.table.schema)})
 
     async def announce(self, message: Invalidation) -> None:
         """NOTIFY every server; delivered when (and only if) this transaction commits."""
@@ -288,6 +327,10 @@ class KeychainRepository:
         t = self.table
         stmt = update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id, write_id=write_id)
         await self._execute(stmt)
+
+
+def _qualified(t: Table) -> str:
+    return f'"{t.schema}"."{t.name}"' if t.schema else f'"{t.name}"'
 
 
 def _needs_reseal(t: Table, primary_key_id: str) -> Any:

@@ -12,6 +12,7 @@ from sqlalchemy import Table
 from app.crypto import KeyRing, bound_data, new_write_id
 from app.db.engine import Database
 from app.errors import UnreadableEntry
+from app.invalidation import key_messages
 from app.keychain.repository import KeychainRepository
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,15 @@ async def reseal_all(
                     result.unreadable += 1
                     log.warning("cannot re-seal entry: %s", exc, extra={"cache_key": row.cache_key})
                     continue
-                # A fresh write id: rows sealed before writes were bound get bound now.
-                write_id = new_write_id()
+                # Rows sealed before writes were bound get bound now; others keep their write
+                # id, so hits counted in memory against it still land.
+                write_id = row.write_id or new_write_id()
                 sealed = keyring.seal(payload, bound_data({**row._mapping, "write_id": write_id}))
                 await repository.replace_sealed(row.cache_key, sealed.envelope, sealed.key_id, write_id)
                 result.resealed += 1
+            # Servers holding the old envelopes in memory drop them.
+            for message in key_messages([row.cache_key for row in rows]):
+                await repository.announce(message)
         if not rows:
             return result
         after_key = rows[-1].cache_key

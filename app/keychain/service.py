@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +29,7 @@ from app.errors import (
 from app.invalidation import Invalidation
 from app.keychain import access
 from app.keychain.ended import EndedExecutions
+from app.keychain.hits import HitCounter
 from app.keychain.repository import KeychainRepository
 from app.keychain.schemas import (
     Entry,
@@ -37,6 +40,7 @@ from app.keychain.schemas import (
     ExecutionToken,
     ExecutionTokenRequest,
 )
+from app.keychain.tier import CachedEntry, MemoryTier
 from app.metrics import KeychainMetrics
 
 log = logging.getLogger(__name__)
@@ -83,35 +87,39 @@ def _whole_seconds(value: int | str) -> int:
     return value
 
 
+@dataclass
+class ProcessState:
+    """What every request of one server process shares; scripts and unit tests get a fresh
+    one, with no memory tier, so every read goes to the database."""
+
+    metrics: KeychainMetrics = field(default_factory=KeychainMetrics)
+    read_audit: ReadAudit | None = None
+    execution_tokens: ExecutionTokens | None = None
+    ended_executions: EndedExecutions = field(default_factory=EndedExecutions)
+    tier: MemoryTier | None = None
+    hits: HitCounter = field(default_factory=HitCounter)
+    # While PostgreSQL is unreachable nothing can change anywhere: keep serving what memory holds.
+    serve_from_memory_during_outage: bool = True
+
+
 class KeychainService:
     def __init__(
         self,
         repository: KeychainRepository,
         keyring: KeyRing,
         limits: EntryLimits,
-        metrics: KeychainMetrics | None = None,
-        read_audit: ReadAudit | None = None,
-        execution_tokens: ExecutionTokens | None = None,
-        ended_executions: EndedExecutions | None = None,
+        process: ProcessState | None = None,
     ) -> None:
         self.repository = repository
         self.keyring = keyring
         self.limits = limits
-        # The app passes its own; without one (scripts, unit tests) counts go to a private registry.
-        self.metrics = metrics if metrics is not None else KeychainMetrics()
-        self.read_audit = read_audit
-        self.execution_tokens = execution_tokens
-        # Without the process's (scripts, unit tests) every check reads the database.
-        self.ended_executions = ended_executions if ended_executions is not None else EndedExecutions()
+        self.process = process if process is not None else ProcessState()
+        self.metrics = self.process.metrics
 
     async def get(self, cache_key: str, principal: Principal) -> Entry:
         check_cache_key(cache_key)
         await self._check_token_alive(principal)
-        row = await self.repository.get_and_touch(cache_key)
-        if row is not None:
-            # Checked once the hit is counted, to keep a hit one statement: a refusal raises,
-            # and the request's transaction rolls the count back.
-            access.check_read(principal, row._mapping)
+        row, counted = await self._find(cache_key)
         if row is None:
             expired = await self.repository.expires_at(cache_key) is not None
             reason = "expired" if expired else "absent"
@@ -119,33 +127,85 @@ class KeychainService:
             self.metrics.miss(reason)
             self._audit_read(principal, cache_key, reason)
             raise EntryNotFound(f"no live entry for this key ({reason})", reason=reason)
+        # When the database counted the hit, a refusal raises inside the request's transaction,
+        # which rolls the count back; from memory, nothing is counted before this check.
+        access.check_read(principal, row)
         try:
-            payload = self.keyring.open(row.data, bound_data(row._mapping))
+            payload = self.keyring.open(row["data"], bound_data(row))
         except UnreadableEntry as exc:
             # Tampering, or a key dropped from the ring too early: the caller gets a 409, and
             # an operator must hear of it too. The row stays for inspection.
             log.warning(
-                "unreadable entry", extra={"cache_key": cache_key, "key_id": row.key_id, "reason": str(exc)}
+                "unreadable entry", extra={"cache_key": cache_key, "key_id": row["key_id"], "reason": str(exc)}
             )
             self._audit_read(principal, cache_key, "unreadable")
             raise
+        meta = _meta_fields(row)
+        if not counted:
+            hits, now = self.process.hits, self._database_now()
+            hits.hit(cache_key, row["write_id"], now)
+            meta.update(access_count=row["access_count"] + hits.pending(cache_key, row["write_id"]), accessed_at=now)
         log.info(
-            "cache hit", extra={"cache_key": cache_key, "access_count": row.access_count, "actor": principal.name}
+            "cache hit", extra={"cache_key": cache_key, "access_count": meta["access_count"], "actor": principal.name}
         )
         self.metrics.hit()
         self._audit_read(principal, cache_key, "hit")
-        return Entry(**_meta_fields(row), data=msgspec.json.decode(payload))
+        return Entry(**meta, data=msgspec.json.decode(payload))
+
+    async def _find(self, cache_key: str) -> tuple[Mapping[str, Any] | None, bool]:
+        """The live row, and whether the database already counted this hit.
+
+        From the memory tier while it serves (a miss there reads and fills it); otherwise the
+        database counts the hit as it reads, and if the database is down, memory may stand in.
+        """
+        tier = self.process.tier
+        if tier is not None and tier.serving:
+            entry = tier.get(cache_key)
+            if entry is None or entry.expires_at <= self._database_time():
+                entry = await tier.load(cache_key, lambda: self.repository.read_live(cache_key))
+            return (None if entry is None else entry.row), False
+        try:
+            row = await self.repository.get_and_touch(cache_key)
+        except DatabaseUnavailable:
+            entry = self._outage_entry(cache_key)
+            if entry is None:
+                raise
+            log.warning("database unreachable: serving from memory", extra={"cache_key": cache_key})
+            return entry.row, False
+        return (None if row is None else row._mapping), True
+
+    def _outage_entry(self, cache_key: str) -> CachedEntry | None:
+        tier = self.process.tier
+        if tier is None or not self.process.serve_from_memory_during_outage:
+            return None
+        entry = tier.get(cache_key)
+        return entry if entry is not None and entry.expires_at > self._database_time() else None
+
+    def _database_time(self) -> float:
+        listener = self.process.tier.listener if self.process.tier is not None else None
+        return listener.database_time() if listener is not None else time.time()
+
+    def _database_now(self) -> datetime:
+        return datetime.fromtimestamp(self._database_time(), UTC)
+
+    async def _invalidate(self, message: Invalidation) -> None:
+        """Tell every replica, in this transaction; this one's tier drops it at once."""
+        await self.repository.announce(message)
+        if self.process.tier is not None:
+            self.process.tier.on_invalidation(message)
 
     def _audit_read(self, principal: Principal, cache_key: str, outcome: str) -> None:
-        if self.read_audit is not None:
-            self.read_audit.record(principal, cache_key, outcome)
+        if self.process.read_audit is not None:
+            self.process.read_audit.record(principal, cache_key, outcome)
 
     async def _check_token_alive(self, principal: Principal) -> None:
         """An execution token dies with its execution (or the parent it was minted under)."""
         if principal.execution_id is None:
             return
         ids = tuple(e for e in (principal.execution_id, principal.parent_execution_id) if e is not None)
-        ended = await self.ended_executions.first_ended(ids, self.repository.ended_among)
+        ended = await self.process.ended_executions.first_ended(
+            ids, self.repository.ended_among, during_outage=self.process.serve_from_memory_during_outage
+        )
         if ended is not None:
             raise TokenRevoked(f"execution {ended} has ended; its execution tokens no longer work")
 
@@ -184,6 +244,7 @@ class KeychainService:
         sealed = self.keyring.seal(plaintext, bound_data(values))
         values.update(data=sealed.envelope, key_id=sealed.key_id)
         row, created = await self._store(values, principal)
+        await self._invalidate(Invalidation(keys=[cache_key]))
         log.info(
             "cache write",
             extra={"cache_key": cache_key, "outcome": "created" if created else "replaced", "actor": principal.name},
@@ -236,6 +297,7 @@ class KeychainService:
         if existing.live:
             access.check_replace(principal, existing._mapping)
         await self.repository.delete(cache_key)
+        await self._invalidate(Invalidation(keys=[cache_key]))
         log.info("cache delete", extra={"cache_key": cache_key, "actor": principal.name})
         self.metrics.delete()
 
@@ -250,13 +312,13 @@ class KeychainService:
         """Drop the execution's entries and end it: its execution tokens stop working."""
         deleted = await self.repository.delete_execution(execution_id)
         await self.repository.mark_ended(execution_id)
-        await self.repository.announce(Invalidation(ended_execution_id=execution_id))
+        await self._invalidate(Invalidation(ended_execution_id=execution_id))
         log.info("execution cleanup", extra={"execution_id": execution_id, "deleted": deleted})
         self.metrics.execution_cleanup(deleted)
         return deleted
 
     async def mint_execution_token(self, issuer: Principal, request: ExecutionTokenRequest) -> ExecutionToken:
-        return await mint_execution_token(self.repository, self.execution_tokens, issuer, request)
+        return await mint_execution_token(self.repository, self.process.execution_tokens, issuer, request)
 
     async def list_meta(self, query: EntryQuery) -> EntryPage:
         if query.credential_name is not None:
@@ -305,5 +367,5 @@ _META_FIELDS = EntryMeta.__struct_fields__
 
 
 def _meta_fields(row: Any) -> dict[str, Any]:
-    mapping = row._mapping
+    mapping = row if isinstance(row, Mapping) else row._mapping
     return {name: mapping[name] for name in _META_FIELDS}

@@ -49,6 +49,8 @@ async def sweep_once(
                     metrics.sweep("skipped")
                     return SweepResult(deleted=0, swept=False)
                 batch = await repository.delete_expired(batch_size)
+                if batch:
+                    await repository.announce_swept()
                 if batch < batch_size:
                     await repository.forget_ended_before(ended_retention_seconds)
             deleted += batch

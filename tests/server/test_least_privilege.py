@@ -183,7 +183,7 @@ async def test_every_read_is_an_audit_event_with_its_actor(api, secured_app, cap
             assert (await api.get("/api/auth-cache/db:42", headers=bearer(token))).status_code == 200
         assert (await api.get("/api/auth-cache/nope:42", headers=bearer(token))).status_code == 404
         assert (await api.get("/api/auth-cache/db:42", headers=bearer(W2))).status_code == 200
-        secured_app.state.runtime.read_audit.flush()
+        secured_app.state.runtime.process.read_audit.flush()
     reads = sorted(
         (r.actor, r.cache_key, r.outcome, r.count)
         for r in caplog.records

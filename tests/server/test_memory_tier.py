@@ -1,0 +1,177 @@
+"""The memory tier with real commits: apps with their lifespans (listener, hit flusher) on a
+database of the test's own, two of them standing in for two replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from sqlalchemy import event
+
+from app.asgi import create_app
+from app.cli import migrate
+from app.invalidation import LISTENER_APPLICATION_NAME
+from app.settings import load_settings
+from tests.conftest import BASE_URL
+
+BODY = {"token_data": {"value": "sk-from-memory"}, "credential_type": "bearer"}
+
+
+@pytest.fixture
+def own_database(make_empty_database, test_settings) -> str:
+    url = make_empty_database()
+    migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
+    return url
+
+
+class Replica:
+    def __init__(self, app, client: httpx.AsyncClient) -> None:
+        self.app, self.client = app, client
+        self.process = app.state.runtime.process
+
+    @property
+    def engine(self):
+        return self.app.state.runtime.database.engine
+
+
+@asynccontextmanager
+async def replica(test_settings, url: str, **overrides) -> AsyncIterator[Replica]:
+    settings = msgspec.structs.replace(
+        test_settings, database_url=url, hit_flush_seconds=60.0, **overrides
+    )
+    app = create_app(settings)
+    async with app.lifespan():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            server = Replica(app, client)
+            deadline = time.monotonic() + 10
+            while not server.process.tier.serving:
+                assert time.monotonic() < deadline, "the listener did not connect"
+                await asyncio.sleep(0.01)
+            yield server
+
+
+async def _row(url: str, key: str):
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return await conn.fetchrow("SELECT * FROM noetl.keychain WHERE cache_key = $1", key)
+    finally:
+        await conn.close()
+
+
+async def _until(check, timeout: float = 2.0) -> float:
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < timeout, "timed out"
+        await asyncio.sleep(0.002)
+    return time.monotonic() - started
+
+
+async def test_hits_come_from_memory_and_their_counts_are_written_at_shutdown(test_settings, own_database):
+    async with replica(test_settings, own_database) as a:
+        assert (await a.client.post("/api/auth-cache/k:global", json=BODY)).status_code == 201
+        assert (await a.client.get("/api/auth-cache/k:global")).json()["access_count"] == 1  # the fill
+        checkouts: list[object] = []
+        event.listen(a.engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
+        counts = [(await a.client.get("/api/auth-cache/k:global")).json()["access_count"] for _ in range(5)]
+        assert counts == [2, 3, 4, 5, 6]
+        assert checkouts == []  # not one connection taken for those five hits
+        assert (await _row(own_database, "k:global"))["access_count"] == 0  # not flushed yet
+    row = await _row(own_database, "k:global")
+    assert row["access_count"] == 6
+    assert row["accessed_at"] > row["created_at"]
+
+
+async def test_counts_from_two_replicas_add_up(test_settings, own_database):
+    async with replica(test_settings, own_database) as a, replica(test_settings, own_database) as b:
+        await a.client.post("/api/auth-cache/k:global", json=BODY)
+        for server, hits in ((a, 3), (b, 4)):
+            for _ in range(hits):
+                assert (await server.client.get("/api/auth-cache/k:global")).status_code == 200
+    assert (await _row(own_database, "k:global"))["access_count"] == 7
+
+
+async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, own_database):
+    async with replica(test_settings, own_database) as a, replica(test_settings, own_database) as b:
+        await a.client.post("/api/auth-cache/k:global", json=BODY)
+        assert (await b.client.get("/api/auth-cache/k:global")).json()["data"] == BODY["token_data"]
+        assert b.process.tier.get("k:global") is not None
+
+        replaced = {**BODY, "token_data": {"value": "sk-rotated"}}
+        await a.client.post("/api/auth-cache/k:global", json=replaced)
+
+        async def b_sees_the_new_value():
+            return (await b.client.get("/api/auth-cache/k:global")).json()["data"] == {"value": "sk-rotated"}
+
+        assert await _until(b_sees_the_new_value) < 0.5
+
+        await a.client.delete("/api/auth-cache/k:global")
+
+        async def b_misses():
+            return (await b.client.get("/api/auth-cache/k:global")).status_code == 404
+
+        await _until(b_misses)
+
+        await a.client.post("/api/auth-cache/s:7", json={**BODY, "execution_id": 7})
+        assert (await b.client.get("/api/auth-cache/s:7")).status_code == 200
+        await a.client.delete("/api/executions/7/auth-cache")
+
+        async def b_dropped_the_execution():
+            return (await b.client.get("/api/auth-cache/s:7")).status_code == 404
+
+        await _until(b_dropped_the_execution)
+
+
+async def test_an_entry_is_never_served_from_memory_past_its_expiry(test_settings, own_database):
+    async with replica(test_settings, own_database) as a:
+        await a.client.post("/api/auth-cache/short:global", json={**BODY, "ttl_seconds": 1})
+        assert (await a.client.get("/api/auth-cache/short:global")).status_code == 200
+        expires = a.process.tier.get("short:global").expires_at
+        clock = a.process.tier.listener
+        while clock.database_time() < expires - 0.2:
+            assert (await a.client.get("/api/auth-cache/short:global")).status_code == 200
+            await asyncio.sleep(0.05)
+        # Still in memory, but past its expiry by the database's clock: not served.
+        await asyncio.sleep(max(0.0, expires - clock.database_time()) + 0.01)
+        assert a.process.tier.get("short:global") is not None
+        answer = await a.client.get("/api/auth-cache/short:global")
+        assert (answer.status_code, answer.json()["detail"]) == (404, "no live entry for this key (expired)")
+
+
+async def test_a_replace_starts_the_count_again_even_with_hits_pending(test_settings, own_database):
+    async with replica(test_settings, own_database) as a:
+        await a.client.post("/api/auth-cache/k:global", json=BODY)
+        for _ in range(3):
+            await a.client.get("/api/auth-cache/k:global")
+        await a.client.post("/api/auth-cache/k:global", json=BODY)  # hits on the old version pending
+        await a.client.get("/api/auth-cache/k:global")
+    assert (await _row(own_database, "k:global"))["access_count"] == 1
+
+
+async def test_what_memory_held_before_a_gap_in_listening_is_dropped(test_settings, own_database):
+    async with replica(test_settings, own_database) as a:
+        await a.client.post("/api/auth-cache/k:global", json=BODY)
+        assert (await a.client.get("/api/auth-cache/k:global")).status_code == 200
+        # A change that no notification announced, as one lost in a gap would be.
+        conn = await asyncpg.connect(own_database.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await conn.execute("UPDATE noetl.keychain SET expires_at = now() - interval '1 s'")
+            epoch = a.process.tier.listener.epoch
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                LISTENER_APPLICATION_NAME,
+            )
+        finally:
+            await conn.close()
+
+        async def reconnected():
+            return a.process.tier.listener.connected and a.process.tier.listener.epoch > epoch
+
+        await _until(reconnected, timeout=10)
+        assert (await a.client.get("/api/auth-cache/k:global")).status_code == 404
