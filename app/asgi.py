@@ -236,6 +236,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                 else None
             ),
             serve_from_memory_during_outage=settings.serve_from_memory_during_outage,
+            log_reads=settings.log_reads,
         ),
         database=database,
     )

@@ -100,6 +100,8 @@ class ProcessState:
     hits: HitCounter = field(default_factory=HitCounter)
     # While PostgreSQL is unreachable nothing can change anywhere: keep serving what memory holds.
     serve_from_memory_during_outage: bool = True
+    # The INFO line per hit and miss.
+    log_reads: bool = True
 
 
 class KeychainService:
@@ -123,7 +125,8 @@ class KeychainService:
         if row is None:
             expired = await self.repository.expires_at(cache_key) is not None
             reason = "expired" if expired else "absent"
-            log.info("cache miss", extra={"cache_key": cache_key, "reason": reason, "actor": principal.name})
+            if self.process.log_reads:
+                log.info("cache miss", extra={"cache_key": cache_key, "reason": reason, "actor": principal.name})
             self.metrics.miss(reason)
             self._audit_read(principal, cache_key, reason)
             raise EntryNotFound(f"no live entry for this key ({reason})", reason=reason)
@@ -145,9 +148,11 @@ class KeychainService:
             hits, now = self.process.hits, self._database_now()
             hits.hit(cache_key, row["write_id"], now)
             meta.update(access_count=row["access_count"] + hits.pending(cache_key, row["write_id"]), accessed_at=now)
-        log.info(
-            "cache hit", extra={"cache_key": cache_key, "access_count": meta["access_count"], "actor": principal.name}
-        )
+        if self.process.log_reads:
+            log.info(
+                "cache hit",
+                extra={"cache_key": cache_key, "access_count": meta["access_count"], "actor": principal.name},
+            )
         self.metrics.hit()
         self._audit_read(principal, cache_key, "hit")
         return Entry(**meta, data=msgspec.json.decode(payload))

@@ -93,3 +93,18 @@ async def test_keychain_log_format_json_writes_json_lines_to_stderr(
     hit = next(r for r in records if r["message"] == "cache hit")
     assert hit["request_id"] == "req-stderr" and hit["logger"] == "app.keychain.service"
     assert any(r["message"] == "audit" and r["request_id"] == "req-stderr" for r in records)
+
+
+async def test_the_line_per_read_can_be_turned_off_and_reads_stay_audited(make_app, caplog):
+    from tests.conftest import asgi_client
+
+    app = make_app(log_reads=False)
+    async with asgi_client(app) as client:
+        await client.post("/api/auth-cache/quiet:global", json={"token_data": {"v": 1}, "credential_type": "bearer"})
+        with caplog.at_level(logging.INFO):
+            assert (await client.get("/api/auth-cache/quiet:global")).status_code == 200
+            assert (await client.get("/api/auth-cache/nothing:global")).status_code == 404
+            app.state.runtime.process.read_audit.flush()
+    assert not [r for r in caplog.records if r.getMessage() in ("cache hit", "cache miss")]
+    audited = {(r.cache_key, r.outcome) for r in caplog.records if getattr(r, "audit_action", None) == "getEntry"}
+    assert audited == {("quiet:global", "hit"), ("nothing:global", "absent")}
