@@ -162,6 +162,9 @@ def test_schema_validation_catches_a_broken_object(default_docs):
         ({"config": {"maxTokenDataBytes": 0}}, "maxTokenDataBytes"),
         ({"config": {"maxTokenDataDepth": 0}}, "maxTokenDataDepth"),
         ({"config": {"maxTokenDataItems": 0}}, "maxTokenDataItems"),
+        ({"config": {"memoryTierMaxEntries": -1}}, "memoryTierMaxEntries"),
+        ({"config": {"hitFlushSeconds": 0}}, "hitFlushSeconds"),
+        ({"config": {"serveFromMemoryDuringOutage": "no"}}, "serveFromMemoryDuringOutage"),
         ({"config": {"apiTokenLimits": ["ci:read:ci-*"]}}, "apiTokenLimits"),
         ({"replicaCount": 2, "replicas": 3}, "replicas"),
     ],
@@ -518,6 +521,11 @@ LEAST_PRIVILEGE_DEFAULTS = {
     "KEYCHAIN_MAX_TOKEN_DATA_BYTES": "65536",
     "KEYCHAIN_MAX_TOKEN_DATA_DEPTH": "32",
     "KEYCHAIN_MAX_TOKEN_DATA_ITEMS": "10000",
+    "KEYCHAIN_MEMORY_TIER_MAX_ENTRIES": "10000",
+    "KEYCHAIN_MEMORY_TIER_MAX_BYTES": "67108864",
+    "KEYCHAIN_HIT_FLUSH_SECONDS": "1",
+    "KEYCHAIN_SERVE_FROM_MEMORY_DURING_OUTAGE": "true",
+    "KEYCHAIN_LOG_READS": "true",
 }
 
 

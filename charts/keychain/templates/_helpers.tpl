@@ -145,6 +145,11 @@ KEYCHAIN_AUDIT_FLUSH_SECONDS: {{ .Values.config.auditFlushSeconds | toString | q
 KEYCHAIN_MAX_TOKEN_DATA_BYTES: {{ .Values.config.maxTokenDataBytes | int64 | quote }}
 KEYCHAIN_MAX_TOKEN_DATA_DEPTH: {{ .Values.config.maxTokenDataDepth | int64 | quote }}
 KEYCHAIN_MAX_TOKEN_DATA_ITEMS: {{ .Values.config.maxTokenDataItems | int64 | quote }}
+KEYCHAIN_MEMORY_TIER_MAX_ENTRIES: {{ .Values.config.memoryTierMaxEntries | int64 | quote }}
+KEYCHAIN_MEMORY_TIER_MAX_BYTES: {{ .Values.config.memoryTierMaxBytes | int64 | quote }}
+KEYCHAIN_HIT_FLUSH_SECONDS: {{ .Values.config.hitFlushSeconds | toString | quote }}
+KEYCHAIN_SERVE_FROM_MEMORY_DURING_OUTAGE: {{ .Values.config.serveFromMemoryDuringOutage | toString | quote }}
+KEYCHAIN_LOG_READS: {{ .Values.config.logReads | toString | quote }}
 # Only local runs use the data directory; point it at the writable emptyDir.
 KEYCHAIN_DATA_DIR: "/tmp/keychain"
 {{- end }}
