@@ -21,7 +21,9 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,6 +52,7 @@ LOCAL_SIGNING_KEY_FILE = "token-signing.key"
 TOKEN_ISSUER = "keychain"
 TOKEN_AUDIENCE = "keychain"
 _JWT_ALGORITHM = "HS256"
+MAX_VERIFIED_TOKENS = 10_000
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,9 @@ class ExecutionTokens:
         self._keys = dict(keys)
         self._signing_key_id = keys[0][0]
         self.max_ttl_seconds = max_ttl_seconds
+        # Tokens already verified, by digest, until they expire: a worker sends the same token
+        # on every call, and checking a signature costs more than the rest of a hit.
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     @classmethod
     def configured(cls, spec: str, data_dir: Path | None, max_ttl_seconds: int) -> ExecutionTokens | None:
@@ -240,6 +246,17 @@ class ExecutionTokens:
 
     def verify(self, token: str) -> Principal:
         """The token's principal; raises NotAuthorizedException saying what is wrong."""
+        digest = _digest(token)
+        known = self._verified.get(digest)
+        if known is not None and known[1] > time.time():
+            return known[0]
+        principal, expires = self._verify_signature(token)
+        self._verified[digest] = (principal, expires)
+        if len(self._verified) > MAX_VERIFIED_TOKENS:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _verify_signature(self, token: str) -> tuple[Principal, float]:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = self._keys.get(kid) if isinstance(kid, str) else None
@@ -256,13 +273,14 @@ class ExecutionTokens:
         execution_id, parent = claims["exe"], claims.get("pex")
         if not isinstance(execution_id, int) or not (parent is None or isinstance(parent, int)):
             raise _unauthorized("execution token names no valid execution")
-        return Principal(
+        principal = Principal(
             name=f"execution:{execution_id}",
             role="worker",
             grants=Grants(read=tuple(claims.get("rd") or ()), write=tuple(claims.get("wr") or ())),
             execution_id=execution_id,
             parent_execution_id=parent,
         )
+        return principal, float(claims["exp"])
 
 
 def _unauthorized(detail: str) -> NotAuthorizedException:

@@ -6,9 +6,11 @@ what the same request gets now.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
+import time
 
 import jwt
 import pytest
@@ -232,3 +234,12 @@ async def test_a_minted_token_is_never_logged(api, caplog):
     assert token not in caplog.text
     assert token.split(".")[2] not in repr([r.__dict__ for r in caplog.records])
     assert any(r.getMessage() == "audit" and r.audit_action == "mintExecutionToken" for r in caplog.records)
+
+
+async def test_a_token_already_verified_still_stops_at_its_expiry(api):
+    token = await mint(api, 12, ttl_seconds=1)
+    assert (await api.get("/api/auth-cache/k:12", headers=bearer(token))).status_code == 404
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
+    answer = await api.get("/api/auth-cache/k:12", headers=bearer(token))
+    assert (answer.status_code, answer.json()["detail"]) == (401, "execution token has expired; ask the engine for a new one")
