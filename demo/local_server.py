@@ -35,6 +35,9 @@ def keychain_command() -> list[str]:
 
 
 class LocalKeychainServer:
+    # Who is starting, in the messages; the bench's floor app runs as one of these too.
+    what = "keychain serve"
+
     def __init__(
         self, data_dir: Path, *, api_tokens: str = "", log_level: str = "INFO", **settings: str
     ) -> None:
@@ -80,14 +83,14 @@ class LocalKeychainServer:
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"keychain serve exited with {self._process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"{self.what} exited with {self._process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"keychain serve was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(f"{self.what} was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         process, self._process = self._process, None
