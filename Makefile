@@ -38,10 +38,12 @@ test: install $(HELM_CHECKED)
 demo: install
 	$(BIN)/python -m demo.run
 
-# Cache hits against real servers (embedded PostgreSQL), cases interleaved in one run, as ratios:
-# what access control and read auditing cost a hit. The same figures go to .bench/hit_path.json.
+# Keychain's hit path beside floors of the project's own (bench/floor.py: Litestar on raw asyncpg)
+# on real servers and PostgreSQL (KEYCHAIN_DATABASE_URL, else embedded), all cases interleaved in
+# one run: ratios against their targets, the same in .bench/results.json. About 6 minutes on
+# 2 cores; BENCH_ARGS=--quick for a smaller run in under 2.
 bench: install
-	$(BIN)/python -m bench.hit_path $(BENCH_ARGS)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
