@@ -26,8 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -81,6 +81,15 @@ POST_BODY = json.dumps(
 ).encode()
 
 
+SERVERS = {
+    "A": "tokens configured (worker, issuer), every read audited: as deployed",
+    "bare": "open API, reads not audited",
+    "B": "A's twin on A's schema, sweeping every second",
+    "1k, large": "A's twins on schemas of their own",
+    "floor": "bench/floor.py: Litestar on raw asyncpg, uvicorn with uvloop and httptools",
+}
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str
@@ -97,7 +106,7 @@ class Profile:
 
 
 FULL = Profile("full", 3, 5, 2, 10_000, 1_000_000, 100_000, 200, 8, 20, 70)
-QUICK = Profile("quick", 2, 1, 0, 2_000, 200_000, 20_000, 100, 3, 20, 15)
+QUICK = Profile("quick", 2, 1, 1, 2_000, 200_000, 20_000, 100, 3, 20, 15)
 TIME_LIMIT_S = {"full": 900, "quick": 240}
 
 
@@ -283,8 +292,9 @@ class Bench:
             self.invalidation_delays.append(time.perf_counter() - deleted)
 
     async def run(self, db: asyncpg.Connection) -> None:
-        for case in self.cases.values() if self.profile.warmup_seconds else ():
-            await self.generator.run(case.load, self.profile.warmup_seconds)
+        if self.profile.warmup_seconds:  # not counted: the first round would pay for cold caches
+            for case in self.cases.values():
+                await self.generator.run(case.load, self.profile.warmup_seconds)
         async with httpx.AsyncClient() as http:
             a = KeychainClient(self.servers["A"].url, self.worker_token, http_client=http)
             b = KeychainClient(self.servers["B"].url, self.worker_token, http_client=http)
@@ -343,6 +353,7 @@ class Bench:
             "load_generator": self.generator.name,
             "cpus": os.cpu_count(),
             "database": database_source,
+            "servers": SERVERS,
             "figures": self.figures(),
             "load_cases": [
                 {
@@ -381,6 +392,7 @@ def print_result(result: dict[str, object]) -> None:
     print(f"\ncommand:        {result['command']}")
     print(f"load generator: {result['load_generator']}, {result['cpus']} CPUs shared with everything else")
     print(f"database:       {result['database']}")
+    print(f"servers:        {'; '.join(f'{k}: {v}' for k, v in result['servers'].items())}")  # type: ignore[attr-defined]
     print(f"rounds:         {profile['rounds']} interleaved, {profile['seconds']} s per load case and round")  # type: ignore[index]
     if result["differs_from_full"]:
         print(f"--quick:        {'; '.join(result['differs_from_full'])}")  # type: ignore[arg-type]
@@ -400,6 +412,15 @@ def print_result(result: dict[str, object]) -> None:
     print(f"invalidation ms:   {result['invalidation_ms']}")
     if failed := [row["case"] for row in result["load_cases"] if row["errors"]]:  # type: ignore[attr-defined]
         print(f"\nWARNING: errors (non-2xx or transport) in: {', '.join(failed)}; those figures measured something else")
+
+
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """Say what the bench is setting up, and how long it took: the full run's setup is minutes."""
+    print(f"{what} ...", end=" ", flush=True)
+    started = time.monotonic()
+    yield
+    print(f"{time.monotonic() - started:.0f} s", flush=True)
 
 
 def random_key_ring(key_id: str) -> str:
@@ -457,17 +478,16 @@ async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dic
             for process in (*servers.values(), floor):
                 stack.callback(process.stop)
             try:
-                print("starting 5 keychain servers and the floor app", flush=True)
-                # At once: `keychain migrate` waits on an advisory lock for its turn.
-                await asyncio.gather(*(asyncio.to_thread(p.start) for p in (*servers.values(), floor)))
+                with step("starting 5 keychain servers and the floor app"):
+                    # At once: `keychain migrate` waits on an advisory lock for its turn.
+                    await asyncio.gather(*(asyncio.to_thread(p.start) for p in (*servers.values(), floor)))
                 async with KeychainClient(servers["A"].url, issuer_token) as issuer:
                     execution_token = (await issuer.mint_execution_token(EXECUTION_ID)).token
-                print(f"writing {profile.keys:,} + 2 × {ROWS_MEASURED_KEYS:,} entries through the API", flush=True)
-                await seed(servers, worker_token, profile)
-                print(f"inserting {profile.large_rows - ROWS_MEASURED_KEYS:,} filler rows with SQL", flush=True)
-                await database.insert_rows(
-                    db, LARGE_SCHEMA, "projects/filler/secrets/f", profile.large_rows - ROWS_MEASURED_KEYS, expired=False
-                )
+                with step(f"writing {profile.keys:,} + 2 × {ROWS_MEASURED_KEYS:,} entries through the API"):
+                    await seed(servers, worker_token, profile)
+                filler = profile.large_rows - ROWS_MEASURED_KEYS
+                with step(f"inserting {filler:,} filler rows with SQL"):
+                    await database.insert_rows(db, LARGE_SCHEMA, "projects/filler/secrets/f", filler, expired=False)
                 run = Bench(profile, generator, servers, floor, worker_token, execution_token)
                 await run.run(db)
             except Exception:
