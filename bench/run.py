@@ -20,6 +20,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import math
 import os
 import secrets
 import statistics
@@ -189,7 +190,7 @@ class Bench:
             ),
         }
         sweep_load = Load(servers["B"].url, hit_path, keys, token=w)
-        self.sweep_idle = LoadCase("Keychain hit on B, idle", sweep_load)
+        self.sweep_idle = LoadCase("Keychain hit on B, idle as long", sweep_load)
         self.sweeping = LoadCase(f"Keychain hit on B, sweeping {profile.expired_rows:,} rows", sweep_load)
         self.sweep_seconds: list[float] = []
         self.sequential_p50s: dict[str, list[float]] = {
@@ -203,9 +204,9 @@ class Bench:
     # -- the cases ----------------------------------------------------------------------------
 
     async def sweep_round(self, db: asyncpg.Connection, round_: int) -> None:
-        """Idle load on B, then the same load while B's sweeper deletes freshly expired rows:
-        the load starts when the sweep does and stops when no expired row is left."""
-        self.sweep_idle.results.append(await self.generator.run(self.sweep_idle.load, self.profile.seconds))
+        """Load on B while its sweeper deletes freshly expired rows (from the sweep's first batch
+        to its last), then the same load as long again with nothing to sweep: p99s over windows
+        of one length compare."""
         await database.insert_rows(
             db, MAIN_SCHEMA, f"projects/bench/secrets/expired-{round_}-", self.profile.expired_rows, expired=True
         )
@@ -219,7 +220,6 @@ class Bench:
         async def watch() -> None:
             while await database.any_expired(db, MAIN_SCHEMA):
                 await asyncio.sleep(0.05)
-            self.sweep_seconds.append(time.perf_counter() - started)
             swept.set()
 
         watcher = asyncio.create_task(watch())
@@ -229,6 +229,13 @@ class Bench:
             watcher.cancel()
         if not swept.is_set():
             raise RuntimeError(f"B swept {self.profile.expired_rows:,} rows in more than {SWEEP_LOAD_MAX_S} s")
+        sweep_seconds = time.perf_counter() - started
+        self.sweep_seconds.append(sweep_seconds)
+        idle_over = asyncio.Event()
+        asyncio.get_running_loop().call_later(sweep_seconds, idle_over.set)
+        self.sweep_idle.results.append(
+            await self.generator.run(self.sweep_idle.load, math.ceil(sweep_seconds), idle_over)
+        )
 
     async def sequential_round(self, http: httpx.AsyncClient) -> None:
         """p50 of one request at a time: KeychainClient.get, and the same pool's GET /ping."""
