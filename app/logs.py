@@ -120,6 +120,8 @@ def configure_logging(settings: Settings) -> None:
     audit_handler.setFormatter(JsonFormatter())
     audit.handlers[:] = [audit_handler]
     audit.propagate = False
+    # The audit trail is not chatter: KEYCHAIN_LOG_LEVEL=WARNING quiets the rest, never it.
+    audit.setLevel(logging.INFO)
     # Their INFO lines are start-up chatter (full initdb/pg_ctl transcripts, plugin setup).
     for noisy in ("pgserver", "alembic.runtime.plugins"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

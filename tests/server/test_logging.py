@@ -71,11 +71,12 @@ async def test_json_lines_parse_and_hold_no_secret(client, caplog):
 @pytest.fixture
 def restore_logging():
     root, audit = logging.getLogger(), logging.getLogger("keychain.audit")
-    saved = (root.handlers[:], root.level, audit.handlers[:], audit.propagate)
+    saved = (root.handlers[:], root.level, audit.handlers[:], audit.propagate, audit.level)
     yield
     root.handlers[:], audit.handlers[:] = saved[0], saved[2]
     root.setLevel(saved[1])
     audit.propagate = saved[3]
+    audit.setLevel(saved[4])
 
 
 async def test_keychain_log_format_json_writes_json_lines_to_stderr(
@@ -93,6 +94,21 @@ async def test_keychain_log_format_json_writes_json_lines_to_stderr(
     hit = next(r for r in records if r["message"] == "cache hit")
     assert hit["request_id"] == "req-stderr" and hit["logger"] == "app.keychain.service"
     assert any(r["message"] == "audit" and r["request_id"] == "req-stderr" for r in records)
+
+
+async def test_log_level_warning_quiets_the_hit_lines_but_never_the_audit_trail(
+    make_app, test_settings, capsys, restore_logging
+):
+    configure_logging(msgspec.structs.replace(test_settings, log_level="WARNING"))
+    app = make_app()
+    async with asgi_client(app) as client:
+        await client.post("/api/auth-cache/k:global", json=BODY)
+        await client.get("/api/auth-cache/k:global")
+        app.state.runtime.process.read_audit.flush()
+    err = capsys.readouterr().err
+    assert "cache hit" not in err and "cache write" not in err
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert {(e["audit_action"], e["outcome"]) for e in events} == {("putEntry", "ok"), ("getEntry", "hit")}
 
 
 async def test_the_line_per_read_can_be_turned_off_and_reads_stay_audited(make_app, caplog):
