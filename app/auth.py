@@ -291,8 +291,11 @@ def _looks_like_jwt(token: str) -> bool:
     return token.count(".") == 2
 
 
-def require_role(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    """Guard for every /api route; the handler's opt["roles"] names who may call it."""
+async def require_role(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Guard for every /api route; the handler's opt["roles"] names who may call it.
+
+    Async although it never awaits: Litestar runs a sync guard in a worker thread, and that hop
+    cost more than the rest of a cache hit."""
     runtime = connection.app.state.runtime
     tokens: TokenTable = runtime.tokens
     scheme, _, token = (connection.headers.get("authorization") or "").partition(" ")

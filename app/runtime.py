@@ -57,7 +57,7 @@ async def provide_transaction(state: State) -> AsyncIterator[LazyTransaction]:
     await transaction.finish(None)
 
 
-def provide_caller(request: Request) -> Principal:
+def caller_of(request: Request) -> Principal:
     """The principal the bearer-token guard authenticated."""
     return request.state.principal
 
