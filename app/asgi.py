@@ -11,7 +11,6 @@ from typing import Any
 import swagger_ui_bundle
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
-from litestar.di import Provide
 from litestar.exceptions import ClientException, HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -47,7 +46,7 @@ from app.keychain.tier import MemoryTier
 from app.keychain.sweeper import run_sweeper
 from app.logs import RequestIdMiddleware
 from app.metrics import RequestMetricsMiddleware
-from app.runtime import Runtime, provide_transaction
+from app.runtime import Runtime
 from app.settings import Settings, load_settings
 from app.system.controller import SystemController
 
@@ -252,7 +251,6 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
                 include_in_schema=False,
             ),
         ],
-        dependencies={"db_transaction": Provide(provide_transaction)},
         exception_handlers={
             **{cls: _error_response for cls in _ERROR_STATUS},
             HTTP_413_REQUEST_ENTITY_TOO_LARGE: _body_too_large,

