@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Executable,
+    Interval,
+    Select,
     Result,
     Row,
     Table,
@@ -23,7 +25,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
@@ -67,13 +69,65 @@ def _meta_columns(table: Table) -> tuple[Column[Any], ...]:
 # (cache key, write id) -> (hits, the last one's time): counts a process served from memory.
 PendingHits = dict[tuple[str, bytes | None], tuple[int, datetime]]
 
+# What a write sets from the caller's values; expires_at and the timestamps come from SQL.
+_WRITTEN = (
+    "cache_key", "credential_name", "credential_type", "cache_type", "scope_type", "execution_id",
+    "parent_execution_id", "written_by", "write_id", "ttl_seconds", "data", "key_id",
+)
 
-def _with_expiry(values: Mapping[str, Any]) -> dict[str, Any]:
-    """`expires_at` None means now() + ttl_seconds, by the database's clock."""
-    values = dict(values)
-    if values["expires_at"] is None:
-        values["expires_at"] = func.now() + timedelta(seconds=values["ttl_seconds"])
-    return values
+
+def _written_values(table: Table) -> dict[str, Any]:
+    """SET/VALUES of a write, from parameters named w_<column> (SQLAlchemy keeps a column's own
+    name for itself). expires_at is the one sent, or now() + the TTL by the database's clock."""
+    values: dict[str, Any] = {name: bindparam(f"w_{name}", type_=table.c[name].type) for name in _WRITTEN}
+    values["expires_at"] = func.coalesce(
+        bindparam("w_expires_at", type_=table.c.expires_at.type),
+        func.now() + bindparam("w_ttl", type_=Interval()),
+    )
+    return dict(values, created_at=func.now(), accessed_at=func.now())
+
+
+def _write_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
+    parameters = {f"w_{name}": values[name] for name in _WRITTEN}
+    parameters.update(w_expires_at=values["expires_at"], w_ttl=timedelta(seconds=values["ttl_seconds"]))
+    return parameters
+
+
+# Statements built once per table, with bound parameters: building one per request cost the
+# write path more than PostgreSQL took to run it (SQLAlchemy's cache key alone, about 0.1 ms).
+@functools.cache
+def _insert_new_statement(table: Table) -> Insert:
+    return (
+        insert(table)
+        .values(_written_values(table))
+        .on_conflict_do_nothing(index_elements=[table.c.cache_key])
+        .returning(*_meta_columns(table))
+    )
+
+
+@functools.cache
+def _replace_statement(table: Table) -> Update:
+    values = _written_values(table)
+    return (
+        update(table)
+        .where(table.c.cache_key == values.pop("cache_key"))
+        .values(dict(values, access_count=0))
+        .returning(*_meta_columns(table))
+    )
+
+
+@functools.cache
+def _lock_statement(table: Table) -> Select[Any]:
+    return (
+        select(*_meta_columns(table), (table.c.expires_at > func.now()).label("live"))
+        .where(table.c.cache_key == bindparam("key"))
+        .with_for_update()
+    )
+
+
+@functools.cache
+def _read_live_statement(table: Table) -> Select[Any]:
+    return select(table).where(table.c.cache_key == bindparam("key"), table.c.expires_at > func.now())
 
 
 class KeychainRepository:
@@ -102,9 +156,7 @@ class KeychainRepository:
 
     async def read_live(self, cache_key: str) -> Mapping[str, Any] | None:
         """The live row, every column, without counting a hit (the memory tier counts)."""
-        t = self.table
-        stmt = select(t).where(t.c.cache_key == cache_key, t.c.expires_at > func.now())
-        row = (await self._execute(stmt)).one_or_none()
+        row = (await self._execute(_read_live_statement(self.table), {"key": cache_key})).one_or_none()
         return None if row is None else row._mapping
 
     async def add_hits(self, hits: PendingHits) -> None:
@@ -136,37 +188,17 @@ class KeychainRepository:
 
     async def lock(self, cache_key: str) -> Row[Any] | None:
         """The row's metadata and whether it is live, locked until the transaction ends."""
-        t = self.table
-        stmt = (
-            select(*_meta_columns(t), (t.c.expires_at > func.now()).label("live"))
-            .where(t.c.cache_key == cache_key)
-            .with_for_update()
-        )
-        return (await self._execute(stmt)).one_or_none()
+        return (await self._execute(_lock_statement(self.table), {"key": cache_key})).one_or_none()
 
     async def insert_new(self, values: Mapping[str, Any]) -> Row[Any] | None:
         """Insert a new entry; None when the key is taken (the caller decides on replacing).
 
         An `expires_at` of None means now() + ttl_seconds, by the database's clock."""
-        t = self.table
-        stmt = (
-            insert(t)
-            .values(**_with_expiry(values), created_at=func.now(), accessed_at=func.now())
-            .on_conflict_do_nothing(index_elements=[t.c.cache_key])
-            .returning(*_meta_columns(t))
-        )
-        return (await self._execute(stmt)).one_or_none()
+        return (await self._execute(_insert_new_statement(self.table), _write_parameters(values))).one_or_none()
 
     async def replace(self, values: Mapping[str, Any]) -> Row[Any]:
         """Overwrite the entry under the key: a new write, so its counters start again."""
-        t = self.table
-        stmt = (
-            update(t)
-            .where(t.c.cache_key == values["cache_key"])
-            .values(**_with_expiry(values), created_at=func.now(), accessed_at=func.now(), access_count=0)
-            .returning(*_meta_columns(t))
-        )
-        return (await self._execute(stmt)).one()
+        return (await self._execute(_replace_statement(self.table), _write_parameters(values))).one()
 
     async def delete(self, cache_key: str) -> bool:
         t = self.table
