@@ -5,7 +5,8 @@ PostgreSQL), five `keychain serve` processes on it and the floor app (bench/floo
 - A       tokens configured (a worker, an issuer), every read audited: Keychain as deployed;
 - bare    an open API with read auditing off (what access control and auditing cost, by ratio);
 - B       A's twin, sweeping every second: the replica of the invalidation and sweep cases;
-- 1k, large   A's twins on schemas of their own, 1k rows and 1M rows (200k with --quick).
+- 1k, large   A's twins on schemas of their own, 1k rows and 1M rows (200k with --quick);
+- G       A's twin served by granian instead of uvicorn (bench/granian_server.py).
 Every case runs once per round, rounds one after another, so the machine's noise falls on all
 of them alike; each figure is the median over rounds of that round's ratio. Absolute numbers on
 a shared 2-core machine mean little; the ratios are the result.
@@ -39,6 +40,7 @@ import uvloop
 
 from bench import database
 from bench.floor import FloorServer, create_table
+from bench.granian_server import GranianKeychainServer
 from bench.load import CONNECTIONS, KEY_INDEX, Load, LoadGenerator, LoadResult, load_generator
 from demo.local_server import LocalKeychainServer
 from workerlib import KeychainClient, fetch_secret
@@ -87,6 +89,7 @@ SERVERS = {
     "bare": "open API, reads not audited",
     "B": "A's twin on A's schema, sweeping every second",
     "1k, large": "A's twins on schemas of their own",
+    "G": "A's twin under granian (one worker, uvloop) instead of uvicorn",
     "floor": "bench/floor.py: Litestar on raw asyncpg, uvicorn with uvloop and httptools",
 }
 
@@ -172,6 +175,10 @@ class Bench:
             "hit": LoadCase("Keychain hit, random key (worker token)", Load(a, hit_path, keys, token=w)),
             "hit_hot": LoadCase("Keychain hit, one hot key", Load(a, entry_path(hit_key(0)), token=w)),
             "db_floor_hot": LoadCase("DB floor: GET, one hot key", Load(floor.url, f"/floor/{hit_key(0)}")),
+            "health": LoadCase("Keychain GET /health (no I/O, all middleware)", Load(a, "/health")),
+            "hit_granian": LoadCase(
+                "Keychain hit, random key, under granian", Load(servers["G"].url, hit_path, keys, token=w)
+            ),
             "hit_bare": LoadCase("Keychain hit, bare (open, unaudited)", Load(servers["bare"].url, hit_path, keys)),
             "hit_execution": LoadCase("Keychain hit, execution token", Load(a, hit_path, keys, token=execution_token)),
             "rows_small": LoadCase(
@@ -341,6 +348,9 @@ class Bench:
             ("cross-replica invalidation delay p99, ms", p99(self.invalidation_delays) * 1000, Target("<=", 50)),
             ("Keychain POST req/s ÷ raw asyncpg upsert floor", median_ratio(rates(c["post"]), rates(c["post_floor"])), REPORTED),
             ("Keychain hit req/s ÷ HTTP floor (/ping)", median_ratio(rates(c["hit"]), rates(c["http_floor"])), REPORTED),
+            ("Keychain hit req/s ÷ Keychain GET /health", median_ratio(rates(c["hit"]), rates(c["health"])), REPORTED),
+            ("hit req/s under granian ÷ under uvicorn (same app)",
+             median_ratio(rates(c["hit_granian"]), rates(c["hit"])), REPORTED),
             ("hits/s, worker token ÷ bare", median_ratio(rates(c["hit"]), rates(c["hit_bare"])), REPORTED),
             ("hits/s, execution token ÷ bare", median_ratio(rates(c["hit_execution"]), rates(c["hit_bare"])), REPORTED),
             ("sequential p50, worker token ÷ bare", median_ratio(seq["worker token"], seq["bare"]), REPORTED),
@@ -480,12 +490,13 @@ async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dic
                 "B": LocalKeychainServer(workdir / "B", schema=MAIN_SCHEMA, **dict(guarded, sweep_interval_seconds="1")),
                 "1k": LocalKeychainServer(workdir / "1k", schema=SMALL_SCHEMA, **guarded),
                 "large": LocalKeychainServer(workdir / "large", schema=LARGE_SCHEMA, **guarded),
+                "G": GranianKeychainServer(workdir / "G", schema=MAIN_SCHEMA, **guarded),
             }
             floor = FloorServer(workdir / "floor", db_url)
             for process in (*servers.values(), floor):
                 stack.callback(process.stop)
             try:
-                with step("starting 5 keychain servers and the floor app"):
+                with step(f"starting {len(servers)} keychain servers and the floor app"):
                     # At once: `keychain migrate` waits on an advisory lock for its turn.
                     await asyncio.gather(*(asyncio.to_thread(p.start) for p in (*servers.values(), floor)))
                 async with KeychainClient(servers["A"].url, issuer_token) as issuer:

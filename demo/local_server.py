@@ -72,11 +72,14 @@ class LocalKeychainServer:
             done = subprocess.run(migrate, env=self.env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
             if done.returncode != 0:
                 raise RuntimeError(f"keychain migrate failed (exit {done.returncode}):\n{self.log_tail()}")
-            serve = [*keychain_command(), "serve"]
+            serve = self.serve_command()
             self.commands.append(f"KEYCHAIN_PORT={self.port} " + " ".join(serve))
             # A file, not a pipe: nobody drains a pipe, and a full one would stall the server.
             self._process = subprocess.Popen(serve, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self._wait_ready()
+
+    def serve_command(self) -> list[str]:
+        return [*keychain_command(), "serve"]
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
