@@ -17,6 +17,8 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import text
 
+from app.audit import ReadAudit
+from app.auth import Principal
 from tests.conftest import asgi_client
 
 W1 = "w1-worker-token-0123456789"
@@ -187,9 +189,10 @@ async def test_every_read_is_an_audit_event_with_its_actor(api, secured_app, cap
         assert (await api.get("/api/auth-cache/db:42", headers=bearer(W2))).status_code == 200
         secured_app.state.runtime.process.read_audit.flush()
     reads = sorted(
-        (r.actor, r.cache_key, r.outcome, r.count)
+        (r.actor, cache_key, r.outcome, count)
         for r in caplog.records
         if r.name == "keychain.audit" and r.audit_action == "getEntry"
+        for cache_key, count in r.reads.items()
     )
     assert reads == [
         ("execution:42", "db:42", "hit", 3),
@@ -243,3 +246,31 @@ async def test_a_token_already_verified_still_stops_at_its_expiry(api):
     await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
     answer = await api.get("/api/auth-cache/k:12", headers=bearer(token))
     assert (answer.status_code, answer.json()["detail"]) == (401, "execution token has expired; ask the engine for a new one")
+
+
+def test_a_flush_of_many_keys_is_a_few_events_of_a_hundred_keys_each(caplog):
+    audit, worker = ReadAudit(), Principal(name="w1", role="worker")
+    for i in range(250):
+        audit.record(worker, f"k{i}", "hit")
+    audit.record(worker, "k0", "hit")
+    audit.record(worker, "gone", "absent")
+    with caplog.at_level(logging.INFO, logger="keychain.audit"):
+        assert audit.flush() == 4
+    events = [r for r in caplog.records if r.name == "keychain.audit"]
+    hits = [e for e in events if e.outcome == "hit"]
+    assert sorted(len(e.reads) for e in hits) == [50, 100, 100]
+    assert sum(e.count for e in hits) == 251
+    assert {k: n for e in hits for k, n in e.reads.items()}["k0"] == 2
+    assert [e.reads for e in events if e.outcome == "absent"] == [{"gone": 1}]
+    assert audit.flush() == 0  # nothing is emitted twice
+
+
+def test_reads_waiting_past_the_bound_are_flushed_rather_than_kept(caplog):
+    audit, worker = ReadAudit(max_pending=10), Principal(name="w1", role="worker")
+    with caplog.at_level(logging.INFO, logger="keychain.audit"):
+        for i in range(25):
+            audit.record(worker, f"k{i}", "hit")
+        audit.flush()
+    keys = [k for r in caplog.records if r.name == "keychain.audit" for k in r.reads]
+    assert sorted(keys) == sorted(f"k{i}" for i in range(25))
+    assert len([r for r in caplog.records if r.name == "keychain.audit"]) == 3
