@@ -384,8 +384,10 @@ def _fail(command: str, message: str, code: int) -> int:
 
 
 def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None:
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:  # a cycle ends the walk
         exc = exc.__cause__
+        seen.add(id(exc))
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
@@ -394,10 +396,10 @@ def _database_failure(command: str, settings: Settings, exc: Exception) -> int |
     """One line on stderr for what the database said; None for anything else."""
     from sqlalchemy.exc import DBAPIError
 
-    from app.db.engine import translated
+    from app.db.engine import outage
 
     where = _database_label(settings)
-    meaning = translated(exc)
+    meaning = exc if isinstance(exc, DatabaseUnavailable) else outage(exc)  # raised by a repository, or raw
     if isinstance(meaning, DatabaseNotMigrated):
         message = f"no keychain table in schema {settings.db_schema!r} at {where}; run 'keychain migrate' first"
         return _fail(command, message, EXIT_FAILED)

@@ -107,12 +107,22 @@ def unavailable_reason(exc: BaseException) -> str | None:
     return None
 
 
-def translated(exc: Exception) -> Exception:
-    """DatabaseUnavailable for errors that mean an outage, the error itself otherwise."""
+def outage(exc: Exception) -> DatabaseUnavailable | None:
+    """The outage (or missing migration) a database error means, or None for any other error.
+
+    None rather than the error itself: `raise translated(exc) from exc` made such an error its
+    own __cause__, and anything following causes (the CLI's error printer) never returned."""
     reason = unavailable_reason(exc)
     if reason is None:
-        return exc
+        return None
     return DatabaseNotMigrated(reason) if reason == NOT_MIGRATED else DatabaseUnavailable(reason)
+
+
+def raise_if_outage(exc: Exception) -> None:
+    """Raise, from `exc`, the outage it means; return if it means none (the caller re-raises it)."""
+    meaning = outage(exc)
+    if meaning is not None:
+        raise meaning from exc
 
 
 class Database:
@@ -130,7 +140,8 @@ class Database:
         try:
             conn = await context.__aenter__()
         except Exception as exc:
-            raise translated(exc) from exc
+            raise_if_outage(exc)
+            raise
         try:
             yield conn
         except BaseException as body_error:
@@ -142,7 +153,8 @@ class Database:
         try:
             await context.__aexit__(None, None, None)
         except Exception as exc:
-            raise translated(exc) from exc
+            raise_if_outage(exc)
+            raise
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
-from app.db.engine import LazyTransaction, translated
+from app.db.engine import LazyTransaction, raise_if_outage
 from app.db.tables import ended_executions
 from app.errors import InvalidEntry
 from app.invalidation import Invalidation, channel_name, encode
@@ -143,7 +143,8 @@ class KeychainRepository:
             caller_error = _CALLER_ERRORS.get(getattr(exc.orig, "sqlstate", None) or "")
             if caller_error is not None:
                 raise InvalidEntry(caller_error) from exc
-            raise translated(exc) from exc
+            raise_if_outage(exc)
+            raise
 
     async def check_table(self) -> None:
         """Readiness: the database answers and has been migrated."""

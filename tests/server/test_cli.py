@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
-
 import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 
 import msgspec
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from app.asgi import create_app
 from app.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main, migrate
 from app.db.engine import Database, make_engine
 from app.settings import load_settings
-from tests.conftest import free_port
-from tests.conftest import asgi_client
+from tests.conftest import _admin, asgi_client, free_port
 
 SECRET = "sk-stats-secret-0123456789"
 
@@ -207,3 +209,24 @@ def test_mint_token_without_a_signing_key_says_what_to_set(repo_root, migrated_u
     assert done.stderr == (
         "keychain mint-token: execution tokens are not enabled on this server: set KEYCHAIN_TOKEN_SIGNING_KEYS\n"
     )
+
+
+@pytest.fixture
+def unprivileged_url(migrated_url, postgres_server_url) -> Iterator[str]:
+    """The migrated database, as a role that may log in and nothing more."""
+    role = f"keychain_noaccess_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(postgres_server_url, f'CREATE ROLE "{role}" LOGIN'))
+    try:
+        yield make_url(migrated_url).set(username=role, password=None).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(migrated_url, f'DROP OWNED BY "{role}"'))
+        asyncio.run(_admin(postgres_server_url, f'DROP ROLE IF EXISTS "{role}"'))
+
+
+def test_an_error_of_the_database_that_is_no_outage_is_one_line_not_a_hang(repo_root, unprivileged_url):
+    # Permission denied (42501) is neither an outage nor a caller's mistake: it used to become its
+    # own __cause__, and the error printer, following causes, never returned.
+    done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=unprivileged_url)
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "answered: permission denied for schema noetl" in done.stderr
