@@ -88,15 +88,15 @@ async def _read_into_memory(server: Replica, key: str) -> None:
 async def test_hits_come_from_memory_and_their_counts_are_written_at_shutdown(test_settings, own_database):
     async with replica(test_settings, own_database) as a:
         assert (await a.client.post("/api/auth-cache/k:global", json=BODY)).status_code == 201
-        assert (await a.client.get("/api/auth-cache/k:global")).json()["access_count"] == 1  # the fill
+        await _read_into_memory(a, "k:global")  # one read or more: each one counts
         checkouts: list[object] = []
         event.listen(a.engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
         counts = [(await a.client.get("/api/auth-cache/k:global")).json()["access_count"] for _ in range(5)]
-        assert counts == [2, 3, 4, 5, 6]
+        assert counts == list(range(counts[0], counts[0] + 5)) and counts[0] >= 2
         assert checkouts == []  # not one connection taken for those five hits
         assert (await _row(own_database, "k:global"))["access_count"] == 0  # not flushed yet
     row = await _row(own_database, "k:global")
-    assert row["access_count"] == 6
+    assert row["access_count"] == counts[-1]
     assert row["accessed_at"] > row["created_at"]
 
 
