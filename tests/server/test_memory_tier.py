@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import event
 
 from app.asgi import create_app
+from app import invalidation
 from app.cli import migrate
 from app.invalidation import LISTENER_APPLICATION_NAME
 from app.settings import load_settings
@@ -140,17 +141,34 @@ async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, 
         await _until(b_dropped_the_execution)
 
 
-async def test_an_entry_is_never_served_from_memory_past_its_expiry(test_settings, own_database):
+class _SkewedClock:
+    """Stands in for the `time` module in app.invalidation: this process's clock, off by `skew`."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+
+@pytest.mark.parametrize("skew", [-30.0, 0.0, 30.0], ids=["clock-behind", "clock-in-step", "clock-ahead"])
+async def test_an_entry_is_never_served_from_memory_past_its_expiry(test_settings, own_database, monkeypatch, skew):
+    # The replica's clock is off by `skew`; the database's (on this machine) is the real one, so
+    # time.time() below is the database's time. Behind, an uncorrected replica would serve the
+    # entry 30 s too long; ahead, it would take it for expired and read the database on every hit.
+    monkeypatch.setattr(invalidation, "time", _SkewedClock(skew))
     async with replica(test_settings, own_database) as a:
         await a.client.post("/api/auth-cache/short:global", json={**BODY, "ttl_seconds": 1})
         await _read_into_memory(a, "short:global")
         expires = a.process.tier.get("short:global").expires_at
-        clock = a.process.tier.listener
-        while clock.database_time() < expires - 0.2:
+        checkouts: list[object] = []
+        event.listen(a.engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
+        while time.time() < expires - 0.2:
             assert (await a.client.get("/api/auth-cache/short:global")).status_code == 200
             await asyncio.sleep(0.05)
+        assert checkouts == []  # served from memory all along, not re-read as if expired
         # Still in memory, but past its expiry by the database's clock: not served.
-        await asyncio.sleep(max(0.0, expires - clock.database_time()) + 0.01)
+        await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
         assert a.process.tier.get("short:global") is not None
         answer = await a.client.get("/api/auth-cache/short:global")
         assert (answer.status_code, answer.json()["detail"]) == (404, "no live entry for this key (expired)")
