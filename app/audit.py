@@ -1,7 +1,7 @@
 """Audit events: who read, wrote, deleted, cleaned up, minted or was denied; never the data.
 
 Route handlers that change state carry opt={"audit": True}; this middleware sees the final
-status (including a guard's 401/403, for any route) and emits one event on `keychain.audit`,
+status (including RequireRole's 401/403, for any route) and emits one event on `keychain.audit`,
 named by the handler's operation id. Reads are the hot path, so ReadAudit counts them in memory
 and a flush emits, per actor and outcome, events mapping each key read to its count.
 """

@@ -59,5 +59,5 @@ async def provide_keychain_service(state: State) -> AsyncIterator[KeychainServic
 
 
 def caller_of(request: Request) -> Principal:
-    """The principal the bearer-token guard authenticated."""
+    """The principal RequireRole authenticated."""
     return request.scope["state"]["principal"]

@@ -10,7 +10,7 @@ from litestar.openapi.spec import Example
 from litestar.params import Body, PathParameter, QueryParameter
 from litestar.openapi.datastructures import ResponseSpec
 
-from app.auth import require_role
+from app.auth import RequireRole
 from app.keychain.paths import AUTH_CACHE_PATH, cache_key_sent
 from app.keychain.schemas import (
     Deleted,
@@ -47,9 +47,9 @@ PUT_EXAMPLE = Example(
 
 
 class _ApiController(Controller):
-    """What every /api route shares: the bearer-token guard and the keychain service."""
+    """What every /api route shares: bearer-token authentication (RequireRole) and the keychain service."""
 
-    guards = [require_role]
+    middleware = [RequireRole()]
     security = [{"bearer": []}]
     # The caller is read off the request (caller_of), not injected: two dependencies that do not
     # depend on each other are resolved in an anyio task group, which cost a fifth of a hit.
