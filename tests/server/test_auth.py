@@ -37,6 +37,18 @@ async def test_missing_or_wrong_token_is_401_with_a_challenge(secured, headers):
     assert "bearer token" in answer.json()["detail"]
 
 
+async def test_refusals_carry_the_request_id_and_are_counted_as_refusals(secured):
+    for path, headers, status in (
+        ("/api/auth-cache/k", bearer("wrong-token-0123456789"), 401),
+        ("/api/auth-cache", bearer(WORKER_TOKEN), 403),
+    ):
+        answer = await secured.get(path, headers={**headers, "X-Request-ID": f"refused-{status}"})
+        assert (answer.status_code, answer.headers["x-request-id"]) == (status, f"refused-{status}")
+    metrics = (await secured.get("/metrics", headers=bearer(ADMIN_TOKEN))).text
+    assert 'route="/api/auth-cache/{cache_key}",status="401"' in metrics
+    assert 'route="/api/auth-cache",status="403"' in metrics
+
+
 async def test_worker_reads_writes_and_deletes_single_entries(secured):
     assert (await secured.post("/api/auth-cache/k", json=BODY, headers=bearer(WORKER_TOKEN))).status_code == 201
     assert (await secured.get("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))).status_code == 200
