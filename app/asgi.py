@@ -46,6 +46,7 @@ from app.keychain.tier import MemoryTier
 from app.keychain.sweeper import run_sweeper
 from app.logs import RequestIdMiddleware
 from app.metrics import RequestMetricsMiddleware
+from app.openapi import error_response
 from app.runtime import Runtime
 from app.settings import Settings, load_settings
 from app.system.controller import SystemController
@@ -70,22 +71,21 @@ _ERROR_HEADERS = {401: WWW_AUTHENTICATE, 503: {"Retry-After": RETRY_AFTER_SECOND
 
 def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, object]]:
     status = next(_ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in _ERROR_STATUS)
-    headers = _ERROR_HEADERS.get(status)
-    return Response({"status_code": status, "detail": str(exc)}, status_code=status, headers=headers)
+    return error_response(status, str(exc), _ERROR_HEADERS.get(status))
 
 
 def _body_too_large(request: Request, exc: HTTPException) -> Response[dict[str, object]]:
     # Litestar's own detail is a bare "Request Entity Too Large"; say the limit and its setting.
     limit = request.route_handler.resolve_request_max_body_size()
     detail = f"request body is larger than {limit} bytes (KEYCHAIN_MAX_BODY_BYTES)"
-    return Response({"status_code": 413, "detail": detail}, status_code=413)
+    return error_response(413, detail)
 
 
 def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, object]]:
     # A bug: log it with its traceback (messages never hold secrets: the engine hides
     # statement parameters), answer without details.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return Response({"status_code": 500, "detail": "internal error; see the server log"}, status_code=500)
+    return error_response(500, "internal error; see the server log")
 
 
 class _Request(Request):

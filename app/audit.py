@@ -87,6 +87,9 @@ class ReadAudit:
         """Emit every pending read; answers how many events went out."""
         pending, first_at = self._pending, self._first_at
         self._pending, self._distinct, self._first_at = {}, 0, None
+        if first_at is None:  # nothing was read
+            return 0
+        since = datetime.fromtimestamp(first_at, UTC).isoformat()
         events = 0
         for (actor, role, outcome), reads in pending.items():
             keys = list(reads)
@@ -99,7 +102,7 @@ class ReadAudit:
                     role=role,
                     reads=chunk,
                     count=sum(chunk.values()),
-                    since=datetime.fromtimestamp(first_at or time.time(), UTC).isoformat(),
+                    since=since,
                 )
                 events += 1
         return events

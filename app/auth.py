@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 import jwt
-from litestar import Request, Response
+from litestar import Request
 from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import ASGIMiddleware
@@ -38,6 +38,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.crypto import load_or_create_local_keys, parse_keys
 from app.errors import ConfigurationError
+from app.openapi import error_response
 
 log = logging.getLogger(__name__)
 
@@ -307,11 +308,7 @@ class RequireRole(ASGIMiddleware):
         try:
             _authorize(scope)
         except (NotAuthorizedException, PermissionDeniedException) as refusal:
-            answer = Response(
-                {"status_code": refusal.status_code, "detail": refusal.detail},
-                status_code=refusal.status_code,
-                headers=refusal.headers,
-            )
+            answer = error_response(refusal.status_code, refusal.detail, refusal.headers)
             await answer.to_asgi_response(None, Request(scope))(scope, receive, send)
             return
         await next_app(scope, receive, send)

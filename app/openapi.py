@@ -9,7 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from litestar import Response
 from litestar.openapi.datastructures import ResponseSpec
+
+
+def error_response(
+    status_code: int, detail: str, headers: dict[str, str] | None = None
+) -> Response[dict[str, object]]:
+    """An error answer in the one body every route documents (the shape of Litestar's own)."""
+    return Response({"status_code": status_code, "detail": detail}, status_code=status_code, headers=headers)
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

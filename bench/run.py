@@ -309,18 +309,18 @@ class Bench:
         """Read every hit key once on every server that serves them: the hit cases measure hits
         from memory, and a server's first read of a key is a miss of its memory tier."""
         limit = asyncio.Semaphore(SEED_CONCURRENCY)
-        readers = {"A": self.worker_token, "B": self.worker_token, "G": self.worker_token, "bare": None}
-        readers.update({"1k": self.worker_token, "large": self.worker_token})
+        w, keys = self.worker_token, self.profile.keys
+        readers = [("A", w, keys), ("B", w, keys), ("G", w, keys), ("bare", None, keys)]
+        readers += [("1k", w, ROWS_MEASURED_KEYS), ("large", w, ROWS_MEASURED_KEYS)]
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=SEED_CONCURRENCY)) as http:
+            for name, token, count in readers:
+                get = self._get(KeychainClient(self.servers[name].url, token, http_client=http), name)
 
-            async def read(keychain: KeychainClient, name: str, i: int) -> None:
-                async with limit:
-                    await self._get(keychain, name)(i)
+                async def read(i: int) -> None:
+                    async with limit:
+                        await get(i)
 
-            for name, token in readers.items():
-                keychain = KeychainClient(self.servers[name].url, token, http_client=http)
-                count = ROWS_MEASURED_KEYS if name in ("1k", "large") else self.profile.keys
-                await asyncio.gather(*(read(keychain, name, i) for i in range(count)))
+                await asyncio.gather(*(read(i) for i in range(count)))
 
     async def run(self, db: asyncpg.Connection) -> None:
         with step("reading every hit key once on each server (its memory tier fills)"):

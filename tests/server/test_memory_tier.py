@@ -14,8 +14,8 @@ import msgspec
 import pytest
 from sqlalchemy import event
 
-from app.asgi import create_app
 from app import invalidation
+from app.asgi import create_app
 from app.cli import migrate
 from app.invalidation import LISTENER_APPLICATION_NAME
 from app.settings import load_settings
