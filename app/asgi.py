@@ -37,7 +37,7 @@ from app.errors import (
     TokenRevoked,
     UnreadableEntry,
 )
-from app.invalidation import Invalidation, InvalidationListener, channel_name
+from app.invalidation import InvalidationListener, channel_name
 from app.json_shape import shape_problem
 from app.keychain.controller import AuthCacheController, ExecutionController, ExecutionTokenController
 from app.keychain.hits import run_hit_flusher
@@ -178,13 +178,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(sweeping, name="keychain-sweeper"))
     process = runtime.process
     tier = process.tier
-
-    def on_invalidation(message: Invalidation) -> None:
-        process.ended_executions.on_invalidation(message)
-        if tier is not None:
-            tier.on_invalidation(message)
-
-    listener = InvalidationListener(runtime.database.engine, channel_name(runtime.settings.db_schema), on_invalidation)
+    listener = InvalidationListener(
+        runtime.database.engine, channel_name(runtime.settings.db_schema), process.on_invalidation
+    )
     process.ended_executions.listener = listener
     if tier is not None:
         tier.listener = listener

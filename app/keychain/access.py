@@ -39,8 +39,12 @@ def _may(principal: Principal, entry: Entry, write: bool) -> bool:
     return principal.grants.may_write(name) if write else principal.grants.may_read(name)
 
 
+def may_read(principal: Principal, entry: Entry) -> bool:
+    return _may(principal, entry, write=False)
+
+
 def check_read(principal: Principal, entry: Entry) -> None:
-    if not _may(principal, entry, write=False):
+    if not may_read(principal, entry):
         raise AccessDenied(_denial(principal, entry, "read"))
 
 

@@ -43,6 +43,11 @@ class EndedExecutions:
             self._live_epoch = self.listener.epoch
         return self._live_epoch
 
+    def known_live(self, execution_ids: tuple[int, ...]) -> bool:
+        """Whether memory alone knows that none of these executions has ended."""
+        epoch = self._listening_epoch()
+        return epoch is not None and all(e in self._live for e in execution_ids)
+
     async def first_ended(
         self,
         execution_ids: tuple[int, ...],

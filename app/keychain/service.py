@@ -103,6 +103,12 @@ class ProcessState:
     # The INFO line per hit and miss.
     log_reads: bool = True
 
+    def on_invalidation(self, message: Invalidation) -> None:
+        """A change announced by any replica, this one included."""
+        self.ended_executions.on_invalidation(message)
+        if self.tier is not None:
+            self.tier.on_invalidation(message)
+
 
 class KeychainService:
     def __init__(
@@ -143,6 +149,28 @@ class KeychainService:
             )
             self._audit_read(principal, cache_key, "unreadable")
             raise
+        return self._hit(cache_key, principal, row, payload, counted)
+
+    def get_from_memory(self, cache_key: str, principal: Principal) -> Entry | None:
+        """The hit, when memory alone can serve it: the tier holds the live entry, the caller's
+        token is known to be alive and may read it. Anything else answers None and is left to
+        get(), which can answer everything (misses, refusals, errors) and tells no differently."""
+        tier = self.process.tier
+        if tier is None or not tier.serving or not self._alive_in_memory(principal):
+            return None
+        entry = tier.get(cache_key)
+        if entry is None or entry.expires_at <= self._database_time() or not access.may_read(principal, entry.row):
+            return None
+        try:
+            payload = self.keyring.open(entry.row["data"], bound_data(entry.row))
+        except UnreadableEntry:
+            return None
+        return self._hit(cache_key, principal, entry.row, payload, counted=False)
+
+    def _hit(
+        self, cache_key: str, principal: Principal, row: Mapping[str, Any], payload: bytes, counted: bool
+    ) -> Entry:
+        """Count, log and audit a hit on `row`, whose sealed data opened as `payload`."""
         meta = _meta_fields(row)
         if not counted:
             hits, now = self.process.hits, self._database_now()
@@ -194,10 +222,11 @@ class KeychainService:
         return datetime.fromtimestamp(self._database_time(), UTC)
 
     async def _invalidate(self, message: Invalidation) -> None:
-        """Tell every replica, in this transaction; this one's tier drops it at once."""
+        """Tell every replica, in this transaction; this one acts on it at once. (Should the
+        transaction then fail, this replica alone forgot entries it could have kept, or took
+        a cleaned-up execution for ended: the engine cleans up only what has ended.)"""
         await self.repository.announce(message)
-        if self.process.tier is not None:
-            self.process.tier.on_invalidation(message)
+        self.process.on_invalidation(message)
 
     def _audit_read(self, principal: Principal, cache_key: str, outcome: str) -> None:
         if self.process.read_audit is not None:
@@ -207,12 +236,15 @@ class KeychainService:
         """An execution token dies with its execution (or the parent it was minted under)."""
         if principal.execution_id is None:
             return
-        ids = tuple(e for e in (principal.execution_id, principal.parent_execution_id) if e is not None)
         ended = await self.process.ended_executions.first_ended(
-            ids, self.repository.ended_among, during_outage=self.process.serve_from_memory_during_outage
+            _execution_ids(principal), self.repository.ended_among, during_outage=self.process.serve_from_memory_during_outage
         )
         if ended is not None:
             raise TokenRevoked(f"execution {ended} has ended; its execution tokens no longer work")
+
+    def _alive_in_memory(self, principal: Principal) -> bool:
+        """Whether memory alone knows the caller's token is alive (_check_token_alive's answer)."""
+        return principal.execution_id is None or self.process.ended_executions.known_live(_execution_ids(principal))
 
     async def put(self, cache_key: str, body: EntryPut, principal: Principal) -> tuple[EntryMeta, bool]:
         check_cache_key(cache_key)
@@ -366,6 +398,10 @@ async def mint_execution_token(
         write=list(grants.write),
         expires_at=minted.expires_at,
     )
+
+
+def _execution_ids(principal: Principal) -> tuple[int, ...]:
+    return tuple(e for e in (principal.execution_id, principal.parent_execution_id) if e is not None)
 
 
 _META_FIELDS = EntryMeta.__struct_fields__

@@ -18,6 +18,7 @@ from app import invalidation
 from app.asgi import create_app
 from app.cli import migrate
 from app.invalidation import LISTENER_APPLICATION_NAME
+from app.keychain.service import KeychainService
 from app.settings import load_settings
 from tests.conftest import BASE_URL
 
@@ -205,3 +206,60 @@ async def test_what_memory_held_before_a_gap_in_listening_is_dropped(test_settin
 
         await _until(reconnected, timeout=10)
         assert (await a.client.get("/api/auth-cache/k:global")).status_code == 404
+
+
+async def test_a_hit_from_memory_answers_exactly_as_the_handler_does(test_settings, own_database, monkeypatch):
+    # getEntry has a fast lane for hits memory alone can serve; the full handler answers the
+    # first read (a miss of the tier). The two answers differ only in the count and its time.
+    handled: list[str] = []
+    full_get = KeychainService.get
+
+    async def spied_get(self, cache_key, principal):
+        handled.append(cache_key)
+        return await full_get(self, cache_key, principal)
+
+    monkeypatch.setattr(KeychainService, "get", spied_get)
+    async with replica(test_settings, own_database) as a:
+        await a.client.post("/api/auth-cache/k:global", json=BODY)
+        await _read_into_memory(a, "k:global")
+        a.process.tier.clear()
+        handled.clear()
+        by_handler = await a.client.get("/api/auth-cache/k:global")
+        from_memory = await a.client.get("/api/auth-cache/k:global")
+    assert handled == ["k:global"]  # the first read only
+    assert by_handler.status_code == from_memory.status_code == 200
+    for answer in (by_handler, from_memory):
+        assert [name for name in answer.headers if name != "content-length"] == [
+            "content-type", "x-request-id"
+        ]
+        assert answer.headers["content-type"] == "application/json"
+    first, second = by_handler.json(), from_memory.json()
+    assert second.pop("access_count") == first.pop("access_count") + 1
+    assert second.pop("accessed_at") >= first.pop("accessed_at")
+    assert first == second and first["data"] == BODY["token_data"]
+
+
+async def test_memory_serves_no_one_the_database_would_refuse(test_settings, own_database):
+    tokens = "w1:worker:w1-worker-token-0123456789,engine:issuer:engine-issuer-token-0123456789"
+    w1, engine = ({"Authorization": f"Bearer {t}"} for t in tokens.split(",") for t in [t.split(":")[2]])
+    async with replica(test_settings, own_database, api_tokens=tokens, allow_open_api=False) as a:
+        minted = await a.client.post(
+            "/api/execution-tokens", json={"execution_id": 7, "read": ["shared"]}, headers=engine
+        )
+        execution = {"Authorization": f"Bearer {minted.json()['token']}"}
+        for key, fields in (("shared:global", {}), ("private:global", {}), ("other:8", {"execution_id": 8})):
+            answer = await a.client.post(f"/api/auth-cache/{key}", json={**BODY, **fields}, headers=w1)
+            assert answer.status_code == 201, answer.text
+            async with asyncio.timeout(2):
+                while a.process.tier.get(key) is None:
+                    assert (await a.client.get(f"/api/auth-cache/{key}", headers=w1)).status_code == 200
+        assert (await a.client.get("/api/auth-cache/shared:global", headers=execution)).status_code == 200
+        for key in ("private:global", "other:8"):
+            answer = await a.client.get(f"/api/auth-cache/{key}", headers=execution)
+            assert answer.status_code == 403, answer.text
+        await a.client.delete("/api/executions/7/auth-cache", headers=engine)
+        answer = await a.client.get("/api/auth-cache/shared:global", headers=execution)
+        assert (answer.status_code, answer.json()["detail"]) == (
+            401, "execution 7 has ended; its execution tokens no longer work"
+        )
+        assert a.process.tier.get("shared:global") is not None  # refused, though memory holds it
