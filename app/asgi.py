@@ -193,6 +193,13 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # The server takes no new requests by now; those it took are answered first.
+        if not await runtime.metrics.drained(runtime.settings.drain_seconds):
+            log.warning(
+                "shutting down with %d requests still in flight after %.0f s (KEYCHAIN_DRAIN_SECONDS)",
+                runtime.metrics.in_flight,
+                runtime.settings.drain_seconds,
+            )
         process.ended_executions.listener = None
         if tier is not None:
             tier.listener = None

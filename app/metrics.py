@@ -9,6 +9,7 @@ and no multiprocess mode is needed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -63,6 +64,11 @@ class KeychainMetrics:
             ["scope_type"],
             registry=r,
         )
+        self.requests_in_flight = Gauge(
+            "keychain_requests_in_flight", "HTTP requests being answered, at scrape time", registry=r
+        )
+        # Moved by RequestMetricsMiddleware; shutdown waits for it to reach 0 (drained()).
+        self.in_flight = 0
         self.database_up = Gauge(
             "keychain_database_up",
             "1 if this scrape could count entries in the database, else 0",
@@ -99,10 +105,19 @@ class KeychainMetrics:
     def rows_swept(self, rows: int) -> None:
         self.swept_rows.inc(rows)
 
+    async def drained(self, timeout: float) -> bool:
+        """Wait until no request is in flight (the server stopped taking new ones), at most
+        `timeout` seconds; whether it got there."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.in_flight == 0
+
     def render(self, live_entries: Iterable[tuple[str, int]] | None) -> bytes:
         """The text exposition. `live_entries` is (scope_type, count) pairs, or None if the
         database could not be asked: then the entry gauges are dropped rather than left stale."""
         self.entries.clear()
+        self.requests_in_flight.set(self.in_flight)
         if live_entries is None:
             self.database_up.set(0)
         else:
@@ -129,9 +144,11 @@ class RequestMetricsMiddleware:
             return
         recorder = StatusRecorder(send)
         started = time.perf_counter()
+        self.metrics.in_flight += 1
         try:
             await self.app(scope, receive, recorder)
         finally:
+            self.metrics.in_flight -= 1
             self.metrics.request_duration.labels(
                 scope["method"], scope.get("path_template") or "unknown", str(recorder.status)
             ).observe(time.perf_counter() - started)

@@ -61,6 +61,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     hit_flush_seconds: float = 1.0
     # While PostgreSQL is unreachable, keep serving entries already in memory until their TTL.
     serve_from_memory_during_outage: bool = True
+    # At shutdown, how long requests already in flight may take to finish before the database
+    # is closed under them.
+    drain_seconds: float = 10.0
     # An INFO line per hit and miss: at thousands of hits a second, a cost some will not want
     # (reads stay audited either way).
     log_reads: bool = True

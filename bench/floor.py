@@ -1,13 +1,14 @@
-"""The floors Keychain is measured against: a minimal Litestar app on raw asyncpg, served as
-`keychain serve` serves (uvicorn with uvloop and httptools), on a table of its own in the same
-database.
+"""The floors Keychain is measured against: a minimal Litestar app on raw asyncpg, on a table
+of its own in the same database, served by uvicorn (uvloop, httptools) as issue 13 measured it,
+or by granian, as `keychain serve` serves.
 
     GET  /ping          no I/O: the HTTP floor
     GET  /ready         SELECT true, as Keychain's /ready: the bench waits for it
     GET  /floor/{key}   one UPDATE ... RETURNING that counts the hit, autocommit: the DB floor
     POST /floor/{key}   one INSERT ... ON CONFLICT DO UPDATE: the upsert floor
 
-`python -m bench.floor PORT` with the database in BENCH_FLOOR_DATABASE_URL; bench.run starts it.
+`python -m bench.floor PORT [uvicorn|granian]` with the database in BENCH_FLOOR_DATABASE_URL;
+bench.run starts it.
 """
 
 from __future__ import annotations
@@ -98,24 +99,38 @@ class FloorServer(LocalKeychainServer):
 
     what = "the floor app (bench/floor.py)"
 
-    def __init__(self, data_dir: Path, database_url: str) -> None:
+    def __init__(self, data_dir: Path, database_url: str, server: str = "uvicorn") -> None:
         super().__init__(data_dir)
         self.env[DATABASE_URL_ENV] = database_url
+        self.server = server
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "bench.floor", str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "bench.floor", str(self.port), self.server],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         self._wait_ready()
 
 
+def app_from_environment() -> Litestar:
+    """granian's --factory target."""
+    return create_app(os.environ[DATABASE_URL_ENV])
+
+
 def main() -> None:
+    port, server = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "uvicorn"
+    if server == "granian":
+        command = ["granian", "--interface", "asgi", "--loop", "uvloop", "--workers", "1", "--log-level", "warning"]
+        command += ["--host", "127.0.0.1", "--port", port, "--factory", "bench.floor:app_from_environment"]
+        os.execv(sys.executable, [sys.executable, "-m", *command])
     uvicorn.run(
-        create_app(os.environ[DATABASE_URL_ENV]),
+        app_from_environment(),
         host="127.0.0.1",
-        port=int(sys.argv[1]),
+        port=int(port),
         loop="uvloop",
         http="httptools",
         log_level="warning",

@@ -1,12 +1,15 @@
 """`make bench`: Keychain's hit path beside floors of the project's own, as ratios from one run.
 
 It starts everything it needs on 127.0.0.1: a database (KEYCHAIN_DATABASE_URL, else an embedded
-PostgreSQL), five `keychain serve` processes on it and the floor app (bench/floor.py):
+PostgreSQL), five `keychain serve` processes and one more Keychain server on it, and the floor app
+(bench/floor.py):
 - A       tokens configured (a worker, an issuer), every read audited: Keychain as deployed;
 - bare    an open API with read auditing off (what access control and auditing cost, by ratio);
 - B       A's twin, sweeping every second: the replica of the invalidation and sweep cases;
 - 1k, large   A's twins on schemas of their own, 1k rows and 1M rows (200k with --quick);
-- G       A's twin served by granian instead of uvicorn (bench/granian_server.py).
+- U       A's twin served by uvicorn instead of granian (bench/uvicorn_server.py).
+The floor app runs twice: under uvicorn (the DB floor issue 13 set the targets against) and
+under granian (the server `keychain serve` runs).
 Every case runs once per round, rounds one after another, so the machine's noise falls on all
 of them alike; each figure is the median over rounds of that round's ratio. Absolute numbers on
 a shared 2-core machine mean little; the ratios are the result.
@@ -40,7 +43,7 @@ import uvloop
 
 from bench import database
 from bench.floor import FloorServer, create_table
-from bench.granian_server import GranianKeychainServer
+from bench.uvicorn_server import UvicornKeychainServer
 from bench.load import CONNECTIONS, KEY_INDEX, Load, LoadGenerator, LoadResult, load_generator
 from demo.local_server import LocalKeychainServer
 from workerlib import KeychainClient, fetch_secret
@@ -89,8 +92,9 @@ SERVERS = {
     "bare": "open API, reads not audited",
     "B": "A's twin on A's schema, sweeping every second",
     "1k, large": "A's twins on schemas of their own",
-    "G": "A's twin under granian (one worker, uvloop) instead of uvicorn",
+    "U": "A's twin under uvicorn (uvloop, httptools) instead of keychain serve's granian",
     "floor": "bench/floor.py: Litestar on raw asyncpg, uvicorn with uvloop and httptools",
+    "floor G": "the floor app under granian",
 }
 
 
@@ -110,7 +114,7 @@ class Profile:
 
 
 FULL = Profile("full", 3, 5, 2, 10_000, 1_000_000, 100_000, 200, 8, 20, 70)
-QUICK = Profile("quick", 2, 1, 1, 2_000, 200_000, 20_000, 100, 3, 20, 15)
+QUICK = Profile("quick", 2, 1, 1, 1_000, 200_000, 20_000, 100, 3, 20, 15)
 TIME_LIMIT_S = {"full": 900, "quick": 240}
 
 
@@ -164,20 +168,26 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
 
 class Bench:
     def __init__(self, profile: Profile, generator: LoadGenerator, servers: dict[str, LocalKeychainServer],
-                 floor: FloorServer, worker_token: str, execution_token: str) -> None:
-        self.profile, self.generator, self.servers, self.floor = profile, generator, servers, floor
+                 floors: list[FloorServer], worker_token: str, execution_token: str) -> None:
+        """`floors`: the floor app under uvicorn, then under granian."""
+        floor, floor_granian = floors
+        self.profile, self.generator, self.servers = profile, generator, servers
+        self.floors = {"uvicorn": floor, "granian": floor_granian}
         self.worker_token, self.execution_token = worker_token, execution_token
         a, keys, w = servers["A"].url, profile.keys, worker_token
         hit_path, floor_path = templated_entry_path(hit_key(KEY_INDEX)), f"/floor/{hit_key(KEY_INDEX)}"
         self.cases = {
-            "http_floor": LoadCase("HTTP floor: GET /ping", Load(floor.url, "/ping")),
-            "db_floor": LoadCase("DB floor: GET, random key", Load(floor.url, floor_path, keys)),
-            "hit": LoadCase("Keychain hit, random key (worker token)", Load(a, hit_path, keys, token=w)),
+            "http_floor": LoadCase("HTTP floor (uvicorn): GET /ping", Load(floor.url, "/ping")),
+            "db_floor": LoadCase("DB floor (uvicorn): GET, random key", Load(floor.url, floor_path, keys)),
+            "hit": LoadCase("Keychain hit, random key (worker token, granian)", Load(a, hit_path, keys, token=w)),
             "hit_hot": LoadCase("Keychain hit, one hot key", Load(a, entry_path(hit_key(0)), token=w)),
-            "db_floor_hot": LoadCase("DB floor: GET, one hot key", Load(floor.url, f"/floor/{hit_key(0)}")),
+            "db_floor_hot": LoadCase("DB floor (uvicorn): GET, one hot key", Load(floor.url, f"/floor/{hit_key(0)}")),
             "health": LoadCase("Keychain GET /health (no I/O, all middleware)", Load(a, "/health")),
-            "hit_granian": LoadCase(
-                "Keychain hit, random key, under granian", Load(servers["G"].url, hit_path, keys, token=w)
+            "hit_uvicorn": LoadCase(
+                "Keychain hit, random key, under uvicorn", Load(servers["U"].url, hit_path, keys, token=w)
+            ),
+            "db_floor_granian": LoadCase(
+                "DB floor (granian): GET, random key", Load(floor_granian.url, floor_path, keys)
             ),
             "hit_bare": LoadCase("Keychain hit, bare (open, unaudited)", Load(servers["bare"].url, hit_path, keys)),
             "hit_execution": LoadCase("Keychain hit, execution token", Load(a, hit_path, keys, token=execution_token)),
@@ -201,7 +211,8 @@ class Bench:
         self.sweeping = LoadCase(f"Keychain hit on B, sweeping {profile.expired_rows:,} rows", sweep_load)
         self.sweep_seconds: list[float] = []
         self.sequential_p50s: dict[str, list[float]] = {
-            "HTTP floor /ping": [], "bare": [], "worker token": [], "execution token": []
+            "HTTP floor /ping, uvicorn": [], "HTTP floor /ping, granian": [],
+            "bare": [], "worker token": [], "worker token, uvicorn": [], "execution token": [],
         }
         self.misses: list[float] = []
         self.hits: list[float] = []
@@ -246,10 +257,13 @@ class Bench:
 
     async def sequential_round(self, http: httpx.AsyncClient) -> None:
         """p50 of one request at a time: KeychainClient.get, and the same pool's GET /ping."""
-        cases: dict[str, Callable[[int], Awaitable[object]]] = {"HTTP floor /ping": self._ping(http)}
+        cases: dict[str, Callable[[int], Awaitable[object]]] = {
+            f"HTTP floor /ping, {server}": self._ping(http, floor.url) for server, floor in self.floors.items()
+        }
         for name, url, token in (
             ("bare", self.servers["bare"].url, None),
             ("worker token", self.servers["A"].url, self.worker_token),
+            ("worker token, uvicorn", self.servers["U"].url, self.worker_token),
             ("execution token", self.servers["A"].url, self.execution_token),
         ):
             cases[name] = self._get(KeychainClient(url, token, http_client=http), name)
@@ -264,9 +278,10 @@ class Bench:
                 latencies.append(time.perf_counter() - started)
             self.sequential_p50s[name].append(p50(latencies))
 
-    def _ping(self, http: httpx.AsyncClient) -> Callable[[int], Awaitable[object]]:
+    @staticmethod
+    def _ping(http: httpx.AsyncClient, floor_url: str) -> Callable[[int], Awaitable[object]]:
         async def ping(_: int) -> object:
-            return (await http.get(f"{self.floor.url}/ping")).raise_for_status()
+            return (await http.get(f"{floor_url}/ping")).raise_for_status()
 
         return ping
 
@@ -310,7 +325,7 @@ class Bench:
         from memory, and a server's first read of a key is a miss of its memory tier."""
         limit = asyncio.Semaphore(SEED_CONCURRENCY)
         w, keys = self.worker_token, self.profile.keys
-        readers = [("A", w, keys), ("B", w, keys), ("G", w, keys), ("bare", None, keys)]
+        readers = [("A", w, keys), ("B", w, keys), ("U", w, keys), ("bare", None, keys)]
         readers += [("1k", w, ROWS_MEASURED_KEYS), ("large", w, ROWS_MEASURED_KEYS)]
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=SEED_CONCURRENCY)) as http:
             for name, token, count in readers:
@@ -354,10 +369,11 @@ class Bench:
         seq = self.sequential_p50s
         large = f"{self.profile.large_rows:,}"
         rows = [
-            ("Keychain hit req/s, random key ÷ DB floor", median_ratio(rates(c["hit"]), rates(c["db_floor"])), Target(">=", 2.0)),
+            ("Keychain hit req/s, random key ÷ DB floor, both under granian",
+             median_ratio(rates(c["hit"]), rates(c["db_floor_granian"])), Target(">=", 2.0)),
             ("Keychain hit req/s, hot key ÷ random key", median_ratio(rates(c["hit_hot"]), rates(c["hit"])), Target(">=", 1.0)),
-            ("KeychainClient sequential hit p50 ÷ same pool's GET /ping p50",
-             median_ratio(seq["worker token"], seq["HTTP floor /ping"]), Target("<=", 1.3)),
+            ("KeychainClient sequential hit p50 ÷ same pool's /ping p50, granian",
+             median_ratio(seq["worker token"], seq["HTTP floor /ping, granian"]), Target("<=", 1.3)),
             ("fetch_secret miss (provider 250 ms) ÷ hit, p50", p50(self.misses) / p50(self.hits), Target(">=", 100)),
             (f"hit p50, {large} rows ÷ {ROWS_MEASURED_KEYS:,} rows", median_ratio(p50s(c["rows_large"]), p50s(c["rows_small"])),
              Target("<=", 1.2)),
@@ -366,10 +382,15 @@ class Bench:
              Target("<=", 2.0)),
             ("cross-replica invalidation delay p99, ms", p99(self.invalidation_delays) * 1000, Target("<=", 50)),
             ("Keychain POST req/s ÷ raw asyncpg upsert floor", median_ratio(rates(c["post"]), rates(c["post_floor"])), REPORTED),
-            ("Keychain hit req/s ÷ HTTP floor (/ping)", median_ratio(rates(c["hit"]), rates(c["http_floor"])), REPORTED),
+            ("Keychain hit req/s ÷ HTTP floor (/ping, uvicorn)", median_ratio(rates(c["hit"]), rates(c["http_floor"])), REPORTED),
             ("Keychain hit req/s ÷ Keychain GET /health", median_ratio(rates(c["hit"]), rates(c["health"])), REPORTED),
-            ("hit req/s under granian ÷ under uvicorn (same app)",
-             median_ratio(rates(c["hit_granian"]), rates(c["hit"])), REPORTED),
+            ("Keychain hit req/s ÷ DB floor under uvicorn", median_ratio(rates(c["hit"]), rates(c["db_floor"])), REPORTED),
+            ("KeychainClient sequential hit p50 ÷ same pool's /ping p50, uvicorn",
+             median_ratio(seq["worker token"], seq["HTTP floor /ping, uvicorn"]), REPORTED),
+            ("hit req/s under granian (keychain serve) ÷ under uvicorn (same app)",
+             median_ratio(rates(c["hit"]), rates(c["hit_uvicorn"])), REPORTED),
+            ("sequential hit p50 under granian ÷ under uvicorn (same app)",
+             median_ratio(seq["worker token"], seq["worker token, uvicorn"]), REPORTED),
             ("hits/s, worker token ÷ bare", median_ratio(rates(c["hit"]), rates(c["hit_bare"])), REPORTED),
             ("hits/s, execution token ÷ bare", median_ratio(rates(c["hit_execution"]), rates(c["hit_bare"])), REPORTED),
             ("sequential p50, worker token ÷ bare", median_ratio(seq["worker token"], seq["bare"]), REPORTED),
@@ -509,15 +530,15 @@ async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dic
                 "B": LocalKeychainServer(workdir / "B", schema=MAIN_SCHEMA, **dict(guarded, sweep_interval_seconds="1")),
                 "1k": LocalKeychainServer(workdir / "1k", schema=SMALL_SCHEMA, **guarded),
                 "large": LocalKeychainServer(workdir / "large", schema=LARGE_SCHEMA, **guarded),
-                "G": GranianKeychainServer(workdir / "G", schema=MAIN_SCHEMA, **guarded),
+                "U": UvicornKeychainServer(workdir / "U", schema=MAIN_SCHEMA, **guarded),
             }
-            floor = FloorServer(workdir / "floor", db_url)
-            for process in (*servers.values(), floor):
+            floors = [FloorServer(workdir / "floor", db_url), FloorServer(workdir / "floor-g", db_url, "granian")]
+            for process in (*servers.values(), *floors):
                 stack.callback(process.stop)
             try:
-                with step(f"starting {len(servers)} keychain servers and the floor app"):
+                with step(f"starting {len(servers)} keychain servers and {len(floors)} floor apps"):
                     # At once: `keychain migrate` waits on an advisory lock for its turn.
-                    await asyncio.gather(*(asyncio.to_thread(p.start) for p in (*servers.values(), floor)))
+                    await asyncio.gather(*(asyncio.to_thread(p.start) for p in (*servers.values(), *floors)))
                 async with KeychainClient(servers["A"].url, issuer_token) as issuer:
                     execution_token = (await issuer.mint_execution_token(EXECUTION_ID)).token
                 with step(f"writing {profile.keys:,} + 2 × {ROWS_MEASURED_KEYS:,} entries through the API"):
@@ -525,10 +546,10 @@ async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dic
                 filler = profile.large_rows - ROWS_MEASURED_KEYS
                 with step(f"inserting {filler:,} filler rows with SQL"):
                     await database.insert_rows(db, LARGE_SCHEMA, "projects/filler/secrets/f", filler, expired=False)
-                run = Bench(profile, generator, servers, floor, worker_token, execution_token)
+                run = Bench(profile, generator, servers, floors, worker_token, execution_token)
                 await run.run(db)
             except Exception:
-                for name, process in {**servers, "floor": floor}.items():
+                for name, process in {**servers, "floor": floors[0], "floor G": floors[1]}.items():
                     print(f"{name} log ({process.log_path}):\n{process.log_tail()}", file=sys.stderr)
                 raise
             return run.result(command, database_source)

@@ -124,6 +124,15 @@ def database_url(make_empty_database: Callable[[], str], test_settings: Settings
     return url
 
 
+@pytest.fixture
+def own_database(make_empty_database: Callable[[], str], test_settings: Settings) -> str:
+    """A migrated database of the test's own, for what needs real commits (NOTIFY, several
+    servers, restarts); dropped at the end of the session."""
+    url = make_empty_database()
+    migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
+    return url
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_async_engine(database_url, pool_size=5)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -17,9 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.asgi import create_app
-from app.cli import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main, migrate
+from app.cli import EXIT_CANNOT_LISTEN, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main
 from app.db.engine import Database, make_engine
-from app.settings import load_settings
 from tests.conftest import _admin, asgi_client, free_port
 
 SECRET = "sk-stats-secret-0123456789"
@@ -36,13 +36,6 @@ def keychain(repo_root, *args: str, **env: str) -> subprocess.CompletedProcess[s
         text=True,
         timeout=120,
     )
-
-
-@pytest.fixture
-def migrated_url(make_empty_database, test_settings) -> str:
-    url = make_empty_database()
-    migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
-    return url
 
 
 async def _fill(url: str, test_settings) -> None:
@@ -75,10 +68,10 @@ async def _fill(url: str, test_settings) -> None:
         await database.dispose()
 
 
-async def test_stats_json_reports_committed_rows(repo_root, migrated_url, test_settings):
-    await _fill(migrated_url, test_settings)
+async def test_stats_json_reports_committed_rows(repo_root, own_database, test_settings):
+    await _fill(own_database, test_settings)
 
-    done = keychain(repo_root, "stats", "--json", "--top", "2", KEYCHAIN_DATABASE_URL=migrated_url)
+    done = keychain(repo_root, "stats", "--json", "--top", "2", KEYCHAIN_DATABASE_URL=own_database)
     assert done.returncode == EXIT_OK, done.stderr
     assert SECRET not in done.stdout
     stats = json.loads(done.stdout)
@@ -104,9 +97,9 @@ async def test_stats_json_reports_committed_rows(repo_root, migrated_url, test_s
     assert "data" not in top[0] and top[0]["expires_at"]
 
 
-async def test_stats_text_is_a_readable_summary(repo_root, migrated_url, test_settings):
-    await _fill(migrated_url, test_settings)
-    done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=migrated_url)
+async def test_stats_text_is_a_readable_summary(repo_root, own_database, test_settings):
+    await _fill(own_database, test_settings)
+    done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=own_database)
     assert done.returncode == EXIT_OK, done.stderr
     assert done.stdout.startswith("live entries: 3   expired, not yet swept: 1   hits: 11")
     assert "top 4 keys by access count:" in done.stdout
@@ -183,15 +176,15 @@ def test_serve_refuses_a_shared_database_without_keys_or_tokens(repo_root, env, 
     assert "t" * 20 not in done.stderr
 
 
-async def test_mint_token_prints_a_token_the_server_accepts(repo_root, migrated_url, test_settings):
+async def test_mint_token_prints_a_token_the_server_accepts(repo_root, own_database, test_settings):
     done = keychain(
         repo_root, "mint-token", "--execution-id", "42", "--read", "crm", "--ttl", "600",
-        KEYCHAIN_DATABASE_URL=migrated_url, KEYCHAIN_TOKEN_SIGNING_KEYS=test_settings.token_signing_keys,
+        KEYCHAIN_DATABASE_URL=own_database, KEYCHAIN_TOKEN_SIGNING_KEYS=test_settings.token_signing_keys,
     )
     assert done.returncode == EXIT_OK, done.stderr
     token = done.stdout.strip()
     assert "execution 42, expires" in done.stderr and token not in done.stderr
-    settings = msgspec.structs.replace(test_settings, database_url=migrated_url, api_tokens="")
+    settings = msgspec.structs.replace(test_settings, database_url=own_database, api_tokens="")
     database = Database(make_engine(settings))
     try:
         async with asgi_client(create_app(settings, database=database)) as client:
@@ -203,8 +196,8 @@ async def test_mint_token_prints_a_token_the_server_accepts(repo_root, migrated_
         await database.dispose()
 
 
-def test_mint_token_without_a_signing_key_says_what_to_set(repo_root, migrated_url):
-    done = keychain(repo_root, "mint-token", "--execution-id", "1", KEYCHAIN_DATABASE_URL=migrated_url)
+def test_mint_token_without_a_signing_key_says_what_to_set(repo_root, own_database):
+    done = keychain(repo_root, "mint-token", "--execution-id", "1", KEYCHAIN_DATABASE_URL=own_database)
     assert done.returncode == EXIT_FAILED
     assert done.stderr == (
         "keychain mint-token: execution tokens are not enabled on this server: set KEYCHAIN_TOKEN_SIGNING_KEYS\n"
@@ -212,14 +205,14 @@ def test_mint_token_without_a_signing_key_says_what_to_set(repo_root, migrated_u
 
 
 @pytest.fixture
-def unprivileged_url(migrated_url, postgres_server_url) -> Iterator[str]:
+def unprivileged_url(own_database, postgres_server_url) -> Iterator[str]:
     """The migrated database, as a role that may log in and nothing more."""
     role = f"keychain_noaccess_{uuid.uuid4().hex[:8]}"
     asyncio.run(_admin(postgres_server_url, f'CREATE ROLE "{role}" LOGIN'))
     try:
-        yield make_url(migrated_url).set(username=role, password=None).render_as_string(hide_password=False)
+        yield make_url(own_database).set(username=role, password=None).render_as_string(hide_password=False)
     finally:
-        asyncio.run(_admin(migrated_url, f'DROP OWNED BY "{role}"'))
+        asyncio.run(_admin(own_database, f'DROP OWNED BY "{role}"'))
         asyncio.run(_admin(postgres_server_url, f'DROP ROLE IF EXISTS "{role}"'))
 
 
@@ -230,3 +223,18 @@ def test_an_error_of_the_database_that_is_no_outage_is_one_line_not_a_hang(repo_
     assert done.returncode == EXIT_FAILED
     assert done.stderr.count("\n") == 1, done.stderr
     assert "answered: permission denied for schema noetl" in done.stderr
+
+
+def test_serve_on_a_port_already_served_says_so_and_exits_4(repo_root, own_database):
+    # granian binds with SO_REUSEPORT: unchecked, a second server would quietly share the port.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = keychain(repo_root, "serve", "--port", str(port), KEYCHAIN_DATABASE_URL=own_database)
+    assert done.returncode == EXIT_CANNOT_LISTEN
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"keychain serve: cannot listen on 127.0.0.1:{port}: Address already in use "
+        "(another server is running there? set KEYCHAIN_PORT or --port)"
+    )

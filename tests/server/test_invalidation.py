@@ -14,24 +14,15 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.cli import migrate
 from app.db.engine import Database, make_engine
 from app.invalidation import LISTENER_APPLICATION_NAME, Invalidation, InvalidationListener, channel_name
 from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
-from app.settings import load_settings
 from demo.local_server import LocalKeychainServer
 from tests.conftest import TEST_KEY, TEST_KEY_ID, TEST_SIGNING_KEYS
 
 ISSUER = "engine-issuer-token-0123456789"
 CHANNEL = channel_name("noetl")
-
-
-@pytest.fixture
-def own_database(make_empty_database, test_settings) -> str:
-    url = make_empty_database()
-    migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
-    return url
 
 
 def plain_dsn(url: str) -> str:

@@ -16,20 +16,11 @@ from sqlalchemy import event
 
 from app import invalidation
 from app.asgi import create_app
-from app.cli import migrate
 from app.invalidation import LISTENER_APPLICATION_NAME
 from app.keychain.service import KeychainService
-from app.settings import load_settings
 from tests.conftest import BASE_URL
 
 BODY = {"token_data": {"value": "sk-from-memory"}, "credential_type": "bearer"}
-
-
-@pytest.fixture
-def own_database(make_empty_database, test_settings) -> str:
-    url = make_empty_database()
-    migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
-    return url
 
 
 class Replica:
