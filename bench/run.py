@@ -44,7 +44,7 @@ import uvloop
 from bench import database
 from bench.floor import FloorServer, create_table
 from bench.uvicorn_server import UvicornKeychainServer
-from bench.load import CONNECTIONS, KEY_INDEX, Load, LoadGenerator, LoadResult, load_generator
+from bench.load import CONNECTIONS, KEY_INDEX, Load, LoadGenerator, LoadResult, load_generator, request_each_key
 from demo.local_server import LocalKeychainServer
 from workerlib import KeychainClient, fetch_secret
 from workerlib.client import entry_path
@@ -59,7 +59,6 @@ PROVIDER_DELAY_S = 0.25
 INVALIDATION_GIVE_UP_S = 2.0
 SWEEP_START_TIMEOUT_S = 10.0
 SWEEP_LOAD_MAX_S = 60
-SEED_CONCURRENCY = 32
 
 
 def hit_key(i: int | str) -> str:
@@ -323,19 +322,13 @@ class Bench:
     async def fill_memory_tiers(self) -> None:
         """Read every hit key once on every server that serves them: the hit cases measure hits
         from memory, and a server's first read of a key is a miss of its memory tier."""
-        limit = asyncio.Semaphore(SEED_CONCURRENCY)
         w, keys = self.worker_token, self.profile.keys
         readers = [("A", w, keys), ("B", w, keys), ("U", w, keys), ("bare", None, keys)]
         readers += [("1k", w, ROWS_MEASURED_KEYS), ("large", w, ROWS_MEASURED_KEYS)]
-        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=SEED_CONCURRENCY)) as http:
-            for name, token, count in readers:
-                get = self._get(KeychainClient(self.servers[name].url, token, http_client=http), name)
-
-                async def read(i: int) -> None:
-                    async with limit:
-                        await get(i)
-
-                await asyncio.gather(*(read(i) for i in range(count)))
+        hit_path = templated_entry_path(hit_key(KEY_INDEX))
+        for name, token, count in readers:
+            if failures := await request_each_key(Load(self.servers[name].url, hit_path, count, token=token)):
+                raise RuntimeError(f"{name}: {failures} of {count} hit keys did not answer 200")
 
     async def run(self, db: asyncpg.Connection) -> None:
         with step("reading every hit key once on each server (its memory tier fills)"):
@@ -486,18 +479,11 @@ def random_key_ring(key_id: str) -> str:
 
 async def seed(servers: dict[str, LocalKeychainServer], worker_token: str, profile: Profile) -> None:
     """The hit keys, written through the API so that the servers can open them."""
-    limit = asyncio.Semaphore(SEED_CONCURRENCY)
-
-    async def put(keychain: KeychainClient, i: int) -> None:
-        async with limit:
-            await keychain.put(
-                hit_key(i), {"value": f"sk-bench-{i:08}"}, credential_type="secret_manager", execution_id=EXECUTION_ID
-            )
-
-    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=SEED_CONCURRENCY)) as http:
-        for name, count in (("A", profile.keys), ("1k", ROWS_MEASURED_KEYS), ("large", ROWS_MEASURED_KEYS)):
-            keychain = KeychainClient(servers[name].url, worker_token, http_client=http)
-            await asyncio.gather(*(put(keychain, i) for i in range(count)))
+    hit_path = templated_entry_path(hit_key(KEY_INDEX))
+    for name, count in (("A", profile.keys), ("1k", ROWS_MEASURED_KEYS), ("large", ROWS_MEASURED_KEYS)):
+        load = Load(servers[name].url, hit_path, count, "POST", POST_BODY, worker_token)
+        if failures := await request_each_key(load):
+            raise RuntimeError(f"{name}: {failures} of {count} writes failed")
 
 
 async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dict[str, object]:
