@@ -39,7 +39,13 @@ from app.errors import (
 )
 from app.invalidation import InvalidationListener, channel_name
 from app.json_shape import shape_problem
-from app.keychain.controller import AuthCacheController, ExecutionController, ExecutionTokenController
+from app.keychain.controller import (
+    AuthCacheController,
+    ExecutionController,
+    ExecutionTokenController,
+    FillLeaseController,
+)
+from app.keychain.fills import FillWaits
 from app.keychain.hits import run_hit_flusher
 from app.keychain.service import EntryLimits, ProcessState
 from app.keychain.tier import MemoryTier
@@ -71,7 +77,8 @@ _ERROR_HEADERS = {401: WWW_AUTHENTICATE, 503: {"Retry-After": RETRY_AFTER_SECOND
 
 def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, object]]:
     status = next(_ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in _ERROR_STATUS)
-    return error_response(status, str(exc), _ERROR_HEADERS.get(status))
+    headers = {**_ERROR_HEADERS.get(status, {}), **exc.headers}
+    return error_response(status, str(exc), headers or None)
 
 
 def _body_too_large(request: Request, exc: HTTPException) -> Response[dict[str, object]]:
@@ -239,12 +246,14 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             ),
             serve_from_memory_during_outage=settings.serve_from_memory_during_outage,
             log_reads=settings.log_reads,
+            fills=FillWaits.configured(settings),
         ),
         database=database,
     )
     return Litestar(
         route_handlers=[
             AuthCacheController,
+            FillLeaseController,
             ExecutionController,
             ExecutionTokenController,
             SystemController,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 
 class KeychainError(Exception):
     """Base class; the message is safe to show a caller (it never holds a secret)."""
+
+    # Headers the HTTP answer carries besides its status's own (a fill lease, say).
+    headers: Mapping[str, str] = MappingProxyType({})
 
 
 class ConfigurationError(KeychainError):
@@ -16,11 +22,31 @@ class InvalidEntry(KeychainError):
 
 
 class EntryNotFound(KeychainError):
-    """No live entry under that key (404); `reason` is "absent" or "expired"."""
+    """No live entry under that key (404); `reason` is "absent" or "expired". `headers` say
+    what became of a coordinated fill (see FillLeaseGranted)."""
 
-    def __init__(self, message: str, *, reason: str) -> None:
+    def __init__(self, message: str, *, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        if headers:
+            self.headers = headers
+
+
+FILL_LEASE_HEADER = "Keychain-Fill-Lease"
+FILL_HEADER = "Keychain-Fill"
+
+
+class FillLeaseGranted(EntryNotFound):
+    """A miss whose fill is now the caller's (404 with the lease): fetch the value, write it
+    with the lease id, or release the lease if the fetch fails."""
+
+    def __init__(self, message: str, *, reason: str, lease_id: str, lease_seconds: float) -> None:
+        super().__init__(
+            message,
+            reason=reason,
+            headers={FILL_LEASE_HEADER: lease_id, f"{FILL_LEASE_HEADER}-Seconds": f"{lease_seconds:g}"},
+        )
+        self.lease_id = lease_id
 
 
 class AccessDenied(KeychainError):

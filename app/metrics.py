@@ -51,6 +51,24 @@ class KeychainMetrics:
         )
         self.sweeps = Counter("keychain_sweeps", "Sweeper passes by result", ["result"], registry=r)
         self.swept_rows = Counter("keychain_swept_rows", "Expired rows deleted by the sweeper", registry=r)
+        self.fill_leases = Counter(
+            "keychain_fill_leases",
+            "Fill leases granted: one caller fetches for everyone a missing entry (fill) or a token's successor (refresh)",
+            ["purpose"],
+            registry=r,
+        )
+        self.fill_waits = Counter(
+            "keychain_fill_waits",
+            "Callers that waited for another's fill, by how the wait ended",
+            ["outcome"],
+            registry=r,
+        )
+        self.fill_seconds = Histogram(
+            "keychain_fill_seconds",
+            "From a fill lease's grant to the holder's write: the provider's fetch time, as the cache sees it",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=r,
+        )
         self.request_duration = Histogram(
             "keychain_request_duration_seconds",
             "HTTP request latency by method, route template and status",
@@ -81,6 +99,12 @@ class KeychainMetrics:
             self.cache_writes.labels(outcome)
         for result in ("swept", "skipped", "failed"):
             self.sweeps.labels(result)
+        # filled: the entry came; took_over: the holder's lease ran out or was released, and
+        # this caller got it; timed_out: its own wait ran out; busy: too many waiting already.
+        for outcome in ("filled", "took_over", "timed_out", "busy"):
+            self.fill_waits.labels(outcome)
+        for purpose in ("fill", "refresh"):
+            self.fill_leases.labels(purpose)
 
     # What the service and the sweeper call: a narrow interface, easy to read at the call site.
     def hit(self) -> None:
@@ -98,6 +122,15 @@ class KeychainMetrics:
     def execution_cleanup(self, rows: int) -> None:
         self.execution_cleanups.inc()
         self.execution_cleanup_rows.inc(rows)
+
+    def fill_lease_granted(self, purpose: str) -> None:
+        self.fill_leases.labels(purpose).inc()
+
+    def fill_wait(self, outcome: str) -> None:
+        self.fill_waits.labels(outcome).inc()
+
+    def filled(self, seconds: float) -> None:
+        self.fill_seconds.observe(seconds)
 
     def sweep(self, result: str) -> None:
         self.sweeps.labels(result).inc()

@@ -61,6 +61,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     hit_flush_seconds: float = 1.0
     # While PostgreSQL is unreachable, keep serving entries already in memory until their TTL.
     serve_from_memory_during_outage: bool = True
+    # Fill leases: a reader may ask the server to coordinate a miss (GET ...?fill_wait=S). The
+    # first caller gets a lease this long and fetches; the others wait at most fill_max_wait
+    # seconds, and at most fill_max_waiters of them per process (past it, none waits).
+    fill_lease_seconds: float = 5.0
+    fill_max_wait_seconds: float = 30.0
+    fill_max_waiters: int = 1000
+    # A token read with fill_wait in the last part of its cached life (this fraction, widened by
+    # up to half again per entry so that tokens cached together do not refresh together) is
+    # handed, once, to one reader to refresh while everyone keeps getting the current one.
+    refresh_window_fraction: float = 0.1
     # At shutdown, how long requests already in flight may take to finish before the database
     # is closed under them.
     drain_seconds: float = 10.0

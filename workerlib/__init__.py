@@ -20,7 +20,7 @@ from workerlib.errors import (
     Unauthorized,
     UnreadableEntry,
 )
-from workerlib.models import Entry, EntryMeta, EntryPage, ExecutionToken
+from workerlib.models import Entry, EntryMeta, EntryPage, ExecutionToken, FillLease
 from workerlib.oauth import client_credentials_token
 from workerlib.providers import EnvProvider, FileProvider, GoogleSecretManagerProvider, SecretProvider
 from workerlib.secrets import fetch_secret
@@ -35,6 +35,7 @@ __all__ = [
     "EnvProvider",
     "ExecutionToken",
     "FileProvider",
+    "FillLease",
     "Forbidden",
     "GoogleSecretManagerProvider",
     "InvalidKey",

@@ -1,7 +1,9 @@
 """The read-through that fetch_secret and the OAuth2 token cache share.
 
 A hit is the cached value. A miss (or an entry the server can no longer open) produces the value
-and writes it back, once per key per process however many callers are waiting. The cache is an
+and writes it back, once per key per process however many callers are waiting, and once per
+key for the whole cluster while the server coordinates the fill (a fill lease: the first reader
+produces and writes, the others wait on the server for that write). The cache is an
 optimisation: when it fails to answer, the value is produced without it, nothing is written
 back to it, and the failure is logged as degraded; a failed write-back is logged the same way.
 Only the producer's own errors reach the caller.
@@ -9,6 +11,7 @@ Only the producer's own errors reach the caller.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, TypeVar
@@ -17,12 +20,13 @@ from workerlib._degraded import cache_failed
 from workerlib._flight import single_flight
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import KeychainConfigError, KeychainError, UnreadableEntry
-from workerlib.models import Entry
+from workerlib.models import Entry, FillLease
 
 T = TypeVar("T")
 
-# Writes the produced value back through the given client; None when there is nothing worth caching.
-Store = Callable[[KeychainClient], Awaitable[object]] | None
+# Writes the produced value back through the given client, filling the lease if this caller
+# holds one; None when there is nothing worth caching.
+Store = Callable[[KeychainClient, FillLease | None], Awaitable[object]] | None
 
 
 async def read_through(
@@ -58,30 +62,85 @@ async def read_through(
             value, _ = await produce()
             return value
         cacheable = True
+        lease = None
         try:
-            entry = await keychain.get(key)
+            found = await keychain.get_or_fill(key)
         except UnreadableEntry:
             # The server can no longer open it (key rotated out too early): a miss, rewritten below.
             if unreadable:
                 log.warning(unreadable, extra=context)
-            entry = None
+            found = None
         except KeychainError as exc:
             # Down, refusing our token or the key, rate limiting, answering nonsense: none of it
             # is the caller's problem. Nor is writing back to a cache that just failed worth a request.
             cache_failed(log, uncached, exc, context)
-            entry, cacheable = None, False
-        if entry is not None:
-            value = cached(entry)
+            found, cacheable = None, False
+        if isinstance(found, Entry):
+            value = cached(found)
             if value is not None:
+                if found.refresh_lease is not None:
+                    # This reader was chosen to refresh it: the current value now, its successor
+                    # fetched and written behind it, so that no reader waits for the provider.
+                    refresh = FillLease(cache_key=key, lease_id=found.refresh_lease)
+                    _start_refresh(keychain, refresh, produce, log, context, unstored)
                 return value
+        elif isinstance(found, FillLease):
+            lease = found
 
-        value, store = await produce()
+        try:
+            value, store = await produce()
+        except BaseException:
+            if lease is not None:
+                await _release(keychain, lease, log, context)
+            raise
         if cacheable and store is not None:
             try:
-                await store(keychain)
+                await store(keychain, lease)
             except KeychainError as exc:
                 cache_failed(log, unstored, exc, context)
+        elif lease is not None:
+            await _release(keychain, lease, log, context)
         return value
 
     # Another client may carry another token, allowed other entries: loads are shared per client.
     return await single_flight((id(keychain), *flight_key), load)
+
+
+async def _release(keychain: KeychainClient, lease: FillLease, log: logging.Logger, context: Mapping[str, Any]) -> None:
+    """Let a waiting reader take the fill over now; if even that fails, the lease runs out."""
+    try:
+        await keychain.release_fill_lease(lease)
+    except KeychainError as exc:
+        cache_failed(log, "fill lease not released; it runs out on its own", exc, context)
+
+
+# Refreshes under way; referenced so that they are not collected before they finish.
+_refreshes: set[asyncio.Task[None]] = set()
+
+
+def _start_refresh(
+    keychain: KeychainClient,
+    lease: FillLease,
+    produce: Callable[[], Awaitable[tuple[Any, Store]]],
+    log: logging.Logger,
+    context: Mapping[str, Any],
+    unstored: str,
+) -> None:
+    async def refresh() -> None:
+        try:
+            _, store = await produce()
+        except Exception as exc:  # noqa: BLE001 - the current value still serves; say why, let another try
+            log.warning("refresh ahead failed (%s); the current value serves until it expires", type(exc).__name__, extra=context)
+            await _release(keychain, lease, log, context)
+            return
+        if store is None:
+            await _release(keychain, lease, log, context)
+            return
+        try:
+            await store(keychain, lease)
+        except KeychainError as exc:
+            cache_failed(log, unstored, exc, context)
+
+    task = asyncio.get_running_loop().create_task(refresh())
+    _refreshes.add(task)
+    task.add_done_callback(_refreshes.discard)

@@ -38,7 +38,16 @@ from workerlib.errors import (
     Unauthorized,
     UnreadableEntry,
 )
-from workerlib.models import Deleted, Entry, EntryMeta, EntryPage, EntryPut, ExecutionToken, ExecutionTokenRequest
+from workerlib.models import (
+    Deleted,
+    Entry,
+    EntryMeta,
+    EntryPage,
+    EntryPut,
+    ExecutionToken,
+    ExecutionTokenRequest,
+    FillLease,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,12 @@ DEFAULT_SERVER_URL = "http://localhost:8082"
 SERVER_URL_ENV = "KEYCHAIN_SERVER_URL"
 API_TOKEN_ENV = "KEYCHAIN_API_TOKEN"
 CA_FILE_ENV = "KEYCHAIN_CA_FILE"
+FILL_WAIT_ENV = "KEYCHAIN_FILL_WAIT_SECONDS"
+FILL_LEASE_HEADER = "Keychain-Fill-Lease"
+# How long a reader waits on the server for another caller's fill of a miss: longer than a
+# provider call (Secret Manager: 200-300 ms) plus the server's lease (5 s), so a holder that
+# dies is replaced before anyone gives up.
+DEFAULT_FILL_WAIT_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -144,6 +159,18 @@ def _checked_token(token: str | None, setting: str) -> str | None:
     return token
 
 
+def _fill_wait(fill_wait: float | None, environ: Mapping[str, str]) -> float:
+    if fill_wait is not None:
+        return max(0.0, fill_wait)
+    value = environ.get(FILL_WAIT_ENV)
+    if not value:
+        return DEFAULT_FILL_WAIT_SECONDS
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise KeychainConfigError(f"{FILL_WAIT_ENV} must be a number of seconds, such as 10") from None
+
+
 def _tls_verify(verify: bool | str | ssl.SSLContext | None, environ: Mapping[str, str]) -> bool | ssl.SSLContext:
     setting = "verify"
     if verify is None:
@@ -214,7 +241,9 @@ class KeychainClient:
     first request. TLS is verified: `verify` is a CA bundle file, an SSLContext, or a bool;
     None means the file in KEYCHAIN_CA_FILE when set, else the system's CAs. Pass
     `http_client` to share a pool (or to reach an in-process app); its TLS settings are its own,
-    and the client closes only the httpx client it made itself.
+    and the client closes only the httpx client it made itself. `fill_wait` (default
+    KEYCHAIN_FILL_WAIT_SECONDS, else 10; 0 turns it off) is how long get_or_fill() lets the
+    server hold a read for another caller's fill.
     """
 
     def __init__(
@@ -230,9 +259,11 @@ class KeychainClient:
         max_retry_after: float = 2.0,
         http_client: httpx.AsyncClient | None = None,
         verify: bool | str | ssl.SSLContext | None = None,
+        fill_wait: float | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         environ = os.environ if environ is None else environ
+        self.fill_wait = _fill_wait(fill_wait, environ)
         if base_url:
             self.base_url = _checked_base_url(base_url, "base_url")
         else:
@@ -301,6 +332,38 @@ class KeychainClient:
             return None
         return self._decode(response, Entry)
 
+    async def get_or_fill(self, cache_key: str) -> Entry | FillLease | None:
+        """The live entry under `cache_key`, with a miss filled once for the whole cluster.
+
+        Returns the Entry (at once, or as soon as another caller's fill lands, within
+        `fill_wait`); a FillLease when this caller is the one to fetch the value (then put() it
+        with fill_lease=, or release_fill_lease() if the fetch fails); None when the wait ran out
+        or the server would not hold the read: fetch it yourself. Raises what get() raises."""
+        if not self.fill_wait:
+            return await self.get(cache_key)
+        try:
+            response = await self._request(
+                "GET",
+                entry_path(cache_key),
+                params={"fill_wait": self.fill_wait},
+                read_timeout=self.fill_wait + self._timeouts.read,
+            )
+        except NotFound as miss:
+            lease_id = miss.headers.get(FILL_LEASE_HEADER.lower())
+            return FillLease(cache_key=cache_key, lease_id=lease_id) if lease_id else None
+        return self._decode(response, Entry)
+
+    async def release_fill_lease(self, lease: FillLease) -> bool:
+        """Give up a lease whose fetch failed, so that a waiting caller takes it over now rather
+        than when it runs out. False when it had already ended."""
+        try:
+            await self._request(
+                "DELETE", f"/api/fill-leases/{encode_key(lease.cache_key)}", headers={FILL_LEASE_HEADER: lease.lease_id}
+            )
+        except NotFound:
+            return False
+        return True
+
     async def put(
         self,
         cache_key: str,
@@ -314,8 +377,10 @@ class KeychainClient:
         credential_name: str | None = None,
         ttl_seconds: int | str | None = None,
         expires_at: datetime | None = None,
+        fill_lease: FillLease | None = None,
     ) -> EntryMeta:
-        """Create or replace an entry; the answer is its metadata (the payload is not echoed)."""
+        """Create or replace an entry; the answer is its metadata (the payload is not echoed).
+        With `fill_lease`, the write fills that lease: the callers waiting for it get this value."""
         body = EntryPut(
             token_data=dict(token_data),
             credential_type=credential_type,
@@ -327,7 +392,8 @@ class KeychainClient:
             ttl_seconds=ttl_seconds,
             expires_at=expires_at,
         )
-        response = await self._request("POST", entry_path(cache_key), content=msgspec.json.encode(body))
+        headers = {FILL_LEASE_HEADER: fill_lease.lease_id} if fill_lease is not None else None
+        response = await self._request("POST", entry_path(cache_key), content=msgspec.json.encode(body), headers=headers)
         return self._decode(response, EntryMeta)
 
     async def delete(self, cache_key: str) -> bool:
@@ -398,9 +464,12 @@ class KeychainClient:
         *,
         content: bytes | None = None,
         params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        read_timeout: float | None = None,
     ) -> httpx.Response:
         url = f"{self.base_url}{path}"
-        headers = {"Accept": "application/json"}
+        timeouts = self._timeouts if read_timeout is None else httpx.Timeout(read_timeout, connect=self._timeouts.connect)
+        headers = {"Accept": "application/json", **(headers or {})}
         if content is not None:
             headers["Content-Type"] = "application/json"
         if self._token:
@@ -409,7 +478,7 @@ class KeychainClient:
         while True:
             try:
                 response = await self._http.request(
-                    method, url, content=content, params=params, headers=headers, timeout=self._timeouts
+                    method, url, content=content, params=params, headers=headers, timeout=timeouts
                 )
             except _RETRY_TRANSPORT_ERRORS as exc:
                 if _certificate_failure(exc):
@@ -451,7 +520,7 @@ class KeychainClient:
                     f"keychain answered {status} on {method} {path}: {detail}", status_code=status
                 )
             error = _STATUS_ERRORS.get(status, KeychainAPIError)
-            raise error(status, detail, method=method, path=path)
+            raise error(status, detail, method=method, path=path, headers=dict(response.headers))
 
     async def _sleep(
         self, attempt: int, retry_after: float | None, method: str, path: str, reason: str

@@ -31,10 +31,14 @@ class KeychainUnavailable(KeychainError):
 class KeychainAPIError(KeychainError):
     """The server refused the request (4xx); `detail` is the server's own explanation."""
 
-    def __init__(self, status_code: int, detail: str, *, method: str, path: str) -> None:
+    def __init__(
+        self, status_code: int, detail: str, *, method: str, path: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(f"keychain answered {status_code} on {method} {path}: {detail}")
         self.status_code = status_code
         self.detail = detail
+        # The answer's headers (a 404 may carry a fill lease).
+        self.headers = headers or {}
 
 
 class BadRequest(KeychainAPIError):

@@ -48,6 +48,17 @@ class Entry(EntryMeta, kw_only=True):
     """A hit: the metadata after this read was counted, and the decrypted payload."""
 
     data: dict[str, Any]
+    # Set by get_or_fill() on the one reader chosen to refresh a token that is about to run out:
+    # write its successor with fill_lease=FillLease(cache_key=..., lease_id=refresh_lease).
+    refresh_lease: str | None = None
+
+
+class FillLease(msgspec.Struct, kw_only=True):
+    """A miss this caller must fill for everyone: fetch the value, then put() it with
+    fill_lease=lease_id (or release_fill_lease() if the fetch fails). Others wait on the server."""
+
+    cache_key: str
+    lease_id: str
 
 
 class EntryPage(msgspec.Struct, kw_only=True):

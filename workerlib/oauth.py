@@ -26,7 +26,7 @@ from workerlib._readthrough import Store, read_through
 from workerlib.client import KeychainClient, display_url
 from workerlib.errors import TokenEndpointError
 from workerlib.keys import oauth2_token_key
-from workerlib.models import Entry
+from workerlib.models import Entry, FillLease
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ async def cached_token(
             return token["access_token"], None
         data = {k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token}
 
-        async def store(keychain: KeychainClient) -> None:
+        async def store(keychain: KeychainClient, lease: FillLease | None) -> None:
             # No execution_id: the server scopes it globally.
             await keychain.put(
                 key,
@@ -149,6 +149,7 @@ async def cached_token(
                 cache_type="token",
                 credential_name=name,
                 ttl_seconds=ttl,
+                fill_lease=lease,
             )
 
         return token["access_token"], store

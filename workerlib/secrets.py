@@ -14,7 +14,7 @@ import logging
 from workerlib._readthrough import Store, read_through
 from workerlib.client import KeychainClient
 from workerlib.keys import cache_key
-from workerlib.models import Entry
+from workerlib.models import Entry, FillLease
 from workerlib.providers import SecretProvider, default_provider
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def fetch_secret(
         # The provider is only needed on a miss: a hit never builds the process default.
         value = await (provider or default_provider()).access(name)
 
-        async def store(keychain: KeychainClient) -> None:
+        async def store(keychain: KeychainClient, lease: FillLease | None) -> None:
             # The server derives the scope from execution_id: execution-scoped, else global.
             await keychain.put(
                 key,
@@ -61,6 +61,7 @@ async def fetch_secret(
                 execution_id=execution_id,
                 credential_name=name,
                 ttl_seconds=ttl_seconds,
+                fill_lease=lease,
             )
 
         return value, store

@@ -35,6 +35,7 @@ SCOPE_TYPES: tuple[str, ...] = get_args(ScopeType)
 
 
 ENDED_EXECUTION_TABLE = "keychain_ended_execution"
+FILL_LEASE_TABLE = "keychain_fill_lease"
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -84,9 +85,25 @@ def build_metadata(schema: str) -> tuple[MetaData, Table]:
         Column("ended_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
         Index(None, "ended_at"),
     )
+    Table(
+        FILL_LEASE_TABLE,
+        metadata,
+        # A miss being fetched from its provider by one caller (the lease holder) while others
+        # wait on the server; a write of the key, a release or the expiry ends it.
+        Column("cache_key", Text, primary_key=True),
+        Column("lease_id", Text, nullable=False),
+        Column("holder", Text, nullable=False),
+        Column("granted_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+    )
     return metadata, keychain
 
 
 def ended_executions(keychain: Table) -> Table:
     """The ended-executions table that sits beside `keychain` in its metadata."""
     return keychain.metadata.tables[f"{keychain.schema}.{ENDED_EXECUTION_TABLE}"]
+
+
+def fill_leases(keychain: Table) -> Table:
+    """The fill-lease table that sits beside `keychain` in its metadata."""
+    return keychain.metadata.tables[f"{keychain.schema}.{FILL_LEASE_TABLE}"]

@@ -4,27 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.spec import Example
-from litestar.params import Body, PathParameter, QueryParameter
+from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.serialization import encode_json
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import RequireRole
 from app.db.engine import LazyTransaction
-from app.errors import InvalidEntry
-from app.keychain.paths import AUTH_CACHE_PATH, cache_key_sent
+from app.errors import FILL_HEADER, FILL_LEASE_HEADER, InvalidEntry
+from app.keychain.paths import AUTH_CACHE_PATH, FILL_LEASE_PATH, cache_key_sent
 from app.keychain.schemas import (
     Deleted,
     Entry,
-    EntryMeta,
     EntryPage,
     EntryPut,
     EntryQuery,
+    EntryWritten,
     ExecutionToken,
     ExecutionTokenRequest,
     ScopeType as EntryScopeType,
@@ -34,6 +34,18 @@ from app.openapi import ErrorBody, error_responses
 from app.runtime import caller_of, provide_keychain_service, runtime_of
 
 Service = NamedDependency[KeychainService]
+FillLeaseHeader = Annotated[
+    str | None,
+    HeaderParameter(name=FILL_LEASE_HEADER, max_length=64, description="The fill lease this write fills, if any"),
+]
+FILL_DESCRIPTION = (
+    "With `fill_wait`, a miss is filled once for the whole cluster. The first caller is answered "
+    f"404 with a `{FILL_LEASE_HEADER}` header: it fetches the value from its provider and writes it "
+    f"with that header (or gives the lease up with DELETE /api/fill-leases/{{cache_key}}). Other "
+    "callers wait on the server, up to `fill_wait` seconds, and are answered 200 as soon as the "
+    "value is written; if the lease holder goes away, one of them gets the lease when it runs out. "
+    f"A 404 with `{FILL_HEADER}: timed-out` (or `busy`) means: fetch it yourself."
+)
 # Declared on handlers for the OpenAPI document; handlers read the key with cache_key_sent().
 CacheKeyPath = Annotated[str, PathParameter(description="The cache key; may contain '/'")]
 ExecutionIdPath = Annotated[int, PathParameter(ge=0, le=2**63 - 1, description="Execution id")]
@@ -77,7 +89,8 @@ class ServeHitsFromMemory(ASGIMiddleware):
         except InvalidEntry:
             cache_key = ""
         service = runtime.keychain_service(LazyTransaction(runtime.database))
-        entry = service.get_from_memory(cache_key, scope["state"]["principal"]) if cache_key else None
+        coordinated = b"fill_wait=" in scope["query_string"]
+        entry = service.get_from_memory(cache_key, scope["state"]["principal"], coordinated) if cache_key else None
         if entry is None:
             await next_app(scope, receive, send)
             return
@@ -98,22 +111,31 @@ class AuthCacheController(_ApiController):
         "/{cache_key:path}",
         operation_id="getEntry",
         summary="Read an entry (counts a hit)",
+        description=FILL_DESCRIPTION,
         middleware=[ServeHitsFromMemory()],
         responses=error_responses(401, 403, 404, 409, 503),
     )
-    async def get_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> Entry:
-        return await service.get(cache_key_sent(request.scope), caller_of(request))
+    async def get_entry(
+        self,
+        request: Request,
+        service: Service,
+        cache_key: CacheKeyPath,
+        fill_wait: Annotated[
+            float | None,
+            QueryParameter(gt=0, le=300, description="On a miss, coordinate its fill: wait up to this many seconds"),
+        ] = None,
+    ) -> Entry:
+        return await service.get(cache_key_sent(request.scope), caller_of(request), fill_wait)
 
     @post(
         "/{cache_key:path}",
         operation_id="putEntry",
         summary="Create or replace an entry",
-        status_code=201,
+        description="200 whether the write created the entry or replaced one (`created` says which): "
+        "existing clients count only a 200 as success.",
+        status_code=200,
         opt={"audit": True},
-        responses={
-            200: ResponseSpec(EntryMeta, description="An existing entry was replaced"),
-            **error_responses(401, 403, 413, 503),
-        },
+        responses=error_responses(401, 403, 413, 503),
     )
     async def put_entry(
         self,
@@ -121,9 +143,9 @@ class AuthCacheController(_ApiController):
         service: Service,
         cache_key: CacheKeyPath,
         data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
-    ) -> Response[EntryMeta]:
-        meta, created = await service.put(cache_key_sent(request.scope), data, caller_of(request))
-        return Response(meta, status_code=201 if created else 200)
+        fill_lease: FillLeaseHeader = None,
+    ) -> EntryWritten:
+        return await service.put(cache_key_sent(request.scope), data, caller_of(request), fill_lease)
 
     @delete(
         "/{cache_key:path}",
@@ -162,6 +184,26 @@ class AuthCacheController(_ApiController):
                 offset=offset,
             )
         )
+
+
+class FillLeaseController(_ApiController):
+    path = FILL_LEASE_PATH
+    tags = ["auth-cache"]
+
+    @delete(
+        "/{cache_key:path}",
+        operation_id="releaseFillLease",
+        summary="Give up a fill lease (the fetch failed): a waiting caller takes it over at once",
+        responses=error_responses(401, 403, 404, 503),
+    )
+    async def release_fill_lease(
+        self,
+        request: Request,
+        service: Service,
+        cache_key: CacheKeyPath,
+        fill_lease: Annotated[str, HeaderParameter(name=FILL_LEASE_HEADER, max_length=64)],
+    ) -> None:
+        await service.release_fill_lease(cache_key_sent(request.scope, FILL_LEASE_PATH), fill_lease)
 
 
 class ExecutionController(_ApiController):

@@ -9,9 +9,10 @@ from litestar.types import Scope
 from app.errors import InvalidEntry
 
 AUTH_CACHE_PATH = "/api/auth-cache"
+FILL_LEASE_PATH = "/api/fill-leases"
 
 
-def cache_key_sent(scope: Scope) -> str:
+def cache_key_sent(scope: Scope, under: str = AUTH_CACHE_PATH) -> str:
     """The cache key exactly as the caller sent it.
 
     Routing normalises the path (drops a trailing '/', folds '//'), which would silently file
@@ -20,7 +21,7 @@ def cache_key_sent(scope: Scope) -> str:
     keys can never land on one entry.
     """
     raw_path = scope.get("raw_path")
-    prefix = f"{AUTH_CACHE_PATH}/"
+    prefix = f"{under}/"
     try:
         if raw_path:
             sent = unquote(raw_path.decode("utf-8"), errors="strict")

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
 from app.db.engine import LazyTransaction, raise_if_outage
-from app.db.tables import ended_executions
+from app.db.tables import ended_executions, fill_leases
 from app.errors import InvalidEntry
 from app.invalidation import Invalidation, channel_name, encode
 from app.keychain.schemas import EntryQuery
@@ -146,6 +146,14 @@ class KeychainRepository:
             raise_if_outage(exc)
             raise
 
+    async def commit(self) -> None:
+        """End the caller's transaction here; the next statement begins another. A request about
+        to wait commits first, so that it holds no connection while it waits."""
+        if isinstance(self.conn, LazyTransaction):
+            await self.conn.finish(None)
+        else:
+            await self.conn.commit()
+
     async def check_table(self) -> None:
         """Readiness: the database answers and has been migrated."""
         await self._execute(select(literal(1)).select_from(self.table).limit(0))
@@ -235,6 +243,44 @@ class KeychainRepository:
         """NOTIFY every server; delivered when (and only if) this transaction commits."""
         stmt = text("SELECT pg_notify(:channel, :payload)")
         await self._execute(stmt, {"channel": channel_name(self.table.schema), "payload": encode(message)})
+
+    async def take_fill_lease(self, cache_key: str, holder: str, lease_id: str, seconds: float) -> tuple[bool, float]:
+        """Take the key's fill lease unless a live one is held; whether it was taken, and the
+        seconds left on the lease that stands (ours or the holder's), by the database's clock."""
+        leases = fill_leases(self.table)
+        expires_at = func.now() + timedelta(seconds=seconds)
+        stmt = (
+            insert(leases)
+            .values(cache_key=cache_key, lease_id=lease_id, holder=holder, expires_at=expires_at)
+            .on_conflict_do_update(
+                index_elements=[leases.c.cache_key],
+                set_={"lease_id": lease_id, "holder": holder, "granted_at": func.now(), "expires_at": expires_at},
+                where=leases.c.expires_at <= func.now(),
+            )
+            .returning(leases.c.lease_id)
+        )
+        if (await self._execute(stmt)).scalar_one_or_none() == lease_id:
+            return True, seconds
+        left = select(func.extract("epoch", leases.c.expires_at - func.now())).where(leases.c.cache_key == cache_key)
+        seconds_left = (await self._execute(left)).scalar_one_or_none()
+        # Released between the two statements: nothing stands, the next look may take it.
+        return False, max(0.0, float(seconds_left or 0.0))
+
+    async def end_fill_lease(self, cache_key: str, lease_id: str) -> float | None:
+        """End this lease on the key; the seconds since it was granted, or None if it no longer
+        stood (expired and taken over, or released)."""
+        leases = fill_leases(self.table)
+        stmt = (
+            delete(leases)
+            .where(leases.c.cache_key == cache_key, leases.c.lease_id == lease_id)
+            .returning(func.extract("epoch", func.now() - leases.c.granted_at))
+        )
+        held = (await self._execute(stmt)).scalar_one_or_none()
+        return None if held is None else float(held)
+
+    async def delete_expired_fill_leases(self) -> int:
+        leases = fill_leases(self.table)
+        return (await self._execute(delete(leases).where(leases.c.expires_at <= func.now()))).rowcount
 
     async def forget_ended_before(self, age_seconds: int) -> int:
         """Ended executions older than any token that could name them need not be kept."""

@@ -9,6 +9,9 @@ import msgspec
 
 CacheType = Literal["secret", "token", "config"]
 ScopeType = Literal["execution", "global", "session"]
+# What a write may say: upstream NoETL's worker client sends "local" (execution) and "shared"
+# (execution with an execution id, else global); rows keep the canonical three.
+ScopeTypeSent = Literal["execution", "global", "session", "local", "shared"]
 ExecutionId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -21,7 +24,7 @@ class EntryPut(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     credential_type: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     cache_type: CacheType = "secret"
     # None: "execution" when execution_id is given, else "global".
-    scope_type: ScopeType | None = None
+    scope_type: ScopeTypeSent | None = None
     execution_id: ExecutionId | None = None
     parent_execution_id: ExecutionId | None = None
     credential_name: Name | None = None
@@ -50,8 +53,17 @@ class EntryMeta(msgspec.Struct, kw_only=True):
     written_by: str
 
 
-class Entry(EntryMeta, kw_only=True):
+class EntryWritten(EntryMeta, kw_only=True):
+    """POST's answer: the entry's metadata, and whether the write created it."""
+
+    created: bool
+
+
+class Entry(EntryMeta, kw_only=True, omit_defaults=True):
     data: dict[str, Any]
+    # Set on a coordinated read (fill_wait) of a token in the last part of its life, for the one
+    # reader chosen to refresh it: fetch a new token and write it with this fill lease.
+    refresh_lease: str | None = None
 
 
 class EntryQuery(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import re
+import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -17,11 +18,13 @@ from app.audit import ReadAudit
 from app.auth import ExecutionTokens, Grants, Principal, check_patterns
 from app.crypto import KeyRing, bound_data, new_write_id
 from app.errors import (
+    FILL_HEADER,
     ConfigurationError,
     DatabaseUnavailable,
     EntryNotFound,
     ExecutionEnded,
     FeatureDisabled,
+    FillLeaseGranted,
     InvalidEntry,
     TokenRevoked,
     UnreadableEntry,
@@ -29,6 +32,7 @@ from app.errors import (
 from app.invalidation import Invalidation
 from app.keychain import access
 from app.keychain.ended import EndedExecutions
+from app.keychain.fills import FillWaits
 from app.keychain.hits import HitCounter
 from app.keychain.repository import KeychainRepository
 from app.keychain.schemas import (
@@ -37,11 +41,13 @@ from app.keychain.schemas import (
     EntryPage,
     EntryPut,
     EntryQuery,
+    EntryWritten,
     ExecutionToken,
     ExecutionTokenRequest,
 )
 from app.keychain.tier import CachedEntry, MemoryTier
 from app.metrics import KeychainMetrics
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,7 @@ class ProcessState:
     ended_executions: EndedExecutions = field(default_factory=EndedExecutions)
     tier: MemoryTier | None = None
     hits: HitCounter = field(default_factory=HitCounter)
+    fills: FillWaits = field(default_factory=lambda: FillWaits.configured(Settings()))
     # While PostgreSQL is unreachable nothing can change anywhere: keep serving what memory holds.
     serve_from_memory_during_outage: bool = True
     # The INFO line per hit and miss.
@@ -106,6 +113,7 @@ class ProcessState:
     def on_invalidation(self, message: Invalidation) -> None:
         """A change announced by any replica, this one included."""
         self.ended_executions.on_invalidation(message)
+        self.fills.on_invalidation(message)
         if self.tier is not None:
             self.tier.on_invalidation(message)
 
@@ -124,17 +132,16 @@ class KeychainService:
         self.process = process if process is not None else ProcessState()
         self.metrics = self.process.metrics
 
-    async def get(self, cache_key: str, principal: Principal) -> Entry:
+    async def get(self, cache_key: str, principal: Principal, fill_wait: float | None = None) -> Entry:
+        """The live entry. With `fill_wait`, a miss is coordinated across the cluster: see
+        _wait_for_fill."""
         check_cache_key(cache_key)
         await self._check_token_alive(principal)
         row, counted = await self._find(cache_key)
+        if row is None and fill_wait is not None:
+            row, counted = await self._wait_for_fill(cache_key, principal, fill_wait)
         if row is None:
-            expired = await self.repository.expires_at(cache_key) is not None
-            reason = "expired" if expired else "absent"
-            if self.process.log_reads:
-                log.info("cache miss", extra={"cache_key": cache_key, "reason": reason, "actor": principal.name})
-            self.metrics.miss(reason)
-            self._audit_read(principal, cache_key, reason)
+            reason = await self._miss(cache_key, principal)
             raise EntryNotFound(f"no live entry for this key ({reason})", reason=reason)
         # When the database counted the hit, a refusal raises inside the request's transaction,
         # which rolls the count back; from memory, nothing is counted before this check.
@@ -149,17 +156,107 @@ class KeychainService:
             )
             self._audit_read(principal, cache_key, "unreadable")
             raise
-        return self._hit(cache_key, principal, row, payload, counted)
+        refresh_lease = await self._refresh_lease(cache_key, principal, row) if fill_wait is not None else None
+        return self._hit(cache_key, principal, row, payload, counted, refresh_lease)
 
-    def get_from_memory(self, cache_key: str, principal: Principal) -> Entry | None:
+    async def _refresh_lease(self, cache_key: str, principal: Principal, row: Mapping[str, Any]) -> str | None:
+        """For the one reader, across the cluster, of a token in its refresh window: the lease to
+        write its replacement with. Everyone, this reader included, gets the current token now."""
+        fills = self.process.fills
+        if not fills.refresh_due(row, self._database_time()):
+            return None
+        lease_id = secrets.token_urlsafe(16)
+        try:
+            taken, lease_left = await self.repository.take_fill_lease(
+                cache_key, principal.name, lease_id, fills.lease_seconds
+            )
+        except DatabaseUnavailable:
+            return None  # a refresh can wait; the hit cannot fail for it
+        fills.refreshing(cache_key, lease_left)
+        if not taken:
+            return None
+        self.metrics.fill_lease_granted("refresh")
+        return lease_id
+
+    async def _miss(self, cache_key: str, principal: Principal) -> str:
+        """Log, count and audit a miss; its reason, "absent" or "expired"."""
+        expired = await self.repository.expires_at(cache_key) is not None
+        reason = "expired" if expired else "absent"
+        if self.process.log_reads:
+            log.info("cache miss", extra={"cache_key": cache_key, "reason": reason, "actor": principal.name})
+        self.metrics.miss(reason)
+        self._audit_read(principal, cache_key, reason)
+        return reason
+
+    async def _wait_for_fill(
+        self, cache_key: str, principal: Principal, wait: float
+    ) -> tuple[Mapping[str, Any] | None, bool]:
+        """A miss filled once for the whole cluster. The first caller takes the key's fill lease
+        and is answered FillLeaseGranted: it fetches the value and writes it. The others wait,
+        holding no connection, for the key's next change on any replica (the holder's write or
+        release), for the lease to run out (then one of them takes it over), or for `wait`
+        seconds (then they are answered a miss and fetch it themselves)."""
+        fills = self.process.fills
+        deadline = time.monotonic() + min(wait, fills.max_wait_seconds)
+        with fills.admitted() as admitted:
+            if not admitted:
+                await self._unfilled(cache_key, principal, "busy", "too many callers are waiting for fills on this server")
+            waited = False
+            while True:
+                lease_id = secrets.token_urlsafe(16)
+                taken, lease_left = await self.repository.take_fill_lease(
+                    cache_key, principal.name, lease_id, fills.lease_seconds
+                )
+                if taken:
+                    # Written since this caller looked, perhaps by the last holder: no fill needed.
+                    row, counted = await self._find(cache_key)
+                    if row is not None:
+                        await self.repository.end_fill_lease(cache_key, lease_id)
+                        return row, counted
+                await self.repository.commit()  # the lease stands for everyone; no connection held from here
+                if taken:
+                    reason = await self._miss(cache_key, principal)
+                    self.metrics.fill_lease_granted("fill")
+                    if waited:
+                        self.metrics.fill_wait("took_over")
+                    raise FillLeaseGranted(
+                        f"no live entry for this key ({reason}); this caller holds its fill lease: fetch the "
+                        "value and write it with the lease, or release the lease if the fetch fails",
+                        reason=reason,
+                        lease_id=lease_id,
+                        lease_seconds=fills.lease_seconds,
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    await self._unfilled(cache_key, principal, "timed_out", "no fill arrived within fill_wait")
+                await fills.changed(cache_key, min(left, lease_left + 0.01))
+                waited = True
+                row, counted = await self._find(cache_key)
+                if row is not None:
+                    self.metrics.fill_wait("filled")
+                    return row, counted
+
+    async def _unfilled(self, cache_key: str, principal: Principal, outcome: str, why: str) -> NoReturn:
+        reason = await self._miss(cache_key, principal)
+        self.metrics.fill_wait(outcome)
+        raise EntryNotFound(
+            f"no live entry for this key ({reason}); {why}: fetch it yourself",
+            reason=reason,
+            headers={FILL_HEADER: outcome.replace("_", "-")},
+        )
+
+    def get_from_memory(self, cache_key: str, principal: Principal, coordinated: bool = False) -> Entry | None:
         """The hit, when memory alone can serve it: the tier holds the live entry, the caller's
-        token is known to be alive and may read it. Anything else answers None and is left to
+        token is known to be alive and may read it, and (for a `coordinated` read, one with
+        fill_wait) it is not a token due for a refresh. Anything else answers None and is left to
         get(), which can answer everything (misses, refusals, errors) and tells no differently."""
         tier = self.process.tier
         if tier is None or not tier.serving or not self._alive_in_memory(principal):
             return None
-        entry = tier.get(cache_key)
-        if entry is None or entry.expires_at <= self._database_time() or not access.may_read(principal, entry.row):
+        entry, now = tier.get(cache_key), self._database_time()
+        if entry is None or entry.expires_at <= now or not access.may_read(principal, entry.row):
+            return None
+        if coordinated and self.process.fills.refresh_due(entry.row, now):
             return None
         try:
             payload = self.keyring.open(entry.row["data"], bound_data(entry.row))
@@ -168,7 +265,13 @@ class KeychainService:
         return self._hit(cache_key, principal, entry.row, payload, counted=False)
 
     def _hit(
-        self, cache_key: str, principal: Principal, row: Mapping[str, Any], payload: bytes, counted: bool
+        self,
+        cache_key: str,
+        principal: Principal,
+        row: Mapping[str, Any],
+        payload: bytes,
+        counted: bool,
+        refresh_lease: str | None = None,
     ) -> Entry:
         """Count, log and audit a hit on `row`, whose sealed data opened as `payload`."""
         meta = _meta_fields(row)
@@ -183,7 +286,7 @@ class KeychainService:
             )
         self.metrics.hit()
         self._audit_read(principal, cache_key, "hit")
-        return Entry(**meta, data=msgspec.json.decode(payload))
+        return Entry(**meta, data=msgspec.json.decode(payload), refresh_lease=refresh_lease)
 
     async def _find(self, cache_key: str) -> tuple[Mapping[str, Any] | None, bool]:
         """The live row, and whether the database already counted this hit.
@@ -246,11 +349,13 @@ class KeychainService:
         """Whether memory alone knows the caller's token is alive (_check_token_alive's answer)."""
         return principal.execution_id is None or self.process.ended_executions.known_live(_execution_ids(principal))
 
-    async def put(self, cache_key: str, body: EntryPut, principal: Principal) -> tuple[EntryMeta, bool]:
+    async def put(
+        self, cache_key: str, body: EntryPut, principal: Principal, fill_lease: str | None = None
+    ) -> EntryWritten:
+        """Create or replace the entry; `fill_lease`, the lease under which the writer fetched it,
+        ends with the write, and every caller waiting for the fill wakes on the write's NOTIFY."""
         check_cache_key(cache_key)
-        scope_type = body.scope_type or ("execution" if body.execution_id is not None else "global")
-        if scope_type == "execution" and body.execution_id is None:
-            raise InvalidEntry("scope_type 'execution' needs an execution_id")
+        scope_type, execution_id = _scope(body)
         credential_name = body.credential_name or cache_key.split(":", 1)[0]
         if not credential_name:
             raise InvalidEntry("credential_name is empty and the cache key does not start with one")
@@ -263,7 +368,7 @@ class KeychainService:
             "credential_type": body.credential_type,
             "cache_type": body.cache_type,
             "scope_type": scope_type,
-            "execution_id": body.execution_id,
+            "execution_id": execution_id,
             "parent_execution_id": body.parent_execution_id,
             "written_by": principal.name,
             "write_id": new_write_id(),
@@ -281,13 +386,15 @@ class KeychainService:
         sealed = self.keyring.seal(plaintext, bound_data(values))
         values.update(data=sealed.envelope, key_id=sealed.key_id)
         row, created = await self._store(values, principal)
+        if fill_lease is not None and (held := await self.repository.end_fill_lease(cache_key, fill_lease)) is not None:
+            self.metrics.filled(held)
         await self._invalidate(Invalidation(keys=[cache_key]))
         log.info(
             "cache write",
             extra={"cache_key": cache_key, "outcome": "created" if created else "replaced", "actor": principal.name},
         )
         self.metrics.write(created=created)
-        return EntryMeta(**_meta_fields(row)), created
+        return EntryWritten(**_meta_fields(row), created=created)
 
     async def _store(self, values: dict[str, Any], principal: Principal) -> tuple[Any, bool]:
         """Insert, or replace what is there if the principal may; a new key costs one statement."""
@@ -337,6 +444,14 @@ class KeychainService:
         await self._invalidate(Invalidation(keys=[cache_key]))
         log.info("cache delete", extra={"cache_key": cache_key, "actor": principal.name})
         self.metrics.delete()
+
+    async def release_fill_lease(self, cache_key: str, lease_id: str) -> None:
+        """The holder could not fetch the value: end its lease at once, and wake the callers
+        waiting for the fill (one of them takes the lease over)."""
+        check_cache_key(cache_key)
+        if await self.repository.end_fill_lease(cache_key, lease_id) is None:
+            raise EntryNotFound("no such fill lease on this key: it ran out, or was released", reason="absent")
+        await self._invalidate(Invalidation(keys=[cache_key]))
 
     async def check_ready(self) -> None:
         """Raises DatabaseUnavailable unless the table answers."""
@@ -398,6 +513,23 @@ async def mint_execution_token(
         write=list(grants.write),
         expires_at=minted.expires_at,
     )
+
+
+def _scope(body: EntryPut) -> tuple[str, int | None]:
+    """The canonical scope_type of a write, and its execution id.
+
+    Upstream NoETL's worker client says "local" for an execution's entry, with only a
+    parent_execution_id when a sub-execution caches for its parent (the key then names the
+    parent), and "shared" for what it does not tie to an execution."""
+    execution_id = body.execution_id
+    scope_type = body.scope_type
+    if scope_type == "local":
+        scope_type, execution_id = "execution", execution_id if execution_id is not None else body.parent_execution_id
+    elif scope_type == "shared" or scope_type is None:
+        scope_type = "execution" if execution_id is not None else "global"
+    if scope_type == "execution" and execution_id is None:
+        raise InvalidEntry("scope_type 'execution' needs an execution_id")
+    return scope_type, execution_id
 
 
 def _execution_ids(principal: Principal) -> tuple[int, ...]:

@@ -32,7 +32,8 @@ async def sweep_once(
     ended_retention_seconds: int,
 ) -> SweepResult:
     """Delete expired rows batch by batch, each batch its own short transaction; with the last
-    batch, forget executions that ended longer ago than any of their tokens can live.
+    batch, forget executions that ended longer ago than any of their tokens can live, and fill
+    leases that ran out.
 
     Every pass counts once as swept, skipped or failed; rows count as each batch commits.
     """
@@ -53,6 +54,7 @@ async def sweep_once(
                     await repository.announce_swept()
                 if batch < batch_size:
                     await repository.forget_ended_before(ended_retention_seconds)
+                    await repository.delete_expired_fill_leases()
             deleted += batch
             metrics.rows_swept(batch)
             if batch < batch_size:

@@ -89,12 +89,12 @@ async def test_a_full_request_cycle_logs_no_secret_and_no_token(all_logs, make_a
             return answer
 
         key = "/api/auth-cache/openai:global:bearer"
-        await call("POST", key, json=body, headers=worker, expect=201)
+        await call("POST", key, json=body, headers=worker, expect=200)
         await call("POST", key, json=body, headers=worker, expect=200)  # replace
         hit = await call("GET", key, headers=worker, expect=200)
         assert hit.json()["data"]["access_token"] == SECRET  # the one place it belongs
         await call("GET", "/api/auth-cache/never-written", headers=worker, expect=404)
-        await call("POST", "/api/auth-cache/soon-old", json=body, headers=worker, expect=201)
+        await call("POST", "/api/auth-cache/soon-old", json=body, headers=worker, expect=200)
         await connection.execute(
             text("UPDATE noetl.keychain SET expires_at = now() - interval '1 s' WHERE cache_key = 'soon-old'")
         )

@@ -35,7 +35,7 @@ def secret_body(execution_id: int, parent: int | None = None, value: str = "sk-d
 
 async def test_put_then_get_returns_the_payload_and_counts_the_hit(client):
     created = await client.post("/api/auth-cache/test_token:global:bearer", json=GLOBAL_TOKEN)
-    assert created.status_code == 201
+    assert created.status_code == 200 and created.json()["created"] is True
     assert "data" not in created.json() and "token_data" not in created.json()
     assert created.json()["access_count"] == 0
 
@@ -49,20 +49,20 @@ async def test_put_then_get_returns_the_payload_and_counts_the_hit(client):
     assert body["accessed_at"] >= body["created_at"]
 
 
-async def test_replacing_an_entry_answers_200_and_resets_its_counters(client):
+async def test_replacing_an_entry_says_so_and_resets_its_counters(client):
     await client.post("/api/auth-cache/k", json=GLOBAL_TOKEN)
     await client.get("/api/auth-cache/k")
     replaced = await client.post(
         "/api/auth-cache/k", json={**GLOBAL_TOKEN, "token_data": {"access_token": "new"}}
     )
-    assert replaced.status_code == 200
+    assert replaced.status_code == 200 and replaced.json()["created"] is False
     assert replaced.json()["access_count"] == 0
     assert (await client.get("/api/auth-cache/k")).json()["data"] == {"access_token": "new"}
 
 
 async def test_keys_may_contain_slashes(client):
     key = f"{SECRET_PATH}:42"
-    assert (await client.post(f"/api/auth-cache/{key}", json=secret_body(42))).status_code == 201
+    assert (await client.post(f"/api/auth-cache/{key}", json=secret_body(42))).status_code == 200
     hit = await client.get(f"/api/auth-cache/{key}")
     assert hit.status_code == 200
     assert hit.json()["cache_key"] == key
@@ -91,7 +91,7 @@ async def test_expired_entry_is_404_before_it_is_swept(client, connection):
 @pytest.mark.parametrize("ttl", [3300, "3300", " 3300 "])
 async def test_ttl_accepts_integers_and_numeric_strings(client, ttl):
     answer = await client.post("/api/auth-cache/t", json={**GLOBAL_TOKEN, "ttl_seconds": ttl})
-    assert answer.status_code == 201
+    assert answer.status_code == 200
     meta = answer.json()
     assert meta["ttl_seconds"] == 3300
     lifetime = datetime.fromisoformat(meta["expires_at"]) - datetime.fromisoformat(meta["created_at"])

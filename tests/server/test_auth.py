@@ -50,7 +50,7 @@ async def test_refusals_carry_the_request_id_and_are_counted_as_refusals(secured
 
 
 async def test_worker_reads_writes_and_deletes_single_entries(secured):
-    assert (await secured.post("/api/auth-cache/k", json=BODY, headers=bearer(WORKER_TOKEN))).status_code == 201
+    assert (await secured.post("/api/auth-cache/k", json=BODY, headers=bearer(WORKER_TOKEN))).status_code == 200
     assert (await secured.get("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))).status_code == 200
     assert (await secured.delete("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))).status_code == 204
 
@@ -93,7 +93,7 @@ async def test_writes_deletes_and_denials_are_audited_without_data_or_tokens(sec
         if r.name == "keychain.audit"
     ]
     assert events == [
-        ("putEntry", "ok", 201, "ci-worker", "k", "10.1.2.3"),
+        ("putEntry", "ok", 200, "ci-worker", "k", "10.1.2.3"),
         ("putEntry", "failed", 400, "ci-worker", "k", "10.1.2.3"),
         ("deleteEntry", "ok", 204, "ci-worker", "k", "10.1.2.3"),
         ("cleanupExecution", "ok", 200, "ops", "execution:9", "10.1.2.3"),

@@ -62,7 +62,7 @@ async def test_an_execution_token_reaches_its_own_execution_and_not_another(api)
     t42, t43 = await mint(api, 42), await mint(api, 43)
     key = "/api/auth-cache/projects/1/secrets/db/versions/1:42"
     written = await api.post(key, json=body({"value": SECRET}, execution_id=42), headers=bearer(t42))
-    assert written.status_code == 201
+    assert written.status_code == 200
     assert (await api.get(key, headers=bearer(t42))).json()["data"] == {"value": SECRET}
 
     # The review: w2 read and deleted what w1 cached for execution 42.
@@ -85,7 +85,7 @@ async def test_an_execution_token_reaches_its_own_execution_and_not_another(api)
 async def test_an_execution_token_reaches_its_sub_executions(api):
     token = await mint(api, 42)
     sub = body({"v": "sub"}, execution_id=4201, parent_execution_id=42)
-    assert (await api.post("/api/auth-cache/s:4201", json=sub, headers=bearer(token))).status_code == 201
+    assert (await api.post("/api/auth-cache/s:4201", json=sub, headers=bearer(token))).status_code == 200
     assert (await api.get("/api/auth-cache/s:4201", headers=bearer(token))).status_code == 200
     sub_token = await mint(api, 4201, parent_execution_id=42)
     assert (await api.get("/api/auth-cache/s:4201", headers=bearer(sub_token))).status_code == 200
@@ -93,9 +93,9 @@ async def test_an_execution_token_reaches_its_sub_executions(api):
 
 async def test_global_entries_only_as_the_token_grants(api):
     assert (await api.post("/api/auth-cache/crm:global:oauth2", json=body({"access_token": "at"}, credential_name="crm"),
-                           headers=bearer(W1))).status_code == 201
+                           headers=bearer(W1))).status_code == 200
     assert (await api.post("/api/auth-cache/hr:global", json=body({"v": "hr"}, credential_name="hr"),
-                           headers=bearer(W1))).status_code == 201
+                           headers=bearer(W1))).status_code == 200
     reader = await mint(api, 7, read=["crm"])
     assert (await api.get("/api/auth-cache/crm:global:oauth2", headers=bearer(reader))).status_code == 200
     denied = await api.get("/api/auth-cache/hr:global", headers=bearer(reader))
@@ -111,7 +111,7 @@ async def test_global_entries_only_as_the_token_grants(api):
 async def test_another_principal_cannot_replace_a_live_global_entry(api, connection):
     """The review: w2 wrote crm:global:oauth2 with its own access token over w1's."""
     key = "/api/auth-cache/crm:global:oauth2"
-    assert (await api.post(key, json=body({"access_token": "w1"}, credential_name="crm"), headers=bearer(W1))).status_code == 201
+    assert (await api.post(key, json=body({"access_token": "w1"}, credential_name="crm"), headers=bearer(W1))).status_code == 200
     planted = await api.post(key, json=body({"access_token": "w2"}, credential_name="crm"), headers=bearer(W2))
     assert planted.status_code == 403
     assert "another principal wrote it" in planted.json()["detail"]
@@ -129,7 +129,7 @@ async def test_another_principal_cannot_replace_a_live_global_entry(api, connect
 async def test_ending_an_execution_ends_its_tokens(api):
     token = await mint(api, 99)
     sub_token = await mint(api, 9901, parent_execution_id=99)
-    assert (await api.post("/api/auth-cache/k:99", json=body({"v": 1}, execution_id=99), headers=bearer(token))).status_code == 201
+    assert (await api.post("/api/auth-cache/k:99", json=body({"v": 1}, execution_id=99), headers=bearer(token))).status_code == 200
     assert (await api.delete("/api/executions/99/auth-cache", headers=bearer(ENGINE))).json() == {"deleted": 1}
     for leaked in (token, sub_token):
         answer = await api.post("/api/auth-cache/k:99", json=body({"v": 2}, execution_id=99), headers=bearer(leaked))
@@ -170,12 +170,12 @@ async def test_roles_mint_and_read_apart(api):
 
 
 async def test_a_configured_token_can_be_limited_by_credential_prefix(api):
-    assert (await api.post("/api/auth-cache/ci-deploy:global", json=body({"v": 1}), headers=bearer(W1))).status_code == 201
-    assert (await api.post("/api/auth-cache/prod-db:global", json=body({"v": 2}), headers=bearer(W1))).status_code == 201
+    assert (await api.post("/api/auth-cache/ci-deploy:global", json=body({"v": 1}), headers=bearer(W1))).status_code == 200
+    assert (await api.post("/api/auth-cache/prod-db:global", json=body({"v": 2}), headers=bearer(W1))).status_code == 200
     assert (await api.get("/api/auth-cache/ci-deploy:global", headers=bearer(CI_READER))).status_code == 200
     assert (await api.get("/api/auth-cache/prod-db:global", headers=bearer(CI_READER))).status_code == 403
     assert (await api.post("/api/auth-cache/ci-deploy:global", json=body({"v": 3}), headers=bearer(CI_READER))).status_code == 403
-    assert (await api.post("/api/auth-cache/ci-scratch:global", json=body({"v": 4}), headers=bearer(CI_READER))).status_code == 201
+    assert (await api.post("/api/auth-cache/ci-scratch:global", json=body({"v": 4}), headers=bearer(CI_READER))).status_code == 200
 
 
 async def test_every_read_is_an_audit_event_with_its_actor(api, secured_app, caplog):

@@ -5,49 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
-import httpx
-import msgspec
 import pytest
 from sqlalchemy import event
 
 from app import invalidation
-from app.asgi import create_app
 from app.invalidation import LISTENER_APPLICATION_NAME
 from app.keychain.service import KeychainService
-from tests.conftest import BASE_URL
+from tests.server.replicas import Replica, replica, until
 
 BODY = {"token_data": {"value": "sk-from-memory"}, "credential_type": "bearer"}
-
-
-class Replica:
-    def __init__(self, app, client: httpx.AsyncClient) -> None:
-        self.app, self.client = app, client
-        self.process = app.state.runtime.process
-
-    @property
-    def engine(self):
-        return self.app.state.runtime.database.engine
-
-
-@asynccontextmanager
-async def replica(test_settings, url: str, **overrides) -> AsyncIterator[Replica]:
-    settings = msgspec.structs.replace(
-        test_settings, database_url=url, hit_flush_seconds=60.0, **overrides
-    )
-    app = create_app(settings)
-    async with app.lifespan():
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE_URL) as client:
-            server = Replica(app, client)
-            deadline = time.monotonic() + 10
-            while not server.process.tier.serving:
-                assert time.monotonic() < deadline, "the listener did not connect"
-                await asyncio.sleep(0.01)
-            yield server
 
 
 async def _row(url: str, key: str):
@@ -56,14 +24,6 @@ async def _row(url: str, key: str):
         return await conn.fetchrow("SELECT * FROM noetl.keychain WHERE cache_key = $1", key)
     finally:
         await conn.close()
-
-
-async def _until(check, timeout: float = 2.0) -> float:
-    started = time.monotonic()
-    while not await check():
-        assert time.monotonic() - started < timeout, "timed out"
-        await asyncio.sleep(0.002)
-    return time.monotonic() - started
 
 
 async def _read_into_memory(server: Replica, key: str) -> None:
@@ -75,12 +35,12 @@ async def _read_into_memory(server: Replica, key: str) -> None:
         assert (await server.client.get(f"/api/auth-cache/{key}")).status_code == 200
         return server.process.tier.get(key) is not None
 
-    await _until(held)
+    await until(held)
 
 
 async def test_hits_come_from_memory_and_their_counts_are_written_at_shutdown(test_settings, own_database):
     async with replica(test_settings, own_database) as a:
-        assert (await a.client.post("/api/auth-cache/k:global", json=BODY)).status_code == 201
+        assert (await a.client.post("/api/auth-cache/k:global", json=BODY)).status_code == 200
         await _read_into_memory(a, "k:global")  # one read or more: each one counts
         checkouts: list[object] = []
         event.listen(a.engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
@@ -114,14 +74,14 @@ async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, 
         async def b_sees_the_new_value():
             return (await b.client.get("/api/auth-cache/k:global")).json()["data"] == {"value": "sk-rotated"}
 
-        assert await _until(b_sees_the_new_value) < 0.5
+        assert await until(b_sees_the_new_value) < 0.5
 
         await a.client.delete("/api/auth-cache/k:global")
 
         async def b_misses():
             return (await b.client.get("/api/auth-cache/k:global")).status_code == 404
 
-        await _until(b_misses)
+        await until(b_misses)
 
         await a.client.post("/api/auth-cache/s:7", json={**BODY, "execution_id": 7})
         assert (await b.client.get("/api/auth-cache/s:7")).status_code == 200
@@ -130,7 +90,7 @@ async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, 
         async def b_dropped_the_execution():
             return (await b.client.get("/api/auth-cache/s:7")).status_code == 404
 
-        await _until(b_dropped_the_execution)
+        await until(b_dropped_the_execution)
 
 
 class _SkewedClock:
@@ -195,7 +155,7 @@ async def test_what_memory_held_before_a_gap_in_listening_is_dropped(test_settin
         async def reconnected():
             return a.process.tier.listener.connected and a.process.tier.listener.epoch > epoch
 
-        await _until(reconnected, timeout=10)
+        await until(reconnected, timeout=10)
         assert (await a.client.get("/api/auth-cache/k:global")).status_code == 404
 
 
@@ -205,9 +165,9 @@ async def test_a_hit_from_memory_answers_exactly_as_the_handler_does(test_settin
     handled: list[str] = []
     full_get = KeychainService.get
 
-    async def spied_get(self, cache_key, principal):
+    async def spied_get(self, cache_key, principal, fill_wait=None):
         handled.append(cache_key)
-        return await full_get(self, cache_key, principal)
+        return await full_get(self, cache_key, principal, fill_wait)
 
     monkeypatch.setattr(KeychainService, "get", spied_get)
     async with replica(test_settings, own_database) as a:
@@ -240,7 +200,7 @@ async def test_memory_serves_no_one_the_database_would_refuse(test_settings, own
         execution = {"Authorization": f"Bearer {minted.json()['token']}"}
         for key, fields in (("shared:global", {}), ("private:global", {}), ("other:8", {"execution_id": 8})):
             answer = await a.client.post(f"/api/auth-cache/{key}", json={**BODY, **fields}, headers=w1)
-            assert answer.status_code == 201, answer.text
+            assert answer.status_code == 200, answer.text
             async with asyncio.timeout(2):
                 while a.process.tier.get(key) is None:
                     assert (await a.client.get(f"/api/auth-cache/{key}", headers=w1)).status_code == 200

@@ -20,7 +20,7 @@ K2 = "k2:" + base64.b64encode(os.urandom(32)).decode()
 
 async def _write(client, key: str, value: str) -> None:
     body = {"token_data": {"value": value}, "credential_type": "bearer", "ttl_seconds": 600}
-    assert (await client.post(f"/api/auth-cache/{key}", json=body)).status_code == 201
+    assert (await client.post(f"/api/auth-cache/{key}", json=body)).status_code == 200
 
 
 def client_for(make_app, keys: str) -> httpx.AsyncClient:

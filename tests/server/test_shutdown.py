@@ -47,7 +47,7 @@ async def _wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
 async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_exits_0(server, own_database):
     with httpx.Client(base_url=server.url) as http:
         for key in ("held:global", "counted:global", "fresh:global"):
-            assert http.post(f"/api/auth-cache/{key}", json=BODY).status_code == 201
+            assert http.post(f"/api/auth-cache/{key}", json=BODY).status_code == 200
         hits = [http.get("/api/auth-cache/counted:global").json()["access_count"] for _ in range(3)]
     assert hits == [1, 2, 3]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -24,9 +25,10 @@ class ScriptedServer:
     served through httpx.ASGITransport, so the client under test speaks real HTTP semantics.
     """
 
-    def __init__(self, *answers: tuple[int, dict[str, str], Any]) -> None:
+    def __init__(self, *answers: tuple[int, dict[str, str], Any], delay: float = 0.0) -> None:
         self.answers = list(answers)
         self.requests: list[dict[str, Any]] = []
+        self.delay = delay  # before each answer, as a real endpoint takes its time
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -45,6 +47,7 @@ class ScriptedServer:
                 "body": body,
             }
         )
+        await asyncio.sleep(self.delay)
         index = min(len(self.requests), len(self.answers)) - 1
         status, headers, payload = self.answers[index]
         content = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -91,11 +94,12 @@ CACHE_FAILURE_IDS = ["401", "403", "429", "418", "200-wrong-shape", "200-not-jso
 MISS = (404, {}, {"status_code": 404, "detail": "no live entry"})
 
 
-def token_endpoint(expires_in: int = 3600, access_token: str = "at-first") -> ScriptedServer:
+def token_endpoint(expires_in: int = 3600, access_token: str = "at-first", delay: float = 0.0) -> ScriptedServer:
     """An OAuth2 token endpoint: `access_token` first, then "at-second"."""
     return ScriptedServer(
         (200, {}, {"access_token": access_token, "token_type": "Bearer", "expires_in": expires_in}),
         (200, {}, {"access_token": "at-second", "token_type": "Bearer", "expires_in": expires_in}),
+        delay=delay,
     )
 
 

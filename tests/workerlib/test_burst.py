@@ -1,0 +1,167 @@
+"""A burst across the cluster, as a workflow fan-out makes it: 8 worker processes asking 3 real
+`keychain serve` replicas on one PostgreSQL for the same secret (or OAuth2 token) at once.
+One provider call for all of them: the fill lease picks the one worker that fetches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from demo.local_server import LocalKeychainServer
+from demo.secret_manager_emulator import SecretManagerEmulator
+from tests.conftest import TEST_KEY, TEST_KEY_ID
+
+WORKERS = 8
+PROVIDER_LATENCY_S = 0.25
+SECRET = "projects/1/secrets/burst/versions/1"
+# Worker processes need a few seconds to import grpc and friends on 2 cores; they start together.
+START_DELAY_S = 6.0
+
+
+@pytest.fixture
+def cluster(own_database: str, tmp_path: Path) -> Iterator[list[LocalKeychainServer]]:
+    servers = [
+        LocalKeychainServer(
+            tmp_path / f"replica-{i}",
+            database_url=own_database,
+            encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
+            allow_open_api="true",
+            sweep_interval_seconds="0",
+            fill_lease_seconds="2",
+        )
+        for i in range(3)
+    ]
+    threads = [threading.Thread(target=s.start) for s in servers]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def slow_secret_manager(secret_manager: SecretManagerEmulator) -> Iterator[SecretManagerEmulator]:
+    latency, secret_manager.latency = secret_manager.latency, PROVIDER_LATENCY_S
+    secret_manager.add(SECRET, "sk-burst")
+    yield secret_manager
+    secret_manager.latency = latency
+
+
+class TokenEndpoint(BaseHTTPRequestHandler):
+    """A client-credentials token endpoint as slow as a real one; every token is new."""
+
+    issued: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(PROVIDER_LATENCY_S)
+        token = f"at-{len(self.issued) + 1}"
+        self.issued.append(token)
+        body = json.dumps({"access_token": token, "token_type": "bearer", "expires_in": 3600}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def token_endpoint() -> Iterator[tuple[str, list[str]]]:
+    issued: list[str] = []
+    handler = type("Endpoint", (TokenEndpoint,), {"issued": issued})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/token", issued
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def start_workers(
+    servers: list[LocalKeychainServer],
+    kind: str,
+    name: str,
+    *extra: str,
+    emulator: str = "",
+    count: int = WORKERS,
+    start_at: float | None = None,
+) -> list[asyncio.subprocess.Process]:
+    start_at = start_at or time.time() + START_DELAY_S
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYCHAIN_")}
+    return [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.workerlib.burst_worker", kind, name, str(start_at), *extra,
+            env={**env, "KEYCHAIN_SERVER_URL": servers[i % len(servers)].url, "SECRET_MANAGER_EMULATOR_HOST": emulator},
+            cwd=Path(__file__).resolve().parents[2],
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for i in range(count)
+    ]
+
+
+async def results(workers: list[asyncio.subprocess.Process]) -> list[dict[str, object]]:
+    outputs = await asyncio.wait_for(asyncio.gather(*(w.communicate() for w in workers)), 90)
+    for worker, (_, err) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, err.decode()[-2000:]
+    return [json.loads(out.decode().splitlines()[-1]) for out, _ in outputs]
+
+
+async def test_eight_workers_on_three_replicas_make_one_secret_manager_call(cluster, slow_secret_manager):
+    workers = await start_workers(cluster, "secret", SECRET, emulator=slow_secret_manager.address)
+    got = await results(workers)
+    assert [g["value"] for g in got] == ["sk-burst"] * WORKERS
+    assert slow_secret_manager.calls[SECRET] == 1
+    # Nobody waited for more than the one fetch and some slack, let alone its whole fill_wait.
+    assert max(g["seconds"] for g in got) < 3.0
+
+
+async def test_eight_workers_on_three_replicas_get_one_token_from_one_request(cluster, token_endpoint):
+    url, issued = token_endpoint
+    got = await results(await start_workers(cluster, "oauth", "crm", url))
+    assert issued == ["at-1"]
+    assert [g["value"] for g in got] == ["at-1"] * WORKERS
+
+
+async def test_a_lease_holder_killed_mid_fetch_is_replaced_and_nobody_waits_past_its_bound(
+    cluster, slow_secret_manager
+):
+    # The holder's fetch hangs (the emulator answers it after 30 s) and its worker is killed
+    # while the others wait on the servers. Its lease (2 s here) runs out, a waiter takes it over
+    # and fetches once more.
+    slow_secret_manager.latency = 30.0
+    start_at = time.time() + START_DELAY_S
+    emulator = slow_secret_manager.address
+    (holder,) = await start_workers(cluster[:1], "secret", SECRET, emulator=emulator, count=1, start_at=start_at)
+    others = await start_workers(cluster, "secret", SECRET, emulator=emulator, start_at=start_at + 0.5)
+    async with asyncio.timeout(30):
+        while slow_secret_manager.calls[SECRET] < 1:  # the holder is fetching
+            await asyncio.sleep(0.02)
+    slow_secret_manager.latency = PROVIDER_LATENCY_S
+    await asyncio.sleep(max(0.0, start_at + 1.0 - time.time()))  # the others are waiting now
+    holder.send_signal(signal.SIGKILL)
+    await holder.wait()
+    got = await results(others)
+    assert [g["value"] for g in got] == ["sk-burst"] * WORKERS
+    assert slow_secret_manager.calls[SECRET] == 2  # the dead holder's, and its replacement's
+    # The lease's life plus one fetch, and some slack: nobody waited out its own 10 s wait.
+    assert max(g["seconds"] for g in got) < 2.0 + PROVIDER_LATENCY_S + 1.5

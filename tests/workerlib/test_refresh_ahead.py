@@ -1,0 +1,62 @@
+"""Refresh ahead: a cached OAuth2 token near the end of its cached life is refreshed by one
+reader, chosen by the server through a fill lease, while every reader keeps the current one."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+
+from tests.server.replicas import replica, until
+from tests.workerlib.helpers import IDP_URL, token_endpoint
+from workerlib import KeychainClient, client_credentials_token
+
+TOKEN_URL = f"{IDP_URL}/token"
+READERS = 12
+IDP_DELAY_S = 0.5
+
+
+async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(test_settings, own_database):
+    idp = token_endpoint(expires_in=3600, delay=IDP_DELAY_S)
+    async with replica(test_settings, own_database) as server, idp.http_client(IDP_URL) as idp_http:
+
+        async def token(keychain: KeychainClient) -> tuple[str, float]:
+            started = time.perf_counter()
+            value = await client_credentials_token(
+                "crm", token_url=TOKEN_URL, client_id="worker", client_secret="s3cret-value",
+                client=keychain, http_client=idp_http,
+            )
+            return value, time.perf_counter() - started
+
+        first = KeychainClient(http_client=server.client)
+        assert (await token(first))[0] == "at-first"  # the miss: fetched and cached
+        await age_the_cached_token(own_database, "crm")
+        # Each reader its own client, as separate worker processes would be.
+        readers = [KeychainClient(http_client=server.client) for _ in range(READERS)]
+        got = await asyncio.gather(*(token(r) for r in readers))
+        assert [value for value, _ in got] == ["at-first"] * READERS
+        assert max(seconds for _, seconds in got) < IDP_DELAY_S  # nobody waited for the endpoint
+
+        async def refreshed() -> bool:
+            return (await token(first))[0] == "at-second"
+
+        await until(refreshed, timeout=5)
+    assert len(idp.requests) == 2  # the first fetch, and one refresh for all twelve
+    refreshes = server.process.metrics.registry.get_sample_value("keychain_fill_leases_total", {"purpose": "refresh"})
+    assert refreshes == 1
+
+
+async def age_the_cached_token(url: str, name: str) -> None:
+    """Make the cached token 3,000 s old with 100 s left (its refresh window is the last 10-15%),
+    and tell the servers, as a write would."""
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        key = await conn.fetchval(
+            "UPDATE noetl.keychain SET created_at = now() - interval '3000 s', expires_at = now() + interval '100 s'"
+            " WHERE credential_name = $1 RETURNING cache_key",
+            name,
+        )
+        await conn.execute("SELECT pg_notify('keychain_noetl', json_build_object('keys', json_build_array($1::text))::text)", key)
+    finally:
+        await conn.close()
