@@ -166,6 +166,8 @@ def test_schema_validation_catches_a_broken_object(default_docs):
         ({"config": {"hitFlushSeconds": 0}}, "hitFlushSeconds"),
         ({"config": {"serveFromMemoryDuringOutage": "no"}}, "serveFromMemoryDuringOutage"),
         ({"config": {"apiTokenLimits": ["ci:read:ci-*"]}}, "apiTokenLimits"),
+        ({"config": {"drainSeconds": -1}}, "drainSeconds"),
+        ({"preStopSleepSeconds": "5s"}, "preStopSleepSeconds"),
         ({"replicaCount": 2, "replicas": 3}, "replicas"),
     ],
 )
@@ -722,6 +724,49 @@ def test_values_document_what_an_existing_secret_must_hold():
         assert key in documented
     # So does the production example, which uses one.
     assert "KEYCHAIN_TOKEN_SIGNING_KEYS" in PRODUCTION_VALUES.read_text()
+
+
+# --- shutdown -----------------------------------------------------------------
+
+# What the chart keeps of the grace period for the server's last writes after the drain.
+LAST_WRITES_SECONDS = 5
+
+
+def shutdown_timings(docs: list[dict]) -> tuple[int, int, int]:
+    """(preStop sleep, drain, grace period) in seconds, as the kubelet and the server read them."""
+    deployment = one(docs, "Deployment")
+    command = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    drain = int(one(docs, "ConfigMap")["data"]["KEYCHAIN_DRAIN_SECONDS"])
+    return int(command[1]), drain, deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.parametrize("which", ["default", "production"])
+def test_shutdown_fits_in_the_grace_period(request, which):
+    # The grace period counts from the preStop hook: the sleep, then SIGTERM and the
+    # drain, then the last writes must all end before the kubelet kills the server.
+    pre_stop, drain, grace = shutdown_timings(request.getfixturevalue(f"{which}_docs"))
+    assert pre_stop > 0 and drain > 0
+    assert pre_stop + drain + LAST_WRITES_SECONDS <= grace
+
+
+def test_shutdown_timings_follow_the_values(helm):
+    # Exactly enough is enough.
+    values = {"preStopSleepSeconds": 8, "config": {"drainSeconds": 20}, "terminationGracePeriodSeconds": 33}
+    assert shutdown_timings(helm.render(SECRETS, values)) == (8, 20, 33)
+    # 0 drops the hook: SIGTERM comes at once.
+    docs = helm.render(SECRETS, {"preStopSleepSeconds": 0})
+    assert "lifecycle" not in container(one(docs, "Deployment"))
+
+
+def test_a_grace_period_too_short_for_the_shutdown_fails_with_a_clear_message(helm):
+    result = helm.template(SECRETS, {"config": {"drainSeconds": 25}})
+    assert result.returncode != 0
+    assert (
+        "keychain: terminationGracePeriodSeconds (30) is too short for the shutdown: "
+        "preStopSleepSeconds (5) + config.drainSeconds (25) + 5 seconds for the last writes = 35. "
+        "Raise terminationGracePeriodSeconds to at least 35"
+    ) in result.stderr, result.stderr
 
 
 # --- TLS ----------------------------------------------------------------------

@@ -100,6 +100,15 @@ them. Not secret, so entries are shown; names are checked against inline tokens 
 {{- fail "\n\nkeychain: autoscaling.minReplicas is larger than autoscaling.maxReplicas." }}
 {{- end }}
 
+{{- /* The grace period starts with the preStop hook; what is left after it must cover the
+drain and the last writes, or the kubelet kills the server mid-drain and the requests in
+flight and the last hit counts are lost. */}}
+{{- $lastWritesSeconds := 5 }}
+{{- $shutdown := add .Values.preStopSleepSeconds .Values.config.drainSeconds $lastWritesSeconds }}
+{{- if gt (int64 $shutdown) (int64 .Values.terminationGracePeriodSeconds) }}
+{{- fail (printf "\n\nkeychain: terminationGracePeriodSeconds (%d) is too short for the shutdown: preStopSleepSeconds (%d) + config.drainSeconds (%d) + %d seconds for the last writes = %d. Raise terminationGracePeriodSeconds to at least %d, or shorten the others." (int64 .Values.terminationGracePeriodSeconds) (int64 .Values.preStopSleepSeconds) (int64 .Values.config.drainSeconds) $lastWritesSeconds (int64 $shutdown) (int64 $shutdown)) }}
+{{- end }}
+
 {{- if .Values.podDisruptionBudget.enabled }}
 {{- $min := .Values.podDisruptionBudget.minAvailable }}
 {{- $max := .Values.podDisruptionBudget.maxUnavailable }}
