@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import base64
 import copy
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -45,7 +46,7 @@ DEFAULT_KINDS = sorted(
 # The production example keeps its secrets in existing Secrets: the chart makes none.
 PRODUCTION_KINDS = sorted(
     [kind for kind in DEFAULT_KINDS if kind != "Secret"]
-    + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"]
+    + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"]
 )
 # Custom resources kubernetes-validate has no schema for.
 CRD_API_GROUPS = ("monitoring.coreos.com/",)
@@ -651,7 +652,7 @@ def test_network_policy_allows_callers_dns_and_the_database(production_docs):
 
 def test_optional_objects_are_off_by_default(default_docs):
     kinds = {doc["kind"] for doc in default_docs}
-    assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"}
+    assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"}
 
 
 def test_topology_spread_gets_the_server_selector(production_docs):
@@ -724,6 +725,86 @@ def test_values_document_what_an_existing_secret_must_hold():
         assert key in documented
     # So does the production example, which uses one.
     assert "KEYCHAIN_TOKEN_SIGNING_KEYS" in PRODUCTION_VALUES.read_text()
+
+
+# --- alerts -------------------------------------------------------------------
+
+
+def exported_metric_names() -> set[str]:
+    """The series app/metrics.py exports: a counter as <name>_total, a histogram as _bucket,
+    _count and _sum. Read from the source, so these tests need no app dependencies."""
+    series = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_count", "_sum")}
+    names = set()
+    for node in ast.walk(ast.parse((ROOT / "app" / "metrics.py").read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in series:
+            names |= {node.args[0].value + suffix for suffix in series[node.func.id]}
+    return names
+
+
+def queried_metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bkeychain_[a-z_]+", expr))
+
+
+def alerts(docs: list[dict]) -> dict[str, dict]:
+    rule = one(docs, "PrometheusRule")
+    return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
+def test_alerts_cover_database_errors_sweeper_and_listener(production_docs):
+    rule = one(production_docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    # The label the production Prometheus selects rules by, as it does ServiceMonitors.
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    found = alerts(production_docs)
+    assert set(found) == {
+        "KeychainDatabaseDown",
+        "KeychainServerErrors",
+        "KeychainSweeperFailing",
+        "KeychainInvalidationListenerDown",
+    }
+    # kubernetes-validate knows no PrometheusRule: check what Prometheus and Alertmanager need.
+    for name, alert in found.items():
+        assert alert["expr"].strip(), name
+        assert re.fullmatch(r"([0-9]+[smh])+", alert["for"]), name
+        assert alert["labels"]["severity"] in {"critical", "warning"}, name
+        assert alert["annotations"]["summary"].strip(), name
+    assert found["KeychainDatabaseDown"]["labels"]["severity"] == "critical"
+    assert "keychain_database_up" in found["KeychainDatabaseDown"]["expr"]
+    assert 'status=~"5.."' in found["KeychainServerErrors"]["expr"]
+    assert 'result="failed"' in found["KeychainSweeperFailing"]["expr"]
+    assert "keychain_invalidation_listener_up" in found["KeychainInvalidationListenerDown"]["expr"]
+    # Alertmanager fills these in: Helm must have left them alone.
+    assert "{{ $labels.pod }}" in found["KeychainDatabaseDown"]["annotations"]["summary"]
+
+
+def test_alerts_query_what_the_service_monitor_scrapes(production_docs):
+    # The operator names the job after the Service the ServiceMonitor selects.
+    monitor = one(production_docs, "ServiceMonitor")["spec"]
+    service = one(production_docs, "Service")["metadata"]
+    assert matches(monitor["selector"]["matchLabels"], service["labels"])
+    (namespace,) = monitor["namespaceSelector"]["matchNames"]
+    scraped = {f'namespace="{namespace}"', f'job="{service["name"]}"'}
+    for name, alert in alerts(production_docs).items():
+        for selector in re.findall(r"keychain_[a-z_]+\{([^}]*)\}", alert["expr"]):
+            assert scraped <= {part.strip() for part in selector.split(",")}, (name, selector)
+        assert queried_metric_names(alert["expr"]) <= exported_metric_names(), name
+
+
+def test_server_error_threshold_follows_the_values(helm):
+    docs = helm.render(SECRETS, {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
+    assert alerts(docs)["KeychainServerErrors"]["expr"].rstrip().endswith("> 5")
+    docs = helm.render(
+        SECRETS,
+        {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True, "serverErrorPercent": 0.5}},
+    )
+    assert alerts(docs)["KeychainServerErrors"]["expr"].rstrip().endswith("> 0.5")
+
+
+def test_alerts_without_the_service_monitor_fail_with_a_clear_message(helm):
+    # Nothing would scrape the job the alerts select: they could never fire.
+    result = helm.template(SECRETS, {"prometheusRule": {"enabled": True}})
+    assert result.returncode != 0
+    assert "keychain: prometheusRule.enabled needs serviceMonitor.enabled" in result.stderr, result.stderr
 
 
 # --- shutdown -----------------------------------------------------------------

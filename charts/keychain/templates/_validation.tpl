@@ -92,6 +92,11 @@ them. Not secret, so entries are shown; names are checked against inline tokens 
 {{- fail (printf "\n\nkeychain: tls.enabled is true but tls.existingSecret is empty. Name a Secret of type kubernetes.io/tls in namespace %s holding tls.crt and tls.key for %s.%s.svc (a cert-manager Certificate makes one)." .Release.Namespace (include "keychain.fullname" .) .Release.Namespace) }}
 {{- end }}
 
+{{- /* The rules select the job the ServiceMonitor makes: without it they would never fire. */}}
+{{- if and .Values.prometheusRule.enabled (not .Values.serviceMonitor.enabled) }}
+{{- fail "\n\nkeychain: prometheusRule.enabled needs serviceMonitor.enabled: the alerts select the metrics its ServiceMonitor scrapes (job <fullname> in the release's namespace), and without it they would never fire." }}
+{{- end }}
+
 {{- if gt (int64 .Values.config.defaultTtlSeconds) (int64 .Values.config.maxTtlSeconds) }}
 {{- fail "\n\nkeychain: config.defaultTtlSeconds is larger than config.maxTtlSeconds." }}
 {{- end }}
