@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import base64
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -46,7 +47,7 @@ DEFAULT_KINDS = sorted(
 # The production example keeps its secrets in existing Secrets: the chart makes none.
 PRODUCTION_KINDS = sorted(
     [kind for kind in DEFAULT_KINDS if kind != "Secret"]
-    + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule"]
+    + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap"]
 )
 # Custom resources kubernetes-validate has no schema for.
 CRD_API_GROUPS = ("monitoring.coreos.com/",)
@@ -87,6 +88,13 @@ def hook_secret(docs: list[dict]) -> dict:
 def container(workload: dict) -> dict:
     (only,) = workload["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def settings_config_map(docs: list[dict]) -> dict:
+    """The ConfigMap the server reads its settings from (the dashboard's, when on, is another)."""
+    sources = container(one(docs, "Deployment"))["envFrom"]
+    (name,) = [source["configMapRef"]["name"] for source in sources if "configMapRef" in source]
+    return next(doc for doc in by_kind(docs, "ConfigMap") if doc["metadata"]["name"] == name)
 
 
 def matches(selector: dict, labels: dict) -> bool:
@@ -571,7 +579,7 @@ def test_production_values_fit_the_database_connection_limit(production_docs):
     # KEYCHAIN_DB_POOL_SIZE is a hard cap per pod (no overflow); the migration
     # Job holds one more. The example claims to fit max_connections=100 less
     # PostgreSQL's 3 superuser_reserved_connections: keep that true.
-    per_pod = int(one(production_docs, "ConfigMap")["data"]["KEYCHAIN_DB_POOL_SIZE"])
+    per_pod = int(settings_config_map(production_docs)["data"]["KEYCHAIN_DB_POOL_SIZE"])
     most_pods = (
         one(production_docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
         + one(production_docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
@@ -653,6 +661,7 @@ def test_network_policy_allows_callers_dns_and_the_database(production_docs):
 def test_optional_objects_are_off_by_default(default_docs):
     kinds = {doc["kind"] for doc in default_docs}
     assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"}
+    assert by_kind(default_docs, "ConfigMap") == [settings_config_map(default_docs)]
 
 
 def test_topology_spread_gets_the_server_selector(production_docs):
@@ -727,7 +736,7 @@ def test_values_document_what_an_existing_secret_must_hold():
     assert "KEYCHAIN_TOKEN_SIGNING_KEYS" in PRODUCTION_VALUES.read_text()
 
 
-# --- alerts -------------------------------------------------------------------
+# --- alerts and dashboard ---------------------------------------------------
 
 
 def exported_metric_names() -> set[str]:
@@ -748,6 +757,13 @@ def queried_metric_names(expr: str) -> set[str]:
 def alerts(docs: list[dict]) -> dict[str, dict]:
     rule = one(docs, "PrometheusRule")
     return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
+def dashboard(docs: list[dict]) -> tuple[dict, dict]:
+    """(the dashboard's ConfigMap, the dashboard it carries, parsed)."""
+    (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d is not settings_config_map(docs)]
+    (document,) = config_map["data"].values()
+    return config_map, json.loads(document)
 
 
 def test_alerts_cover_database_errors_sweeper_and_listener(production_docs):
@@ -807,6 +823,41 @@ def test_alerts_without_the_service_monitor_fail_with_a_clear_message(helm):
     assert "keychain: prometheusRule.enabled needs serviceMonitor.enabled" in result.stderr, result.stderr
 
 
+def test_dashboard_is_json_the_grafana_sidecar_loads(production_docs):
+    config_map, board = dashboard(production_docs)
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Keychain"}
+    assert board["uid"] and board["title"] == "Keychain"
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert 'namespace="$namespace", job="$job"' in target["expr"], panel["title"]
+
+
+def test_dashboard_shows_every_metric_the_server_exports_and_no_other(production_docs):
+    _, board = dashboard(production_docs)
+    queried = set().union(*(queried_metric_names(t["expr"]) for p in board["panels"] for t in p["targets"]))
+    exported = exported_metric_names()
+    assert queried <= exported, queried - exported
+    # A histogram counts as shown through any of its series.
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in exported}
+    shown = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in queried}
+    assert shown == families, families - shown
+
+
+def test_dashboard_label_follows_the_values(helm):
+    docs = helm.render(
+        SECRETS, {"grafanaDashboard": {"enabled": True, "label": "dashboards", "labelValue": "keychain"}}
+    )
+    config_map, _ = dashboard(docs)
+    assert config_map["metadata"]["labels"]["dashboards"] == "keychain"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    kubernetes_validate.validate(config_map, kubernetes_validate.latest_version(), strict=True)
+
+
 # --- shutdown -----------------------------------------------------------------
 
 # What the chart keeps of the grace period for the server's last writes after the drain.
@@ -818,7 +869,7 @@ def shutdown_timings(docs: list[dict]) -> tuple[int, int, int]:
     deployment = one(docs, "Deployment")
     command = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
-    drain = int(one(docs, "ConfigMap")["data"]["KEYCHAIN_DRAIN_SECONDS"])
+    drain = int(settings_config_map(docs)["data"]["KEYCHAIN_DRAIN_SECONDS"])
     return int(command[1]), drain, deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
 
 
