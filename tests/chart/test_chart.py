@@ -826,6 +826,8 @@ def test_alerts_without_the_service_monitor_fail_with_a_clear_message(helm):
 def test_dashboard_is_json_the_grafana_sidecar_loads(production_docs):
     config_map, board = dashboard(production_docs)
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    # Where Grafana's sidecar looks, not the release's namespace.
+    assert config_map["metadata"]["namespace"] == "monitoring"
     assert config_map["metadata"]["annotations"] == {"grafana_folder": "Keychain"}
     assert board["uid"] and board["title"] == "Keychain"
     variables = {v["name"]: v for v in board["templating"]["list"]}
@@ -855,6 +857,8 @@ def test_dashboard_label_follows_the_values(helm):
     config_map, _ = dashboard(docs)
     assert config_map["metadata"]["labels"]["dashboards"] == "keychain"
     assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    # Left out, helm puts it in the release's namespace.
+    assert "namespace" not in config_map["metadata"]
     kubernetes_validate.validate(config_map, kubernetes_validate.latest_version(), strict=True)
 
 
