@@ -92,6 +92,12 @@ class KeychainMetrics:
             "1 if this scrape could count entries in the database, else 0",
             registry=r,
         )
+        self.invalidation_listener_up = Gauge(
+            "keychain_invalidation_listener_up",
+            "1 while this server's LISTEN connection for invalidations is connected, else 0"
+            " (then the memory tier serves nothing and every read goes to the database)",
+            registry=r,
+        )
         # Every known label value exists from the start, so rate() sees a 0 before the first event.
         for reason in ("absent", "expired"):
             self.cache_misses.labels(reason)
@@ -146,11 +152,13 @@ class KeychainMetrics:
             await asyncio.sleep(0.01)
         return self.in_flight == 0
 
-    def render(self, live_entries: Iterable[tuple[str, int]] | None) -> bytes:
+    def render(self, live_entries: Iterable[tuple[str, int]] | None, *, listening: bool) -> bytes:
         """The text exposition. `live_entries` is (scope_type, count) pairs, or None if the
-        database could not be asked: then the entry gauges are dropped rather than left stale."""
+        database could not be asked: then the entry gauges are dropped rather than left stale.
+        `listening`: whether the invalidation listener is connected now."""
         self.entries.clear()
         self.requests_in_flight.set(self.in_flight)
+        self.invalidation_listener_up.set(1 if listening else 0)
         if live_entries is None:
             self.database_up.set(0)
         else:

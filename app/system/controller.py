@@ -58,5 +58,11 @@ class SystemController(Controller):
                 live = await runtime.keychain_service(conn).live_entries_by_scope()
         except DatabaseUnavailable as exc:
             log.warning("metrics: entries not counted: %s", exc)
+        # The lifespan hands its one listener to ended_executions always (to the tier only
+        # when the tier is on), and takes it back at shutdown.
+        listener = runtime.process.ended_executions.listener
+        listening = listener is not None and listener.connected
         # Set as a header: as media_type, Litestar would append a second charset.
-        return Response(runtime.metrics.render(live), headers={"content-type": TEXT_FORMAT})
+        return Response(
+            runtime.metrics.render(live, listening=listening), headers={"content-type": TEXT_FORMAT}
+        )

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import base64
 import copy
+import json
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -45,7 +47,7 @@ DEFAULT_KINDS = sorted(
 # The production example keeps its secrets in existing Secrets: the chart makes none.
 PRODUCTION_KINDS = sorted(
     [kind for kind in DEFAULT_KINDS if kind != "Secret"]
-    + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor"]
+    + ["HorizontalPodAutoscaler", "NetworkPolicy", "ServiceMonitor", "PrometheusRule", "ConfigMap"]
 )
 # Custom resources kubernetes-validate has no schema for.
 CRD_API_GROUPS = ("monitoring.coreos.com/",)
@@ -86,6 +88,13 @@ def hook_secret(docs: list[dict]) -> dict:
 def container(workload: dict) -> dict:
     (only,) = workload["spec"]["template"]["spec"]["containers"]
     return only
+
+
+def settings_config_map(docs: list[dict]) -> dict:
+    """The ConfigMap the server reads its settings from (the dashboard's, when on, is another)."""
+    sources = container(one(docs, "Deployment"))["envFrom"]
+    (name,) = [source["configMapRef"]["name"] for source in sources if "configMapRef" in source]
+    return next(doc for doc in by_kind(docs, "ConfigMap") if doc["metadata"]["name"] == name)
 
 
 def matches(selector: dict, labels: dict) -> bool:
@@ -166,6 +175,8 @@ def test_schema_validation_catches_a_broken_object(default_docs):
         ({"config": {"hitFlushSeconds": 0}}, "hitFlushSeconds"),
         ({"config": {"serveFromMemoryDuringOutage": "no"}}, "serveFromMemoryDuringOutage"),
         ({"config": {"apiTokenLimits": ["ci:read:ci-*"]}}, "apiTokenLimits"),
+        ({"config": {"drainSeconds": -1}}, "drainSeconds"),
+        ({"preStopSleepSeconds": "5s"}, "preStopSleepSeconds"),
         ({"replicaCount": 2, "replicas": 3}, "replicas"),
     ],
 )
@@ -568,7 +579,7 @@ def test_production_values_fit_the_database_connection_limit(production_docs):
     # KEYCHAIN_DB_POOL_SIZE is a hard cap per pod (no overflow); the migration
     # Job holds one more. The example claims to fit max_connections=100 less
     # PostgreSQL's 3 superuser_reserved_connections: keep that true.
-    per_pod = int(one(production_docs, "ConfigMap")["data"]["KEYCHAIN_DB_POOL_SIZE"])
+    per_pod = int(settings_config_map(production_docs)["data"]["KEYCHAIN_DB_POOL_SIZE"])
     most_pods = (
         one(production_docs, "HorizontalPodAutoscaler")["spec"]["maxReplicas"]
         + one(production_docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
@@ -649,7 +660,8 @@ def test_network_policy_allows_callers_dns_and_the_database(production_docs):
 
 def test_optional_objects_are_off_by_default(default_docs):
     kinds = {doc["kind"] for doc in default_docs}
-    assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy"}
+    assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"}
+    assert by_kind(default_docs, "ConfigMap") == [settings_config_map(default_docs)]
 
 
 def test_topology_spread_gets_the_server_selector(production_docs):
@@ -722,6 +734,175 @@ def test_values_document_what_an_existing_secret_must_hold():
         assert key in documented
     # So does the production example, which uses one.
     assert "KEYCHAIN_TOKEN_SIGNING_KEYS" in PRODUCTION_VALUES.read_text()
+
+
+# --- alerts and dashboard ---------------------------------------------------
+
+
+def exported_metric_names() -> set[str]:
+    """The series app/metrics.py exports: a counter as <name>_total, a histogram as _bucket,
+    _count and _sum. Read from the source, so these tests need no app dependencies."""
+    series = {"Counter": ("_total",), "Gauge": ("",), "Histogram": ("_bucket", "_count", "_sum")}
+    names = set()
+    for node in ast.walk(ast.parse((ROOT / "app" / "metrics.py").read_text())):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in series:
+            names |= {node.args[0].value + suffix for suffix in series[node.func.id]}
+    return names
+
+
+def queried_metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\bkeychain_[a-z_]+", expr))
+
+
+def alerts(docs: list[dict]) -> dict[str, dict]:
+    rule = one(docs, "PrometheusRule")
+    return {r["alert"]: r for group in rule["spec"]["groups"] for r in group["rules"]}
+
+
+def dashboard(docs: list[dict]) -> tuple[dict, dict]:
+    """(the dashboard's ConfigMap, the dashboard it carries, parsed)."""
+    (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d is not settings_config_map(docs)]
+    (document,) = config_map["data"].values()
+    return config_map, json.loads(document)
+
+
+def test_alerts_cover_database_errors_sweeper_and_listener(production_docs):
+    rule = one(production_docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    # The label the production Prometheus selects rules by, as it does ServiceMonitors.
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    found = alerts(production_docs)
+    assert set(found) == {
+        "KeychainDatabaseDown",
+        "KeychainServerErrors",
+        "KeychainSweeperFailing",
+        "KeychainInvalidationListenerDown",
+    }
+    # kubernetes-validate knows no PrometheusRule: check what Prometheus and Alertmanager need.
+    for name, alert in found.items():
+        assert alert["expr"].strip(), name
+        assert re.fullmatch(r"([0-9]+[smh])+", alert["for"]), name
+        assert alert["labels"]["severity"] in {"critical", "warning"}, name
+        assert alert["annotations"]["summary"].strip(), name
+    assert found["KeychainDatabaseDown"]["labels"]["severity"] == "critical"
+    assert "keychain_database_up" in found["KeychainDatabaseDown"]["expr"]
+    assert 'status=~"5.."' in found["KeychainServerErrors"]["expr"]
+    assert 'result="failed"' in found["KeychainSweeperFailing"]["expr"]
+    assert "keychain_invalidation_listener_up" in found["KeychainInvalidationListenerDown"]["expr"]
+    # Alertmanager fills these in: Helm must have left them alone.
+    assert "{{ $labels.pod }}" in found["KeychainDatabaseDown"]["annotations"]["summary"]
+
+
+def test_alerts_query_what_the_service_monitor_scrapes(production_docs):
+    # The operator names the job after the Service the ServiceMonitor selects.
+    monitor = one(production_docs, "ServiceMonitor")["spec"]
+    service = one(production_docs, "Service")["metadata"]
+    assert matches(monitor["selector"]["matchLabels"], service["labels"])
+    (namespace,) = monitor["namespaceSelector"]["matchNames"]
+    scraped = {f'namespace="{namespace}"', f'job="{service["name"]}"'}
+    for name, alert in alerts(production_docs).items():
+        for selector in re.findall(r"keychain_[a-z_]+\{([^}]*)\}", alert["expr"]):
+            assert scraped <= {part.strip() for part in selector.split(",")}, (name, selector)
+        assert queried_metric_names(alert["expr"]) <= exported_metric_names(), name
+
+
+def test_server_error_threshold_follows_the_values(helm):
+    docs = helm.render(SECRETS, {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
+    assert alerts(docs)["KeychainServerErrors"]["expr"].rstrip().endswith("> 5")
+    docs = helm.render(
+        SECRETS,
+        {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True, "serverErrorPercent": 0.5}},
+    )
+    assert alerts(docs)["KeychainServerErrors"]["expr"].rstrip().endswith("> 0.5")
+
+
+def test_alerts_without_the_service_monitor_fail_with_a_clear_message(helm):
+    # Nothing would scrape the job the alerts select: they could never fire.
+    result = helm.template(SECRETS, {"prometheusRule": {"enabled": True}})
+    assert result.returncode != 0
+    assert "keychain: prometheusRule.enabled needs serviceMonitor.enabled" in result.stderr, result.stderr
+
+
+def test_dashboard_is_json_the_grafana_sidecar_loads(production_docs):
+    config_map, board = dashboard(production_docs)
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    # Where Grafana's sidecar looks, not the release's namespace.
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Keychain"}
+    assert board["uid"] and board["title"] == "Keychain"
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    for panel in board["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert 'namespace="$namespace", job="$job"' in target["expr"], panel["title"]
+
+
+def test_dashboard_shows_every_metric_the_server_exports_and_no_other(production_docs):
+    _, board = dashboard(production_docs)
+    queried = set().union(*(queried_metric_names(t["expr"]) for p in board["panels"] for t in p["targets"]))
+    exported = exported_metric_names()
+    assert queried <= exported, queried - exported
+    # A histogram counts as shown through any of its series.
+    families = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in exported}
+    shown = {re.sub(r"_(total|bucket|count|sum)$", "", name) for name in queried}
+    assert shown == families, families - shown
+
+
+def test_dashboard_label_follows_the_values(helm):
+    docs = helm.render(
+        SECRETS, {"grafanaDashboard": {"enabled": True, "label": "dashboards", "labelValue": "keychain"}}
+    )
+    config_map, _ = dashboard(docs)
+    assert config_map["metadata"]["labels"]["dashboards"] == "keychain"
+    assert "grafana_dashboard" not in config_map["metadata"]["labels"]
+    # Left out, helm puts it in the release's namespace.
+    assert "namespace" not in config_map["metadata"]
+    kubernetes_validate.validate(config_map, kubernetes_validate.latest_version(), strict=True)
+
+
+# --- shutdown -----------------------------------------------------------------
+
+# What the chart keeps of the grace period for the server's last writes after the drain.
+LAST_WRITES_SECONDS = 5
+
+
+def shutdown_timings(docs: list[dict]) -> tuple[int, int, int]:
+    """(preStop sleep, drain, grace period) in seconds, as the kubelet and the server read them."""
+    deployment = one(docs, "Deployment")
+    command = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    drain = int(settings_config_map(docs)["data"]["KEYCHAIN_DRAIN_SECONDS"])
+    return int(command[1]), drain, deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+@pytest.mark.parametrize("which", ["default", "production"])
+def test_shutdown_fits_in_the_grace_period(request, which):
+    # The grace period counts from the preStop hook: the sleep, then SIGTERM and the
+    # drain, then the last writes must all end before the kubelet kills the server.
+    pre_stop, drain, grace = shutdown_timings(request.getfixturevalue(f"{which}_docs"))
+    assert pre_stop > 0 and drain > 0
+    assert pre_stop + drain + LAST_WRITES_SECONDS <= grace
+
+
+def test_shutdown_timings_follow_the_values(helm):
+    # Exactly enough is enough.
+    values = {"preStopSleepSeconds": 8, "config": {"drainSeconds": 20}, "terminationGracePeriodSeconds": 33}
+    assert shutdown_timings(helm.render(SECRETS, values)) == (8, 20, 33)
+    # 0 drops the hook: SIGTERM comes at once.
+    docs = helm.render(SECRETS, {"preStopSleepSeconds": 0})
+    assert "lifecycle" not in container(one(docs, "Deployment"))
+
+
+def test_a_grace_period_too_short_for_the_shutdown_fails_with_a_clear_message(helm):
+    result = helm.template(SECRETS, {"config": {"drainSeconds": 25}})
+    assert result.returncode != 0
+    assert (
+        "keychain: terminationGracePeriodSeconds (30) is too short for the shutdown: "
+        "preStopSleepSeconds (5) + config.drainSeconds (25) + 5 seconds for the last writes = 35. "
+        "Raise terminationGracePeriodSeconds to at least 35"
+    ) in result.stderr, result.stderr
 
 
 # --- TLS ----------------------------------------------------------------------

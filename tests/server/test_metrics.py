@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 
 import httpx
+import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
+from app.asgi import create_app
 from app.db.engine import Database, make_engine
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import SWEEP_LOCK_ID
@@ -159,6 +163,18 @@ async def test_with_the_database_down_the_counters_are_still_served(down_client)
     assert (await down_client.get("/api/auth-cache/k")).status_code == 503
     samples = await scrape(down_client)
     assert value(samples, "keychain_database_up") == 0
+    assert value(samples, "keychain_invalidation_listener_up") == 0
     assert not [name for name, _ in samples if name == "keychain_entries"]
     unavailable = {"method": "GET", "route": "/api/auth-cache/{cache_key}", "status": "503"}
     assert value(samples, "keychain_request_duration_seconds_count", **unavailable) == 1
+
+
+async def test_invalidation_listener_up_once_the_server_listens(own_database, test_settings):
+    # The lifespan starts the listener, on a database of the test's own: it LISTENs on a
+    # connection of its own, which the test's rolled-back transaction cannot stand in for.
+    app = create_app(msgspec.structs.replace(test_settings, database_url=own_database))
+    async with app.lifespan(), asgi_client(app) as client:
+        deadline = time.monotonic() + 10
+        while value(await scrape(client), "keychain_invalidation_listener_up") != 1:
+            assert time.monotonic() < deadline, "the listener did not connect"
+            await asyncio.sleep(0.05)

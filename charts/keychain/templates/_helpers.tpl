@@ -150,6 +150,7 @@ KEYCHAIN_MEMORY_TIER_MAX_BYTES: {{ .Values.config.memoryTierMaxBytes | int64 | q
 KEYCHAIN_HIT_FLUSH_SECONDS: {{ .Values.config.hitFlushSeconds | toString | quote }}
 KEYCHAIN_SERVE_FROM_MEMORY_DURING_OUTAGE: {{ .Values.config.serveFromMemoryDuringOutage | toString | quote }}
 KEYCHAIN_LOG_READS: {{ .Values.config.logReads | toString | quote }}
+KEYCHAIN_DRAIN_SECONDS: {{ .Values.config.drainSeconds | int64 | quote }}
 # Only local runs use the data directory; point it at the writable emptyDir.
 KEYCHAIN_DATA_DIR: "/tmp/keychain"
 {{- end }}

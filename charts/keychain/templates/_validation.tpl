@@ -92,12 +92,26 @@ them. Not secret, so entries are shown; names are checked against inline tokens 
 {{- fail (printf "\n\nkeychain: tls.enabled is true but tls.existingSecret is empty. Name a Secret of type kubernetes.io/tls in namespace %s holding tls.crt and tls.key for %s.%s.svc (a cert-manager Certificate makes one)." .Release.Namespace (include "keychain.fullname" .) .Release.Namespace) }}
 {{- end }}
 
+{{- /* The rules select the job the ServiceMonitor makes: without it they would never fire. */}}
+{{- if and .Values.prometheusRule.enabled (not .Values.serviceMonitor.enabled) }}
+{{- fail "\n\nkeychain: prometheusRule.enabled needs serviceMonitor.enabled: the alerts select the metrics its ServiceMonitor scrapes (job <fullname> in the release's namespace), and without it they would never fire." }}
+{{- end }}
+
 {{- if gt (int64 .Values.config.defaultTtlSeconds) (int64 .Values.config.maxTtlSeconds) }}
 {{- fail "\n\nkeychain: config.defaultTtlSeconds is larger than config.maxTtlSeconds." }}
 {{- end }}
 
 {{- if and .Values.autoscaling.enabled (gt (int64 .Values.autoscaling.minReplicas) (int64 .Values.autoscaling.maxReplicas)) }}
 {{- fail "\n\nkeychain: autoscaling.minReplicas is larger than autoscaling.maxReplicas." }}
+{{- end }}
+
+{{- /* The grace period starts with the preStop hook; what is left after it must cover the
+drain and the last writes, or the kubelet kills the server mid-drain and the requests in
+flight and the last hit counts are lost. */}}
+{{- $lastWritesSeconds := 5 }}
+{{- $shutdown := add .Values.preStopSleepSeconds .Values.config.drainSeconds $lastWritesSeconds }}
+{{- if gt (int64 $shutdown) (int64 .Values.terminationGracePeriodSeconds) }}
+{{- fail (printf "\n\nkeychain: terminationGracePeriodSeconds (%d) is too short for the shutdown: preStopSleepSeconds (%d) + config.drainSeconds (%d) + %d seconds for the last writes = %d. Raise terminationGracePeriodSeconds to at least %d, or shorten the others." (int64 .Values.terminationGracePeriodSeconds) (int64 .Values.preStopSleepSeconds) (int64 .Values.config.drainSeconds) $lastWritesSeconds (int64 $shutdown) (int64 $shutdown)) }}
 {{- end }}
 
 {{- if .Values.podDisruptionBudget.enabled }}
