@@ -39,7 +39,12 @@ from app.errors import (
 )
 from app.invalidation import InvalidationListener, channel_name
 from app.json_shape import shape_problem
-from app.keychain.controller import AuthCacheController, ExecutionController, ExecutionTokenController
+from app.keychain.controller import (
+    AuthCacheController,
+    CredentialController,
+    ExecutionController,
+    ExecutionTokenController,
+)
 from app.keychain.hits import run_hit_flusher
 from app.keychain.service import EntryLimits, ProcessState
 from app.keychain.tier import MemoryTier
@@ -247,6 +252,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             AuthCacheController,
             ExecutionController,
             ExecutionTokenController,
+            CredentialController,
             SystemController,
             create_static_files_router(
                 path=SWAGGER_ASSETS,
