@@ -68,7 +68,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (reads stay audited either way).
     log_reads: bool = True
     # Secret Manager event notifications pushed by Pub/Sub (POST /api/events/secret-manager):
-    # off (501) unless the audience is set, to the push subscription's
+    # off (404) unless the audience is set, to the push subscription's
     # --push-auth-token-audience. Pushes carry a Google-signed OIDC token for that audience.
     pubsub_audience: str = ""
     # Where the keys that sign those tokens are published; tests serve their own.

@@ -14,11 +14,11 @@ from typing import Literal
 import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 
 from app.audit import add_audit_details
-from app.errors import FeatureDisabled, InvalidPush, Unauthenticated, VerificationUnavailable
+from app.errors import InvalidPush, Unauthenticated, VerificationUnavailable
 from app.events.oidc import PushVerifier
 from app.events.secret_manager import Drop, PushBody, interpret
 from app.keychain.service import KeychainService
@@ -64,8 +64,8 @@ class SecretManagerEventController(Controller):
             401: ResponseSpec(
                 ErrorBody, description="No push token, or one that does not verify", generate_examples=False
             ),
-            501: ResponseSpec(
-                ErrorBody, description="Not enabled (KEYCHAIN_PUBSUB_AUDIENCE)", generate_examples=False
+            404: ResponseSpec(
+                ErrorBody, description="Not enabled on this server (KEYCHAIN_PUBSUB_AUDIENCE)", generate_examples=False
             ),
         },
     )
@@ -76,7 +76,8 @@ class SecretManagerEventController(Controller):
         verifier: PushVerifier | None = request.app.state.push_verifier
         if verifier is None:
             audit(result="refused", reason="not enabled")
-            raise FeatureDisabled("Secret Manager events are not enabled on this server: set KEYCHAIN_PUBSUB_AUDIENCE")
+            # As if the route were not there (a 5xx would page someone for a setting), but saying why.
+            raise NotFoundException("Secret Manager events are not enabled on this server: set KEYCHAIN_PUBSUB_AUDIENCE")
         try:
             audit(pusher=await verifier.verify(request.headers.get("authorization", "")))
             # Read only once the pusher is known: a stranger's body is never looked at.

@@ -93,7 +93,7 @@ class PushVerifier:
 
 
 def make_push_verifier(settings: Settings) -> PushVerifier | None:
-    """None, and the endpoint answers 501, unless an audience is configured."""
+    """None, and the endpoint answers 404, unless an audience is configured."""
     if not settings.pubsub_audience:
         return None
     if not settings.pubsub_service_account:

@@ -368,11 +368,14 @@ async def test_a_push_with_nothing_to_act_on_is_acknowledged_as_ignored(events, 
     assert (event.outcome, event.result, event.reason) == ("ok", "ignored", reason)
 
 
-async def test_the_endpoint_is_off_without_an_audience(make_app, signing_key):
+async def test_the_endpoint_is_off_without_an_audience(make_app, signing_key, caplog):
+    caplog.set_level(logging.INFO, logger="keychain.audit")
     async with asgi_client(make_app()) as client:
         answer = await client.post(PATH, json=push_body("SECRET_DELETE", SECRET), headers=signed(signing_key))
-    assert answer.status_code == 501
+    assert answer.status_code == 404
     assert "KEYCHAIN_PUBSUB_AUDIENCE" in answer.json()["detail"]
+    [event] = audit_events(caplog)
+    assert (event.outcome, event.status, event.result, event.reason) == ("failed", 404, "refused", "not enabled")
 
 
 async def test_unreachable_keys_are_a_503_pubsub_retries_not_a_refusal(make_app, signing_key):
