@@ -33,8 +33,7 @@ HARMLESS = frozenset({"TOPIC_CONFIGURED", "SECRET_CREATE", "SECRET_UPDATE"})
 class PushMessage(msgspec.Struct, kw_only=True):
     attributes: dict[str, str] = {}
     data: str | None = None
-    messageId: str | None = None  # noqa: N815 - Pub/Sub's field names
-    publishTime: str | None = None  # noqa: N815
+    messageId: str | None = None  # noqa: N815 - Pub/Sub's field name
 
 
 class PushBody(msgspec.Struct, kw_only=True):

@@ -19,6 +19,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from app.errors import ConfigurationError
 from tests.conftest import asgi_client, free_port
 from tests.server.test_memory_tier import _read_into_memory, _until, replica
 
@@ -385,3 +386,11 @@ async def test_unreachable_keys_are_a_503_pubsub_retries_not_a_refusal(make_app,
     assert answer.status_code == 503
     assert answer.headers["retry-after"]
     assert "KEYCHAIN_PUBSUB_JWKS_URL" in answer.json()["detail"]
+
+
+def test_without_a_service_account_start_up_warns_and_a_bad_jwks_url_stops_it(make_app, jwks_url, caplog):
+    caplog.set_level(logging.WARNING)
+    make_app(pubsub_audience=AUDIENCE, pubsub_jwks_url=jwks_url)
+    assert "accept a token from ANY Google service account" in caplog.text
+    with pytest.raises(ConfigurationError, match="KEYCHAIN_PUBSUB_JWKS_URL"):
+        make_app(**{**pubsub_settings(jwks_url), "pubsub_jwks_url": "file:///etc/passwd"})
