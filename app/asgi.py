@@ -35,12 +35,17 @@ from app.errors import (
     InvalidEntry,
     KeychainError,
     TokenRevoked,
+    Unauthenticated,
     UnreadableEntry,
+    VerificationUnavailable,
 )
+from app.events.controller import SecretManagerEventController
+from app.events.oidc import make_push_verifier
 from app.invalidation import InvalidationListener, channel_name
 from app.json_shape import shape_problem
 from app.keychain.controller import (
     AuthCacheController,
+    CredentialController,
     ExecutionController,
     ExecutionTokenController,
     FillLeaseController,
@@ -65,12 +70,14 @@ SWAGGER_ASSETS = "/static/swagger-ui"
 _ERROR_STATUS: dict[type[KeychainError], int] = {
     InvalidEntry: 400,
     TokenRevoked: 401,
+    Unauthenticated: 401,
     AccessDenied: 403,
     EntryNotFound: 404,
     UnreadableEntry: 409,
     ExecutionEnded: 409,
     FeatureDisabled: 501,
     DatabaseUnavailable: 503,
+    VerificationUnavailable: 503,
 }
 _ERROR_HEADERS = {401: WWW_AUTHENTICATE, 503: {"Retry-After": RETRY_AFTER_SECONDS}}
 
@@ -84,7 +91,9 @@ def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, 
 def _body_too_large(request: Request, exc: HTTPException) -> Response[dict[str, object]]:
     # Litestar's own detail is a bare "Request Entity Too Large"; say the limit and its setting.
     limit = request.route_handler.resolve_request_max_body_size()
-    detail = f"request body is larger than {limit} bytes (KEYCHAIN_MAX_BODY_BYTES)"
+    # A route with a limit of its own (Pub/Sub pushes) is not governed by the setting.
+    setting = " (KEYCHAIN_MAX_BODY_BYTES)" if limit == request.app.state.runtime.settings.max_body_bytes else ""
+    detail = f"request body is larger than {limit} bytes{setting}"
     return error_response(413, detail)
 
 
@@ -256,6 +265,8 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             FillLeaseController,
             ExecutionController,
             ExecutionTokenController,
+            CredentialController,
+            SecretManagerEventController,
             SystemController,
             create_static_files_router(
                 path=SWAGGER_ASSETS,
@@ -277,7 +288,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             DefineMiddleware(RequestMetricsMiddleware, metrics=runtime.metrics),
             AuditMiddleware(),
         ],
-        state=State({"runtime": runtime}),
+        state=State({"runtime": runtime, "push_verifier": make_push_verifier(settings)}),
         logging_config=None,  # app.logs configures logging once per process
         request_max_body_size=settings.max_body_bytes,
         request_class=_Request,

@@ -130,6 +130,15 @@ def _target(scope: Scope) -> str | None:
     return None
 
 
+AUDIT_DETAILS = "audit_details"
+
+
+def add_audit_details(scope: Scope, **details: Any) -> None:
+    """Fields a handler adds to its request's one audit event (say, what a push dropped);
+    they are emitted whatever the answer, so set them as soon as they are known."""
+    scope["state"].setdefault(AUDIT_DETAILS, {}).update(details)
+
+
 class AuditMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
@@ -142,7 +151,8 @@ class AuditMiddleware(ASGIMiddleware):
             handler = scope["route_handler"]
             denied = status in (401, 403)
             if handler.opt.get("audit") or denied:
-                principal = (scope.get("state") or {}).get("principal")
+                state = scope.get("state") or {}
+                principal = state.get("principal")
                 audit_event(
                     str(handler.operation_id or handler.handler_name),
                     "denied" if denied else ("ok" if status < 400 else "failed"),
@@ -152,4 +162,5 @@ class AuditMiddleware(ASGIMiddleware):
                     cache_key=_target(scope),
                     client=(scope.get("client") or ("unknown",))[0],
                     method=scope["method"],
+                    **state.get(AUDIT_DETAILS, {}),
                 )

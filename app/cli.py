@@ -1,4 +1,4 @@
-"""The `keychain` console script: serve, migrate, sweep, rotate-keys, stats, mint-token."""
+"""The `keychain` console script: serve, migrate, sweep, rotate-keys, stats, mint-token, purge."""
 
 from __future__ import annotations
 
@@ -267,6 +267,24 @@ async def _mint_token(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _purge(settings: Settings, credential_name: str, scope_type: str | None) -> int:
+    from app.audit import audit_event
+    from app.keychain.repository import KeychainRepository
+    from app.keychain.service import purge_credentials
+
+    async with _opened_database(settings) as (database, table), database.transaction() as conn:
+        # Announced in the same transaction, as the API does: every server drops them from memory.
+        messages = await purge_credentials(KeychainRepository(conn, table), [credential_name], scope_type=scope_type)
+    deleted = sum(len(message.keys) for message in messages)
+    audit_event(
+        "purgeCredential", "ok", actor="cli", role="admin",
+        credential_name=credential_name, scope_type=scope_type, deleted=deleted,
+    )
+    where = f" in {scope_type} scope" if scope_type else ""
+    print(f"purged {deleted} entries of {credential_name}{where}")
+    return EXIT_OK
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [headers, *[[str(v) for v in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -386,6 +404,15 @@ def _parser() -> argparse.ArgumentParser:
         "--write", action="append", default=[], metavar="CREDENTIAL", help="global writes, reads too (repeat)"
     )
     mint_cmd.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS)")
+    purge_cmd = command(
+        "purge",
+        "drop every entry of a credential name, on every server",
+        "Delete every entry whose credential_name is NAME (exactly): every execution, every scope "
+        "or the one --scope names. Every server drops them from memory, as for the API's "
+        "DELETE /api/credentials/auth-cache.",
+    )
+    purge_cmd.add_argument("name", metavar="NAME", help="e.g. projects/123/secrets/openai-api-key/versions/1")
+    purge_cmd.add_argument("--scope", choices=("execution", "global", "session"), help="only entries of this scope")
     return parser
 
 
@@ -408,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_stats(settings, args.top, args.json))
         elif args.command == "mint-token":
             return asyncio.run(_mint_token(settings, args))
+        elif args.command == "purge":
+            return asyncio.run(_purge(settings, args.name, args.scope))
     except (ConfigurationError, InvalidEntry, ExecutionEnded, FeatureDisabled) as exc:
         return _fail(args.command, str(exc), EXIT_FAILED)
     except Exception as exc:

@@ -57,6 +57,11 @@ class TokenRevoked(KeychainError):
     """An execution token whose execution has ended (401): it never works again."""
 
 
+class Unauthenticated(KeychainError):
+    """The caller proved no identity this call accepts (401); the message says what was wrong,
+    never the credential itself."""
+
+
 class ExecutionEnded(KeychainError):
     """No token is minted for an execution that has already been cleaned up (409)."""
 
@@ -84,3 +89,12 @@ class DatabaseUnavailable(KeychainError):
 
 class DatabaseNotMigrated(DatabaseUnavailable):
     """The database answers but has no keychain table yet (503 too: nothing can be served)."""
+
+
+class VerificationUnavailable(KeychainError):
+    """What proves a caller's identity (a JWKS URL) cannot be reached now (503): the caller
+    should retry, as Pub/Sub does on its own."""
+
+
+class InvalidPush(InvalidEntry):
+    """A request to the events endpoint that is not the body Pub/Sub pushes (400)."""

@@ -77,6 +77,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # An INFO line per hit and miss: at thousands of hits a second, a cost some will not want
     # (reads stay audited either way).
     log_reads: bool = True
+    # Secret Manager event notifications pushed by Pub/Sub (POST /api/events/secret-manager):
+    # off (404) unless the audience is set, to the push subscription's
+    # --push-auth-token-audience. Pushes carry a Google-signed OIDC token for that audience.
+    pubsub_audience: str = ""
+    # Where the keys that sign those tokens are published; tests serve their own.
+    pubsub_jwks_url: str = "https://www.googleapis.com/oauth2/v3/certs"
+    # The subscription's --push-auth-service-account. Anyone can have Google sign a token for
+    # any audience, so without this any Google service account could push.
+    pubsub_service_account: str = ""
 
 
 # Environment variable suffix -> Settings field, where the two differ.

@@ -14,6 +14,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.serialization import encode_json
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from app.audit import add_audit_details
 from app.auth import RequireRole
 from app.db.engine import LazyTransaction
 from app.errors import FILL_HEADER, FILL_LEASE_HEADER, InvalidEntry
@@ -257,3 +258,32 @@ class ExecutionTokenController(_ApiController):
         self, request: Request, service: Service, data: Annotated[ExecutionTokenRequest, Body()]
     ) -> ExecutionToken:
         return await service.mint_execution_token(caller_of(request), data)
+
+
+class CredentialController(_ApiController):
+    path = "/api/credentials"
+    tags = ["auth-cache"]
+
+    @delete(
+        "/auth-cache",
+        operation_id="purgeCredential",
+        summary="Drop every entry of a credential name: every execution, every scope or one (admin)",
+        description=(
+            "For a secret rotated after a leak, say: every replica's memory forgets the entries too. "
+            "The name is a query parameter, matched exactly (no prefixes, no patterns)."
+        ),
+        status_code=200,
+        opt={"roles": (), "audit": True},
+        responses=error_responses(401, 403, 503),
+    )
+    async def purge_credential(
+        self,
+        request: Request,
+        service: Service,
+        credential_name: Annotated[str, QueryParameter(min_length=1, max_length=512)],
+        scope_type: Annotated[EntryScopeType | None, QueryParameter()] = None,
+    ) -> Deleted:
+        add_audit_details(request.scope, credential_name=credential_name, scope_type=scope_type)
+        deleted = await service.purge([credential_name], scope_type=scope_type)
+        add_audit_details(request.scope, deleted=deleted)
+        return Deleted(deleted=deleted)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -406,6 +406,23 @@ class KeychainRepository:
         t = self.table
         stmt = update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id, write_id=write_id)
         await self._execute(stmt)
+
+    async def delete_credentials(
+        self, names: Sequence[str], prefixes: Sequence[str] = (), scope_type: str | None = None
+    ) -> list[str]:
+        """Delete the entries of these credential names and of names starting with a prefix
+        (in one scope, or all), live or expired; answers their cache keys."""
+        t = self.table
+        # autoescape: '_' and '%' in a name are themselves, not LIKE wildcards.
+        matches = [t.c.credential_name.startswith(prefix, autoescape=True) for prefix in prefixes]
+        if names:
+            matches.append(t.c.credential_name.in_(names))
+        if not matches:
+            return []
+        stmt = delete(t).where(or_(*matches))
+        if scope_type is not None:
+            stmt = stmt.where(t.c.scope_type == scope_type)
+        return list((await self._execute(stmt.returning(t.c.cache_key))).scalars())
 
 
 def _qualified(t: Table) -> str:

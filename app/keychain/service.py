@@ -7,7 +7,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -29,7 +29,7 @@ from app.errors import (
     TokenRevoked,
     UnreadableEntry,
 )
-from app.invalidation import Invalidation
+from app.invalidation import Invalidation, key_messages
 from app.keychain import access
 from app.keychain.ended import EndedExecutions
 from app.keychain.fills import FillWaits
@@ -479,6 +479,16 @@ class KeychainService:
         items = [EntryMeta(**_meta_fields(row)) for row in rows]
         return EntryPage(items=items, total=total, limit=query.limit, offset=query.offset)
 
+    async def purge(
+        self, names: Sequence[str], prefixes: Sequence[str] = (), scope_type: str | None = None
+    ) -> int:
+        """Drop every entry of these credential names (and names under the prefixes): every
+        execution, every scope or the one given. Answers how many went."""
+        messages = await purge_credentials(self.repository, names, prefixes, scope_type)
+        for message in messages:
+            self.process.on_invalidation(message)
+        return sum(len(message.keys) for message in messages)
+
 
 async def mint_execution_token(
     repository: KeychainRepository,
@@ -530,6 +540,27 @@ def _scope(body: EntryPut) -> tuple[str, int | None]:
     if scope_type == "execution" and execution_id is None:
         raise InvalidEntry("scope_type 'execution' needs an execution_id")
     return scope_type, execution_id
+
+
+async def purge_credentials(
+    repository: KeychainRepository,
+    names: Sequence[str],
+    prefixes: Sequence[str] = (),
+    scope_type: str | None = None,
+) -> list[Invalidation]:
+    """The rules of a purge, shared by the API, Secret Manager events and `keychain purge`:
+    the rows go and every replica hears of their keys, both in the caller's transaction."""
+    for name in (*names, *prefixes):
+        check_name(name, "credential_name")
+    keys = await repository.delete_credentials(names, prefixes, scope_type)
+    messages = key_messages(keys)
+    for message in messages:
+        await repository.announce(message)
+    log.info(
+        "credential purge",
+        extra={"credential_names": list(names), "prefixes": list(prefixes), "scope_type": scope_type, "deleted": len(keys)},
+    )
+    return messages
 
 
 def _execution_ids(principal: Principal) -> tuple[int, ...]:

@@ -49,3 +49,15 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 2.0) -> f
         assert time.monotonic() - started < timeout, "timed out"
         await asyncio.sleep(0.002)
     return time.monotonic() - started
+
+
+async def read_into_memory(server: Replica, key: str) -> None:
+    """GET until the replica's tier holds the key. The write's own notification comes back to
+    every replica, the writer included, and may land after the first read filled the tier:
+    dropping that fill is right (it may have read the row before the write committed)."""
+
+    async def held() -> bool:
+        assert (await server.client.get(f"/api/auth-cache/{key}")).status_code == 200
+        return server.process.tier.get(key) is not None
+
+    await until(held)

@@ -13,7 +13,7 @@ from sqlalchemy import event
 from app import invalidation
 from app.invalidation import LISTENER_APPLICATION_NAME
 from app.keychain.service import KeychainService
-from tests.server.replicas import Replica, replica, until
+from tests.server.replicas import read_into_memory, replica, until
 
 BODY = {"token_data": {"value": "sk-from-memory"}, "credential_type": "bearer"}
 
@@ -26,22 +26,10 @@ async def _row(url: str, key: str):
         await conn.close()
 
 
-async def _read_into_memory(server: Replica, key: str) -> None:
-    """GET until the replica's tier holds the key. The write's own notification comes back to
-    every replica, the writer included, and may land after the first read filled the tier:
-    dropping that fill is right (it may have read the row before the write committed)."""
-
-    async def held() -> bool:
-        assert (await server.client.get(f"/api/auth-cache/{key}")).status_code == 200
-        return server.process.tier.get(key) is not None
-
-    await until(held)
-
-
 async def test_hits_come_from_memory_and_their_counts_are_written_at_shutdown(test_settings, own_database):
     async with replica(test_settings, own_database) as a:
         assert (await a.client.post("/api/auth-cache/k:global", json=BODY)).status_code == 200
-        await _read_into_memory(a, "k:global")  # one read or more: each one counts
+        await read_into_memory(a, "k:global")  # one read or more: each one counts
         checkouts: list[object] = []
         event.listen(a.engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
         counts = [(await a.client.get("/api/auth-cache/k:global")).json()["access_count"] for _ in range(5)]
@@ -66,7 +54,7 @@ async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, 
     async with replica(test_settings, own_database) as a, replica(test_settings, own_database) as b:
         await a.client.post("/api/auth-cache/k:global", json=BODY)
         assert (await b.client.get("/api/auth-cache/k:global")).json()["data"] == BODY["token_data"]
-        await _read_into_memory(b, "k:global")
+        await read_into_memory(b, "k:global")
 
         replaced = {**BODY, "token_data": {"value": "sk-rotated"}}
         await a.client.post("/api/auth-cache/k:global", json=replaced)
@@ -111,7 +99,7 @@ async def test_an_entry_is_never_served_from_memory_past_its_expiry(test_setting
     monkeypatch.setattr(invalidation, "time", _SkewedClock(skew))
     async with replica(test_settings, own_database) as a:
         await a.client.post("/api/auth-cache/short:global", json={**BODY, "ttl_seconds": 1})
-        await _read_into_memory(a, "short:global")
+        await read_into_memory(a, "short:global")
         expires = a.process.tier.get("short:global").expires_at
         checkouts: list[object] = []
         event.listen(a.engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
@@ -172,7 +160,7 @@ async def test_a_hit_from_memory_answers_exactly_as_the_handler_does(test_settin
     monkeypatch.setattr(KeychainService, "get", spied_get)
     async with replica(test_settings, own_database) as a:
         await a.client.post("/api/auth-cache/k:global", json=BODY)
-        await _read_into_memory(a, "k:global")
+        await read_into_memory(a, "k:global")
         a.process.tier.clear()
         handled.clear()
         by_handler = await a.client.get("/api/auth-cache/k:global")
