@@ -24,6 +24,7 @@ from workerlib.models import Entry, EntryMeta, EntryPage, ExecutionToken, FillLe
 from workerlib.oauth import client_credentials_token
 from workerlib.providers import EnvProvider, FileProvider, GoogleSecretManagerProvider, SecretProvider
 from workerlib.secrets import fetch_secret
+from workerlib.warm import warm_execution
 
 __all__ = [
     "AuthConfigError",
@@ -55,4 +56,5 @@ __all__ = [
     "client_credentials_token",
     "fetch_secret",
     "resolve_auth",
+    "warm_execution",
 ]
