@@ -59,6 +59,7 @@ PROVIDER_DELAY_S = 0.25
 INVALIDATION_GIVE_UP_S = 2.0
 SWEEP_START_TIMEOUT_S = 10.0
 SWEEP_LOAD_MAX_S = 60
+BURST = 32
 
 
 def hit_key(i: int | str) -> str:
@@ -214,6 +215,8 @@ class Bench:
             "bare": [], "worker token": [], "worker token, uvicorn": [], "execution token": [],
         }
         self.misses: list[float] = []
+        # Per round and mode ("lease", "no lease"): provider calls, and the slowest caller (s).
+        self.bursts: dict[str, list[tuple[int, float]]] = {"lease": [], "no lease": []}
         self.hits: list[float] = []
         self.invalidation_delays: list[float] = []
         self.invalidations_given_up = 0
@@ -304,6 +307,25 @@ class Bench:
             if provider.calls != n + 1:
                 raise RuntimeError(f"fetch_secret called the provider {provider.calls} times for {n + 1} secrets")
 
+    async def burst_round(self, http: httpx.AsyncClient, round_: int) -> None:
+        """BURST callers miss one secret at once, each with a client of its own (as separate
+        workers would be): with the server's fill lease, and without (fill_wait=0)."""
+        for mode, fill_wait in (("lease", None), ("no lease", 0.0)):
+            provider = SlowProvider()
+            name = f"projects/bench/secrets/burst-{round_}-{mode.replace(' ', '-')}/versions/1"
+            clients = [
+                KeychainClient(self.servers["A"].url, self.worker_token, http_client=http, fill_wait=fill_wait)
+                for _ in range(BURST)
+            ]
+
+            async def timed(client: KeychainClient) -> float:
+                started = time.perf_counter()
+                await fetch_secret(name, execution_id=EXECUTION_ID, client=client, provider=provider)
+                return time.perf_counter() - started
+
+            slowest = max(await asyncio.gather(*(timed(c) for c in clients)))
+            self.bursts[mode].append((provider.calls, slowest))
+
     async def invalidation_round(self, a: KeychainClient, b: KeychainClient, round_: int) -> None:
         """Write on A, read on B (so B holds it), delete on A: how long B still serves it."""
         for n in range(self.profile.invalidations):
@@ -346,6 +368,7 @@ class Bench:
                 await self.sweep_round(db, round_)
                 await self.sequential_round(http)
                 await self.fetch_secret_round(a, round_)
+                await self.burst_round(http, round_)
                 await self.invalidation_round(a, b, round_)
 
     # -- the report ---------------------------------------------------------------------------
@@ -374,6 +397,13 @@ class Bench:
              median_ratio([r.p99_ms for r in self.sweeping.results], [r.p99_ms for r in self.sweep_idle.results]),
              Target("<=", 2.0)),
             ("cross-replica invalidation delay p99, ms", p99(self.invalidation_delays) * 1000, Target("<=", 50)),
+            (f"burst of {BURST} misses for one key: provider calls, with the fill lease",
+             max(calls for calls, _ in self.bursts["lease"]), Target("<=", 1)),
+            (f"burst of {BURST} misses for one key: provider calls, without", p50([c for c, _ in self.bursts["no lease"]]), REPORTED),
+            ("burst: slowest caller with the lease ÷ the provider's 250 ms",
+             p50([t for _, t in self.bursts["lease"]]) / PROVIDER_DELAY_S, REPORTED),
+            ("burst: slowest caller without the lease ÷ the provider's 250 ms",
+             p50([t for _, t in self.bursts["no lease"]]) / PROVIDER_DELAY_S, REPORTED),
             ("Keychain POST req/s ÷ raw asyncpg upsert floor", median_ratio(rates(c["post"]), rates(c["post_floor"])), REPORTED),
             ("Keychain hit req/s ÷ HTTP floor (/ping, uvicorn)", median_ratio(rates(c["hit"]), rates(c["http_floor"])), REPORTED),
             ("Keychain hit req/s ÷ Keychain GET /health", median_ratio(rates(c["hit"]), rates(c["health"])), REPORTED),
