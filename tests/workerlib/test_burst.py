@@ -129,6 +129,8 @@ async def results(workers: list[asyncio.subprocess.Process]) -> list[dict[str, o
 async def test_eight_workers_on_three_replicas_make_one_secret_manager_call(cluster, slow_secret_manager):
     workers = await start_workers(cluster, "secret", SECRET, emulator=slow_secret_manager.address)
     got = await results(workers)
+    print(f"burst: {WORKERS} workers, {slow_secret_manager.calls[SECRET]} Secret Manager call(s), "
+          f"slowest {max(g['seconds'] for g in got):.3f} s")  # the figures, with pytest -s
     assert [g["value"] for g in got] == ["sk-burst"] * WORKERS
     assert slow_secret_manager.calls[SECRET] == 1
     # Nobody waited for more than the one fetch and some slack, let alone its whole fill_wait.
