@@ -7,11 +7,9 @@ import base64
 import json
 import logging
 import statistics
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import pytest
@@ -21,6 +19,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from app.errors import ConfigurationError
 from tests.conftest import asgi_client, free_port
+from tests.json_http import serving_json
 from tests.server.replicas import read_into_memory, replica, until
 
 AUDIENCE = "https://keychain.example.com/api/events/secret-manager"
@@ -82,25 +81,8 @@ def forger_key() -> rsa.RSAPrivateKey:
 def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
     """Google's certs endpoint, as far as the server can tell: a JWKS over real HTTP."""
     jwk = {**RSAAlgorithm.to_jwk(signing_key.public_key(), as_dict=True), "kid": KID, "use": "sig", "alg": "RS256"}
-    document = json.dumps({"keys": [jwk]}).encode()
-
-    class Certs(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(document)))
-            self.end_headers()
-            self.wfile.write(document)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Certs)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/oauth2/v3/certs"
-    server.shutdown()
-    server.server_close()
+    with serving_json(lambda *_: (200, {"keys": [jwk]})) as url:
+        yield f"{url}/oauth2/v3/certs"
 
 
 def claims(**overrides: object) -> dict[str, object]:

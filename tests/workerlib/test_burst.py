@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from demo.local_server import LocalKeychainServer
 from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.json_http import serving_json
 
 WORKERS = 8
 PROVIDER_LATENCY_S = 0.25
@@ -61,39 +61,20 @@ def slow_secret_manager(secret_manager: SecretManagerEmulator) -> Iterator[Secre
     secret_manager.latency = latency
 
 
-class TokenEndpoint(BaseHTTPRequestHandler):
-    """A client-credentials token endpoint as slow as a real one; every token is new."""
-
-    issued: list[str] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        time.sleep(PROVIDER_LATENCY_S)
-        token = f"at-{len(self.issued) + 1}"
-        self.issued.append(token)
-        body = json.dumps({"access_token": token, "token_type": "bearer", "expires_in": 3600}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def token_endpoint() -> Iterator[tuple[str, list[str]]]:
+    """A client-credentials token endpoint as slow as a real one; every token is new."""
     issued: list[str] = []
-    handler = type("Endpoint", (TokenEndpoint,), {"issued": issued})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/token", issued
-    finally:
-        server.shutdown()
-        server.server_close()
+    lock = threading.Lock()
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, object]:
+        time.sleep(PROVIDER_LATENCY_S)
+        with lock:
+            issued.append(f"at-{len(issued) + 1}")
+            return 200, {"access_token": issued[-1], "token_type": "bearer", "expires_in": 3600}
+
+    with serving_json(answer) as url:
+        yield f"{url}/token", issued
 
 
 async def start_workers(

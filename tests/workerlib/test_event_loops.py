@@ -11,43 +11,24 @@ import asyncio
 import gc
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
 import pytest
 
 from demo.secret_manager_emulator import SecretManagerEmulator
+from tests.json_http import serving_json
 from workerlib import GoogleSecretManagerProvider
 from workerlib import client as client_module
 
 NAME = "projects/123/secrets/openai-api-key/versions/1"
 
 
-class _Miss(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive: the pool really holds a connection
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        body = b'{"status_code": 404, "detail": "no live entry"}'
-        self.send_response(404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def keychain_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Miss)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    """A Keychain that misses every key, over real HTTP."""
+    with serving_json(lambda *_: (404, {"status_code": 404, "detail": "no live entry"})) as url:
+        yield url
 
 
 def test_each_loops_default_client_is_closed_as_that_loop_ends(
