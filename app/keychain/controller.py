@@ -195,6 +195,7 @@ class FillLeaseController(_ApiController):
         "/{cache_key:path}",
         operation_id="releaseFillLease",
         summary="Give up a fill lease (the fetch failed): a waiting caller takes it over at once",
+        opt={"audit": True},
         responses=error_responses(401, 403, 404, 503),
     )
     async def release_fill_lease(

@@ -49,7 +49,7 @@ async def test_the_first_reader_fills_and_the_others_on_every_replica_get_its_wr
         assert counted(a, "keychain_fill_seconds_count") == 1
 
 
-async def test_a_holder_that_gives_up_hands_the_lease_to_a_waiter_at_once(test_settings, own_database):
+async def test_a_holder_that_gives_up_hands_the_lease_to_a_waiter_at_once(test_settings, own_database, caplog):
     async with AsyncExitStack() as stack:
         a, b = await replicas(stack, test_settings, own_database, count=2, fill_lease_seconds=30.0)
         lease = (await a.client.get(URL, params={"fill_wait": 5})).headers[LEASE]
@@ -62,6 +62,12 @@ async def test_a_holder_that_gives_up_hands_the_lease_to_a_waiter_at_once(test_s
         assert counted(b, "keychain_fill_waits_total", outcome="took_over") == 1
         again = await a.client.delete(f"/api/fill-leases/{KEY}", headers={LEASE: lease})
         assert again.status_code == 404
+    released_events = [
+        (r.outcome, r.status, r.cache_key)
+        for r in caplog.records
+        if r.name == "keychain.audit" and r.audit_action == "releaseFillLease"
+    ]
+    assert released_events == [("ok", 204, KEY), ("failed", 404, KEY)]
 
 
 async def test_a_holder_that_vanished_is_replaced_when_its_lease_runs_out(test_settings, own_database):
