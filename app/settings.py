@@ -26,6 +26,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tls_key_file: Path | None = None
     db_schema: str = "noetl"
     db_pool_size: int = 10
+    # How long a request waits for a pooled connection before it is answered 503 (overload).
+    db_pool_timeout_seconds: float = 5.0
     # "k2:<base64>,k1:<base64>": the first id seals new writes, all of them open old rows.
     encryption_keys: str = ""
     # "name:role:token,...": empty means an open API (local development only).

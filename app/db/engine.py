@@ -27,6 +27,10 @@ _UNREACHABLE_SQLSTATE_PREFIXES = ("08", "28", "3D000", "53", "57P")
 _NOT_MIGRATED_SQLSTATES = ("42P01", "3F000")
 UNREACHABLE = "the database is unreachable; retry shortly"
 NOT_MIGRATED = "the keychain table does not exist; run `keychain migrate`"
+POOL_EXHAUSTED = (
+    "every database connection of this server is busy (KEYCHAIN_DB_POOL_SIZE, "
+    "KEYCHAIN_DB_POOL_TIMEOUT_SECONDS); retry shortly"
+)
 # asyncpg spells libpq's sslmode as ssl (same values: disable ... verify-full).
 _LIBPQ_TO_ASYNCPG = {"sslmode": "ssl"}
 
@@ -76,7 +80,7 @@ def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         # A hard cap: operators size max_connections as replicas x pool size.
         pool_size=settings.db_pool_size,
         max_overflow=0,
-        pool_timeout=5,
+        pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
         # Statement parameters hold ciphertext and keys; keep them out of error messages.
         hide_parameters=True,
@@ -90,7 +94,9 @@ def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
 
 def unavailable_reason(exc: BaseException) -> str | None:
     """Why the database cannot serve us, or None when the error is about the statement."""
-    if isinstance(exc, (OSError, asyncio.TimeoutError, PoolTimeoutError)):
+    if isinstance(exc, PoolTimeoutError):
+        return POOL_EXHAUSTED
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
         return UNREACHABLE
     if not isinstance(exc, DBAPIError):
         return None
