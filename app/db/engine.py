@@ -82,6 +82,10 @@ def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         max_overflow=0,
         pool_timeout=settings.db_pool_timeout_seconds,
         pool_recycle=1800,
+        # A connection pooled before PostgreSQL restarted or failed over is dead, and nothing
+        # may have used the pool since to find out: check each one as it is handed out (one
+        # round trip per request that needs the database; hits from memory need none).
+        pool_pre_ping=True,
         # Statement parameters hold ciphertext and keys; keep them out of error messages.
         hide_parameters=True,
         connect_args={
