@@ -22,7 +22,7 @@ from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_500_IN
 from app.audit import AuditMiddleware, ReadAudit, run_read_audit_flusher
 from app.auth import WWW_AUTHENTICATE, ExecutionTokens, TokenTable
 from app.crypto import KeyRing
-from app.db.engine import Database, make_engine
+from app.db.engine import Database, check_pooler_settings, direct_database_url, make_engine
 from app.db.tables import build_metadata
 from app.errors import (
     RETRY_AFTER_SECONDS,
@@ -194,9 +194,9 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         tasks.append(asyncio.create_task(sweeping, name="keychain-sweeper"))
     process = runtime.process
     tier = process.tier
-    listener = InvalidationListener(
-        runtime.database.engine, channel_name(runtime.settings.db_schema), process.on_invalidation
-    )
+    # Straight to PostgreSQL when a transaction pooler stands in front of it: LISTEN holds a session.
+    listen_url = direct_database_url(runtime.settings) if runtime.settings.direct_database_url else runtime.database.engine.url
+    listener = InvalidationListener(listen_url, channel_name(runtime.settings.db_schema), process.on_invalidation)
     process.ended_executions.listener = listener
     if tier is not None:
         tier.listener = listener
@@ -231,6 +231,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None, *, database: Database | None = None) -> Litestar:
     """Build the app. Tests pass their own settings and a Database bound to a test transaction."""
     settings = settings or load_settings()
+    check_pooler_settings(settings)
     tokens = make_token_table(settings)
     execution_tokens = make_execution_tokens(settings)
     if execution_tokens is None and tokens.has_role("issuer"):

@@ -49,11 +49,11 @@ def migrate(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from app.db.engine import database_url
+    from app.db.engine import direct_database_url
 
     config = Config(str(alembic_ini()))
     config.attributes["keychain_schema"] = settings.db_schema
-    config.attributes["url"] = database_url(settings)
+    config.attributes["url"] = direct_database_url(settings)
     command.upgrade(config, "head")
 
 

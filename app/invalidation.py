@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 log = logging.getLogger(__name__)
@@ -70,10 +71,10 @@ def key_messages(keys: list[str]) -> list[Invalidation]:
 class InvalidationListener:
     """LISTENs on the channel, reconnecting with capped backoff until cancelled."""
 
-    def __init__(self, engine: AsyncEngine, channel: str, on_message: Callable[[Invalidation], None]) -> None:
+    def __init__(self, url: str | URL, channel: str, on_message: Callable[[Invalidation], None]) -> None:
         # Its own engine without a pool: the listening connection is never a request's.
         self._engine = create_async_engine(
-            engine.url,
+            url,
             poolclass=NullPool,
             connect_args={"timeout": 5, "server_settings": {"application_name": LISTENER_APPLICATION_NAME}},
         )

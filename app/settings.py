@@ -17,6 +17,12 @@ PREFIX = "KEYCHAIN_"
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # None means "start the embedded PostgreSQL in data_dir" (local mode).
     database_url: str | None = None
+    # When database_url is a transaction-pooling PgBouncer: PostgreSQL itself, for what needs a
+    # session of its own (the LISTEN connection, and migrations' advisory lock).
+    direct_database_url: str | None = None
+    # database_url pools by transaction (PgBouncer's pool_mode = transaction): no prepared
+    # statement may outlive the transaction that made it. Needs direct_database_url.
+    database_transaction_pooler: bool = False
     data_dir: Path = Path(".keychain")
     host: str = "127.0.0.1"
     port: int = 8082

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.errors import DatabaseNotMigrated, DatabaseUnavailable
+from app.errors import ConfigurationError, DatabaseNotMigrated, DatabaseUnavailable
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,34 @@ def database_url(settings: Settings) -> str:
     return async_url(settings.database_url or start_embedded_postgres(settings))
 
 
+def direct_database_url(settings: Settings) -> str:
+    """PostgreSQL itself, for what a transaction-pooling PgBouncer cannot carry: LISTEN, and a
+    migration's session-long advisory lock."""
+    check_pooler_settings(settings)
+    if settings.direct_database_url:
+        return async_url(settings.direct_database_url)
+    return database_url(settings)
+
+
+def check_pooler_settings(settings: Settings) -> None:
+    if settings.database_transaction_pooler and not settings.direct_database_url:
+        raise ConfigurationError(
+            "KEYCHAIN_DATABASE_TRANSACTION_POOLER=true needs KEYCHAIN_DIRECT_DATABASE_URL: LISTEN and "
+            "migrations need a session of their own, which a transaction pooler does not keep"
+        )
+
+
+def _pooler_connect_args() -> dict[str, Any]:
+    # A transaction pooler hands each transaction whichever server connection is free, so a
+    # statement prepared in one transaction may be missing, or another's, in the next: asyncpg
+    # and SQLAlchemy cache none, and every statement SQLAlchemy prepares gets a name of its own.
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": lambda: f"__keychain_{uuid.uuid4().hex}__",
+    }
+
+
 def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     return create_async_engine(
         url or database_url(settings),
@@ -92,6 +121,7 @@ def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             "timeout": 5,
             "command_timeout": 30,
             "server_settings": {"application_name": "keychain"},
+            **(_pooler_connect_args() if settings.database_transaction_pooler else {}),
         },
     )
 

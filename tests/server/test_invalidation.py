@@ -175,7 +175,7 @@ async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(own_dat
     must not leave a token working: after the reconnect the database is asked again."""
     database = Database(make_engine(test_settings, own_database))
     ended = EndedExecutions()
-    ended.listener = InvalidationListener(database.engine, CHANNEL, ended.on_invalidation)
+    ended.listener = InvalidationListener(database.engine.url, CHANNEL, ended.on_invalidation)
     listening = asyncio.create_task(ended.listener.run())
 
     async def ask(ids):
