@@ -73,11 +73,13 @@ async def fetch_secret(
                 fill_lease=lease,
             )
 
+        alias = _version_id(served.name) != _version_id(name)
+
         async def store(keychain: KeychainClient, lease: FillLease | None) -> None:
             # Events name versions: an execution's entry follows the version it pinned, a global
             # one the name asked for (see the module's docstring).
-            await put(keychain, key, name if execution_id is None else served.name, lease)
-            if served.name == name:
+            await put(keychain, key, served.name if alias and execution_id is not None else name, lease)
+            if not alias:
                 return
             # The version itself, for steps that ask for it by number. The alias's lease is
             # already filled above; this is a plain write, and its failure costs a later miss.
@@ -101,3 +103,9 @@ async def fetch_secret(
         unstored=f"secret {name} was not cached",
         unreadable=f"cached secret {name} is unreadable; fetching and rewriting it",
     )
+
+
+def _version_id(name: str) -> str:
+    """`7` of `.../versions/7`. Secret Manager answers a read by project id with the project's
+    number (`projects/123/...`): the same version, not an alias, so cached as asked, as before."""
+    return name.rpartition("/versions/")[2]

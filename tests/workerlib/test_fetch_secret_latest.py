@@ -17,7 +17,15 @@ from tests.conftest import BASE_URL, asgi_client
 from tests.pubsub import PATH, pubsub_settings, push_body, signed
 from tests.server.replicas import replica
 from tests.workerlib.helpers import MISS, ScriptedServer, assert_logged_degraded, entry_body
-from workerlib import EnvProvider, FileProvider, GoogleSecretManagerProvider, KeychainClient, SecretError, fetch_secret
+from workerlib import (
+    EnvProvider,
+    FileProvider,
+    GoogleSecretManagerProvider,
+    KeychainClient,
+    SecretError,
+    SecretVersion,
+    fetch_secret,
+)
 
 SECRET = "projects/123/secrets/openai-api-key"
 LATEST = f"{SECRET}/versions/latest"
@@ -160,3 +168,26 @@ async def test_providers_that_cannot_name_a_version_cache_latest_as_before(
     provider = {"env": EnvProvider(), "file": FileProvider(tmp_path), "access only": AccessOnly()}[kind]
     assert await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider) == "local-value"
     assert await credential_names(keychain, execution_id=42) == {f"{LATEST}:42": LATEST}
+
+
+async def test_a_version_read_by_project_id_is_cached_as_asked(keychain: KeychainClient) -> None:
+    """Secret Manager names the version it served by the project's number. Asked for by project
+    id, it is the same version, no alias: one entry, named as asked, as before."""
+    by_project_id = "projects/my-project/secrets/openai-api-key/versions"
+
+    class AsSecretManagerNamesIt:
+        """Version 1 is the latest; answers name the project by number."""
+
+        async def access(self, name: str) -> str:
+            return (await self.access_version(name)).value
+
+        async def access_version(self, name: str) -> SecretVersion:
+            served = name.replace("projects/my-project/", "projects/123/").replace("/versions/latest", "/versions/1")
+            return SecretVersion(served, "value-one")
+
+    provider = AsSecretManagerNamesIt()
+    assert await fetch_secret(f"{by_project_id}/1", execution_id=42, client=keychain, provider=provider) == "value-one"
+    assert await credential_names(keychain, execution_id=42) == {f"{by_project_id}/1:42": f"{by_project_id}/1"}
+    # Through `latest`, the version takes the name Secret Manager gave it, the one its events use.
+    assert await fetch_secret(f"{by_project_id}/latest", execution_id=43, client=keychain, provider=provider) == "value-one"
+    assert await credential_names(keychain, execution_id=43) == {f"{by_project_id}/latest:43": V1, f"{V1}:43": V1}
