@@ -5,13 +5,16 @@ the emulator, the real Keychain app, events pushed signed as Pub/Sub pushes them
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric import rsa
+from litestar import Litestar
 
+from app.settings import Settings
 from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, asgi_client
 from tests.pubsub import PATH, pubsub_settings, push_body, signed
@@ -33,7 +36,7 @@ V1, V2 = f"{SECRET}/versions/1", f"{SECRET}/versions/2"
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def keychain_http(make_app, jwks_url) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+async def keychain_http(make_app: Callable[..., Litestar], jwks_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The real app, on the test's transaction, with Secret Manager events turned on."""
     async with asgi_client(make_app(**pubsub_settings(jwks_url))) as http:
         yield http
@@ -44,7 +47,7 @@ def keychain(keychain_http: httpx.AsyncClient) -> KeychainClient:
     return KeychainClient(BASE_URL, http_client=keychain_http)
 
 
-async def push(http: httpx.AsyncClient, signing_key, event_type: str, name: str) -> int:  # type: ignore[no-untyped-def]
+async def push(http: httpx.AsyncClient, signing_key: rsa.RSAPrivateKey, event_type: str, name: str) -> int:
     """Push an event as Pub/Sub would; how many entries it dropped."""
     answer = await http.post(PATH, json=push_body(event_type, name), headers=signed(signing_key))
     assert answer.status_code == 200, answer.text
@@ -78,7 +81,7 @@ async def test_an_execution_keeps_the_version_it_first_read_and_the_next_one_rea
 async def test_a_pushed_version_add_moves_the_global_latest_but_not_a_running_execution(
     keychain: KeychainClient,
     keychain_http: httpx.AsyncClient,
-    signing_key,  # type: ignore[no-untyped-def]
+    signing_key: rsa.RSAPrivateKey,
     provider: GoogleSecretManagerProvider,
     secret_manager: SecretManagerEmulator,
 ) -> None:
@@ -100,7 +103,7 @@ async def test_a_pushed_version_add_moves_the_global_latest_but_not_a_running_ex
 async def test_a_disabled_version_leaves_the_execution_that_pinned_it(
     keychain: KeychainClient,
     keychain_http: httpx.AsyncClient,
-    signing_key,  # type: ignore[no-untyped-def]
+    signing_key: rsa.RSAPrivateKey,
     provider: GoogleSecretManagerProvider,
     secret_manager: SecretManagerEmulator,
 ) -> None:
@@ -121,7 +124,7 @@ async def test_a_disabled_version_leaves_the_execution_that_pinned_it(
 
 
 async def test_a_burst_across_two_servers_makes_one_provider_call(
-    test_settings, own_database, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator  # type: ignore[no-untyped-def]
+    test_settings: Settings, own_database: str, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
 ) -> None:
     """The alias's fill lease covers the fetch: workers on two replicas, one call for `latest`."""
     secret_manager.add(V1, "value-one")
