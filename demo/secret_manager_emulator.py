@@ -2,7 +2,10 @@
 
 Only AccessSecretVersion is served (it is all workerlib uses), with the request and response
 messages of google-cloud-secret-manager itself, so the real client talks to it unchanged when
-SECRET_MANAGER_EMULATOR_HOST points here. Unknown names answer NOT_FOUND as the service does.
+SECRET_MANAGER_EMULATOR_HOST points here. As the service does, `.../versions/latest` is the
+most recently created (highest) version and the response names the version served, a disabled
+version answers FAILED_PRECONDITION (`latest` too when it is the disabled one: the service does
+not fall back to an older version), and unknown names answer NOT_FOUND.
 
     python -m demo.secret_manager_emulator --secret projects/1/secrets/x/versions/1=hello
 """
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import collections
 import logging
+import re
 from types import TracebackType
 
 import grpc
@@ -23,12 +27,14 @@ from google.cloud.secretmanager_v1 import (
 )
 
 SERVICE = "google.cloud.secretmanager.v1.SecretManagerService"
+_NUMBERED = re.compile(r"(?P<secret>.+)/versions/(?P<number>[0-9]+)")
 
 log = logging.getLogger(__name__)
 
 
 class SecretManagerEmulator:
-    """Serves `secrets` (name -> value) after `latency` seconds; counts every call."""
+    """Serves `secrets` (version name -> value) after `latency` seconds; counts every call
+    under the name asked for."""
 
     def __init__(
         self,
@@ -39,6 +45,7 @@ class SecretManagerEmulator:
         port: int = 0,
     ) -> None:
         self.secrets: dict[str, bytes] = {}
+        self.disabled: set[str] = set()
         for name, value in (secrets or {}).items():
             self.add(name, value)
         self.latency = latency
@@ -62,8 +69,28 @@ class SecretManagerEmulator:
     def add(self, name: str, value: str | bytes) -> None:
         self.secrets[name] = value.encode() if isinstance(value, str) else value
 
+    def disable(self, name: str) -> None:
+        self.disabled.add(name)
+
+    def clear(self) -> None:
+        """No secrets, no versions disabled."""
+        self.secrets.clear()
+        self.disabled.clear()
+
     def reset_calls(self) -> None:
         self.calls.clear()
+
+    def _resolve(self, name: str) -> str:
+        """The version `name` names: `latest` is the highest version of its secret, enabled or not."""
+        secret, _, version = name.rpartition("/versions/")
+        if version != "latest":
+            return name
+        versions = [
+            (int(match["number"]), held)
+            for held in self.secrets
+            if (match := _NUMBERED.fullmatch(held)) is not None and match["secret"] == secret
+        ]
+        return max(versions)[1] if versions else name
 
     async def _access(
         self, request: AccessSecretVersionRequest, context: grpc.aio.ServicerContext
@@ -71,12 +98,15 @@ class SecretManagerEmulator:
         self.calls[request.name] += 1
         if self.latency:
             await asyncio.sleep(self.latency)
-        value = self.secrets.get(request.name)
+        name = self._resolve(request.name)
+        value = self.secrets.get(name)
         if value is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"Secret Version [{request.name}] not found.")
+        if name in self.disabled:
             await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"Secret Version [{request.name}] not found."
+                grpc.StatusCode.FAILED_PRECONDITION, f"Secret Version [{name}] is in DISABLED state."
             )
-        return AccessSecretVersionResponse(name=request.name, payload=SecretPayload(data=value))
+        return AccessSecretVersionResponse(name=name, payload=SecretPayload(data=value))
 
     async def start(self) -> str:
         server = grpc.aio.server()

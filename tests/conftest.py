@@ -20,6 +20,7 @@ import httpx
 import msgspec
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar import Litestar
 from sqlalchemy import Table
 from sqlalchemy.engine import make_url
@@ -32,6 +33,7 @@ from app.db.engine import Database, async_url, make_engine
 from app.db.tables import build_metadata
 from app.settings import Settings, load_settings
 from demo.local_server import free_port  # noqa: F401 - tests import it from here
+from tests.pubsub import serving_jwks
 
 TEST_KEY_ID = "test-k1"
 TEST_KEY = base64.b64encode(bytes(range(32))).decode()
@@ -216,3 +218,16 @@ async def down_client(test_settings: Settings) -> AsyncIterator[httpx.AsyncClien
     async with asgi_client(create_app(settings, database=database)) as client:
         yield client
     await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> rsa.RSAPrivateKey:
+    """The key Secret Manager events are pushed with (tests/pubsub.py signs with it)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def jwks_url(signing_key: rsa.RSAPrivateKey) -> Iterator[str]:
+    """KEYCHAIN_PUBSUB_JWKS_URL for the tests: `signing_key`'s public half, served over HTTP."""
+    with serving_jwks(signing_key.public_key()) as url:
+        yield url

@@ -22,7 +22,14 @@ from workerlib.errors import (
 )
 from workerlib.models import Entry, EntryMeta, EntryPage, ExecutionToken, FillLease
 from workerlib.oauth import client_credentials_token
-from workerlib.providers import EnvProvider, FileProvider, GoogleSecretManagerProvider, SecretProvider
+from workerlib.providers import (
+    EnvProvider,
+    FileProvider,
+    GoogleSecretManagerProvider,
+    SecretProvider,
+    SecretVersion,
+    VersionedSecretProvider,
+)
 from workerlib.secrets import fetch_secret
 from workerlib.warm import warm_execution
 
@@ -50,9 +57,11 @@ __all__ = [
     "SecretError",
     "SecretNotFound",
     "SecretProvider",
+    "SecretVersion",
     "TokenEndpointError",
     "Unauthorized",
     "UnreadableEntry",
+    "VersionedSecretProvider",
     "client_credentials_token",
     "fetch_secret",
     "resolve_auth",

@@ -2,7 +2,9 @@
 
 A provider is anything with `async def access(name) -> str`. Names are Secret Manager version
 paths (`projects/123/secrets/openai-api-key/versions/1`); the env and file providers use the
-secret id part (`openai-api-key`) so the same playbook runs locally. Which of them serves a
+secret id part (`openai-api-key`) so the same playbook runs locally. A provider that can say
+which version an alias (`versions/latest`) served also has `access_version(name)`; for one
+that has only `access`, every name serves itself. Which of them serves a
 process is the operator's choice (KEYCHAIN_SECRET_PROVIDER, KEYCHAIN_SECRETS_DIR), never a
 playbook's, and each reads only what is set aside for secrets: variables named
 KEYCHAIN_SECRET_*, files inside the one directory.
@@ -14,6 +16,7 @@ import asyncio
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,6 +36,30 @@ class SecretProvider(Protocol):
     async def access(self, name: str) -> str:
         """The secret's value; SecretNotFound when there is no such secret."""
         ...
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    """A secret's value and the version that served it, named as the provider names it
+    (`.../versions/7` when `.../versions/latest` was asked for)."""
+
+    name: str
+    value: str = field(repr=False)  # never in a log line or a traceback
+
+
+@runtime_checkable
+class VersionedSecretProvider(SecretProvider, Protocol):
+    async def access_version(self, name: str) -> SecretVersion:
+        """The value and the concrete version behind `name`; errors as access()."""
+        ...
+
+
+async def access_version(provider: SecretProvider, name: str) -> SecretVersion:
+    """What `provider` serves for `name`, and which version that is. A provider with only
+    `access` (env, files, most third-party ones) cannot tell: the version is the name asked for."""
+    if isinstance(provider, VersionedSecretProvider):
+        return await provider.access_version(name)
+    return SecretVersion(name, await provider.access(name))
 
 
 def secret_id(name: str) -> str:
@@ -82,6 +109,9 @@ class GoogleSecretManagerProvider:
         return secretmanager_v1.SecretManagerServiceAsyncClient()
 
     async def access(self, name: str) -> str:
+        return (await self.access_version(name)).value
+
+    async def access_version(self, name: str) -> SecretVersion:
         from google.api_core import exceptions as gexc
 
         client = self._clients.get()
@@ -97,9 +127,12 @@ class GoogleSecretManagerProvider:
                 name, f"Secret Manager failed reading secret {name!r} ({type(exc).__name__}, code {code})"
             ) from exc
         try:
-            return response.payload.data.decode("utf-8")
+            value = response.payload.data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise SecretError(name, f"secret {name!r} is not UTF-8 text") from exc
+        # The response names the version it served: `latest` (or another alias) resolved. An
+        # emulator that leaves the name empty served the name asked for.
+        return SecretVersion(response.name or name, value)
 
     async def close(self) -> None:
         """Close the running loop's client now (the next access makes a new one)."""

@@ -31,9 +31,9 @@ async def secret_manager_server() -> AsyncIterator[SecretManagerEmulator]:
 def secret_manager(secret_manager_server: SecretManagerEmulator) -> Iterator[SecretManagerEmulator]:
     """The emulator with an empty call counter and no secrets."""
     secret_manager_server.reset_calls()
-    secret_manager_server.secrets.clear()
+    secret_manager_server.clear()
     yield secret_manager_server
-    secret_manager_server.secrets.clear()
+    secret_manager_server.clear()
 
 
 @pytest_asyncio.fixture(loop_scope="session")
