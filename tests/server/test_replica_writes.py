@@ -1,0 +1,113 @@
+"""Writes across real replicas: concurrent writers on one key from every replica at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import httpx
+
+from tests.cluster import RoundRobinProxy, replicas
+
+# One request per connection, so that the proxy spreads requests over the replicas.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _payload(*ids: int) -> dict[str, object]:
+    # A few kilobytes, each part naming the write: a payload mixed from two writes shows.
+    tag = ".".join(map(str, ids))
+    return {"ids": list(ids), "blob": f"<{tag}>" * 300}
+
+
+async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_whole(own_database, tmp_path):
+    key = "contended:global"
+    writers_per_replica, writes_each = 2, 20
+    with (
+        replicas(own_database, tmp_path, 3, sweep_interval_seconds="0") as servers,
+        RoundRobinProxy([s.url for s in servers]) as proxy,
+    ):
+        writes: list[tuple[int, bool]] = []  # (status, created)
+        first_written: list[float] = []
+        writing = True
+
+        async def writer(http: httpx.AsyncClient, writer_id: int) -> None:
+            for seq in range(writes_each):
+                body = {
+                    "token_data": _payload(writer_id, seq),
+                    "credential_type": "bearer",
+                    "credential_name": f"writer-{writer_id}",
+                }
+                answer = await http.post(f"/api/auth-cache/{key}", json=body)
+                writes.append((answer.status_code, answer.status_code == 200 and answer.json()["created"]))
+                if answer.status_code == 200 and not first_written:
+                    first_written.append(time.monotonic())
+
+        reads: list[tuple[float, httpx.Response]] = []
+
+        async def reader(http: httpx.AsyncClient) -> None:
+            while writing:
+                sent = time.monotonic()
+                reads.append((sent, await http.get(f"/api/auth-cache/{key}")))
+
+        def whole(answer: httpx.Response) -> tuple[int, int]:
+            """The (writer, seq) of a read, checked to be one write's payload and metadata."""
+            entry = answer.json()
+            writer_id, seq = entry["data"]["ids"]
+            assert entry["data"] == _payload(writer_id, seq)
+            assert entry["credential_name"] == f"writer-{writer_id}"
+            assert 0 <= seq < writes_each
+            return writer_id, seq
+
+        clients = [httpx.AsyncClient(base_url=s.url, timeout=30) for s in servers]
+        try:
+            async with httpx.AsyncClient(base_url=proxy.url, limits=NO_KEEPALIVE, timeout=30) as through_proxy:
+                readers = [asyncio.create_task(reader(through_proxy)) for _ in range(3)]
+                # Every writer starts at once, on a key nobody has written yet.
+                await asyncio.gather(
+                    *(
+                        writer(clients[i % len(servers)], i)
+                        for i in range(writers_per_replica * len(servers))
+                    )
+                )
+                writing = False
+                await asyncio.gather(*readers)
+
+            assert [status for status, _ in writes] == [200] * writers_per_replica * len(servers) * writes_each
+            # The first writers raced to create the key: exactly one did, the others replaced it.
+            assert sum(created for _, created in writes) == 1
+            assert reads, "no read ran while the writers wrote"
+            for sent, answer in reads:
+                # Before the first write was acknowledged the key may be absent; never after.
+                if answer.status_code == 404 and sent < first_written[0]:
+                    continue
+                assert answer.status_code == 200, answer.text
+                whole(answer)
+
+            # Every replica comes to the same entry (each hears the others' writes), and it is
+            # the last write of one writer: no write ever replaced a later one.
+            async def agreed() -> tuple[int, int] | None:
+                seen = {whole(await http.get(f"/api/auth-cache/{key}")) for http in clients}
+                return seen.pop() if len(seen) == 1 else None
+
+            deadline = time.monotonic() + 5
+            while (final := await agreed()) is None:
+                assert time.monotonic() < deadline, "the replicas still disagree on the entry"
+                await asyncio.sleep(0.05)
+            assert final[1] == writes_each - 1
+        finally:
+            for http in clients:
+                await http.aclose()
+
+    conn = await asyncpg.connect(_dsn(own_database))
+    try:
+        assert await conn.fetchval("SELECT credential_name FROM noetl.keychain WHERE cache_key = $1", key) == (
+            f"writer-{final[0]}"
+        )
+    finally:
+        await conn.close()
+
