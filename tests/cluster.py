@@ -23,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from demo.local_server import LocalKeychainServer
 from tests.conftest import TEST_KEY, TEST_KEY_ID
 
+# For clients of the proxy: one request per connection, so that requests are spread.
+NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 CONNECT_TIMEOUT_S = 5.0
 # How long a closing proxy lets the connections it carries finish before it cuts them.
 CLOSE_GRACE_S = 2.0
@@ -31,9 +33,10 @@ CHUNK = 64 * 1024
 
 @contextmanager
 def replicas(database_url: str, data_root: Path, count: int, **settings: str) -> Iterator[list[LocalKeychainServer]]:
-    """`count` servers on `database_url`, started at once (as a Deployment's pods are, each
-    running `keychain migrate` first) and stopped with SIGTERM at the end. `settings` are more
-    KEYCHAIN_* settings by field name."""
+    """`count` servers on `database_url`, started at once as a Deployment's pods are, and
+    stopped with SIGTERM at the end. Each first runs `keychain migrate` (LocalKeychainServer
+    does), which on a migrated database changes nothing. `settings` are more KEYCHAIN_*
+    settings by field name."""
     servers = [
         LocalKeychainServer(
             data_root / f"replica-{i}",
@@ -53,6 +56,11 @@ def replicas(database_url: str, data_root: Path, count: int, **settings: str) ->
     finally:
         with ThreadPoolExecutor(max_workers=count) as pool:
             list(pool.map(lambda server: server.stop(), servers))
+
+
+def plain_dsn(url: str) -> str:
+    """The database URL for asyncpg itself, which knows no SQLAlchemy driver names."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -10,15 +10,9 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 
-from tests.cluster import RoundRobinProxy, replicas
+from tests.cluster import NO_KEEPALIVE, RoundRobinProxy, plain_dsn, replicas
 from tests.conftest import TEST_KEY_ID
 
-# One request per connection, so that the proxy spreads requests over the replicas.
-NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def _payload(*ids: int) -> dict[str, object]:
@@ -106,7 +100,7 @@ async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_w
             for http in clients:
                 await http.aclose()
 
-    conn = await asyncpg.connect(_dsn(own_database))
+    conn = await asyncpg.connect(plain_dsn(own_database))
     try:
         assert await conn.fetchval("SELECT credential_name FROM noetl.keychain WHERE cache_key = $1", key) == (
             f"writer-{final[0]}"
@@ -173,7 +167,7 @@ async def test_a_replica_killed_mid_burst_leaves_only_whole_rows(own_database, t
         # The kill came in the middle of the burst: requests were cut off, and jobs were left.
         assert cut_off and next(jobs, None) is not None
 
-        conn = await asyncpg.connect(_dsn(own_database))
+        conn = await asyncpg.connect(plain_dsn(own_database))
         try:
             rows = await conn.fetch("SELECT * FROM noetl.keychain ORDER BY cache_key")
         finally:

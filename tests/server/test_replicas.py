@@ -1,6 +1,6 @@
 """Three real `keychain serve` replicas on one PostgreSQL, behind a round-robin proxy as behind a
-Kubernetes Service: one sweeper at a time, expiry honoured by every replica's memory tier,
-access counts that add up, and concurrent writers on one key from several replicas at once."""
+Kubernetes Service: one sweeper at a time, expiry honoured by every replica's memory tier, and
+access counts that add up."""
 
 from __future__ import annotations
 
@@ -12,19 +12,13 @@ import asyncpg
 import httpx
 
 from app.keychain.repository import SWEEP_LOCK_ID
-from tests.cluster import RoundRobinProxy, replicas, sample, scrape
+from tests.cluster import NO_KEEPALIVE, RoundRobinProxy, plain_dsn, replicas, sample, scrape
 
 REPLICAS = 3
-# One request per connection, so that the proxy spreads requests over the replicas.
-NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 # The replicas, the database and this test share the machine's clock, but a replica compares
 # expiry with the database's clock as it measured it: to within half a round trip to
 # PostgreSQL, which a busy event loop can stretch to tens of milliseconds.
 CLOCK_SLACK_S = 0.1
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 def _body(value: object, **fields: object) -> dict[str, object]:
@@ -55,7 +49,7 @@ async def _until(check, timeout: float, what: str) -> None:
 async def test_one_replica_sweeps_at_a_time_and_each_expired_row_is_swept_once(own_database, tmp_path):
     with replicas(own_database, tmp_path, REPLICAS, sweep_interval_seconds="0.2") as servers:
         urls = [server.url for server in servers]
-        conn = await asyncpg.connect(_dsn(own_database))
+        conn = await asyncpg.connect(plain_dsn(own_database))
         try:
             async with httpx.AsyncClient(base_url=urls[0]) as http:
                 for i in range(20):
@@ -180,7 +174,7 @@ async def test_hits_on_every_replica_add_up_in_the_table(own_database, tmp_path)
         served = [sample(await asyncio.to_thread(scrape, s.url), "keychain_cache_hits_total") for s in servers]
         assert served == [hits // REPLICAS] * REPLICAS
     assert [server.returncode for server in servers] == [0] * REPLICAS
-    conn = await asyncpg.connect(_dsn(own_database))
+    conn = await asyncpg.connect(plain_dsn(own_database))
     try:
         assert await conn.fetchval("SELECT access_count FROM noetl.keychain WHERE cache_key = 'counted:global'") == hits
     finally:
