@@ -575,7 +575,22 @@ def _configured(run: Callable[[Settings, argparse.Namespace], int]) -> Callable[
 def _on_existing_database(
     run: Callable[[Settings, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
-    return _configured(lambda settings, args: asyncio.run(run(settings, args)))
+    """A command on data that already exists. With no KEYCHAIN_DATABASE_URL, it never starts an
+    embedded PostgreSQL where there is none: that made a new, empty one, and the command then
+    said the table was missing, which read as lost data."""
+
+    def on_database(settings: Settings, args: argparse.Namespace) -> int:
+        from app.db.engine import embedded_database_exists
+
+        if settings.database_url is None and not embedded_database_exists(settings):
+            raise ConfigurationError(
+                f"no embedded database in the data directory {settings.data_dir.resolve()}: set "
+                "KEYCHAIN_DATA_DIR to the server's data directory ('make run' keeps it in the "
+                "checkout's .keychain), or KEYCHAIN_DATABASE_URL to its PostgreSQL"
+            )
+        return asyncio.run(run(settings, args))
+
+    return _configured(on_database)
 
 
 def _fail(command: str, message: str, code: int) -> int:

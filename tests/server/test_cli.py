@@ -300,3 +300,26 @@ async def test_tokens_new_prints_a_token_and_the_entry_that_lets_it_in(tmp_path,
     # The plain form is a valid entry too: the token passes the server's placeholder checks.
     TokenTable.parse(f"ops:admin:{token}")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["sweep"], ["rotate-keys"], ["mint-token", "--execution-id", "1"], ["purge", "openai"]],
+)
+def test_commands_on_existing_data_say_no_embedded_database_is_there_and_create_none(tmp_path, command):
+    done = keychain(tmp_path, *command)
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        f"keychain {command[0]}: no embedded database in the data directory {tmp_path.resolve() / '.keychain'}: "
+    )
+    assert "KEYCHAIN_DATA_DIR" in done.stderr and "KEYCHAIN_DATABASE_URL" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no PostgreSQL, no key file
+
+
+def test_the_data_directory_named_is_the_one_set(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    done = keychain(tmp_path, "stats", KEYCHAIN_DATA_DIR=str(elsewhere))
+    assert done.returncode == EXIT_FAILED
+    assert f"no embedded database in the data directory {elsewhere}:" in done.stderr
+    assert not elsewhere.exists()
