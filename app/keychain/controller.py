@@ -33,8 +33,8 @@ from app.keychain.schemas import (
     ExecutionTokenRequest,
     ScopeType as EntryScopeType,
 )
-from app.keychain.service import KeychainService
-from app.openapi import ErrorBody, error_responses
+from app.keychain.service import KeychainService, check_cache_key
+from app.openapi import ErrorBody, error_response, error_responses
 from app.runtime import caller_of, provide_keychain_service, runtime_of
 
 Service = NamedDependency[KeychainService]
@@ -189,6 +189,33 @@ class AuthCacheController(_ApiController):
     )
     async def delete_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> None:
         await service.delete(cache_key_sent(request.scope), caller_of(request))
+
+
+class EmptyKeyIsNoList(ASGIMiddleware):
+    """GET /api/auth-cache/ names an entry by an empty key, but routing drops the trailing '/'
+    and lands on the list: answered 400, as the entry routes answer a bad key. Before the
+    token is checked, as a route that does not exist is: the list's admin role is not what
+    such a caller needs to hear about."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if (scope.get("raw_path") or b"").startswith(f"{AUTH_CACHE_PATH}/".encode()):
+            try:
+                check_cache_key(cache_key_sent(scope))
+            except InvalidEntry as refusal:
+                answer = error_response(400, str(refusal))
+                await answer.to_asgi_response(None, Request(scope))(scope, receive, send)
+                return
+        await next_app(scope, receive, send)
+
+
+class AuthCacheListController(_ApiController):
+    """The list, apart from the entry routes so that only it pays for EmptyKeyIsNoList."""
+
+    path = AUTH_CACHE_PATH
+    tags = ["auth-cache"]
+    middleware = [EmptyKeyIsNoList(), RequireRole()]
 
     @get(
         "/",
