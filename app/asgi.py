@@ -6,18 +6,23 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 import swagger_ui_bundle
-from litestar import Litestar, Request, Response
+from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
-from litestar.exceptions import ClientException, HTTPException
+from litestar.exceptions import ClientException, HTTPException, NotFoundException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
-from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_404_NOT_FOUND,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+)
 
 from app.audit import AuditMiddleware, ReadAudit, run_read_audit_flusher
 from app.auth import WWW_AUTHENTICATE, ExecutionTokens, TokenTable
@@ -45,6 +50,7 @@ from app.invalidation import InvalidationListener, channel_name
 from app.json_shape import shape_problem
 from app.keychain.controller import (
     AuthCacheController,
+    AuthCacheListController,
     CredentialController,
     ExecutionController,
     ExecutionTokenController,
@@ -97,6 +103,24 @@ def _body_too_large(request: Request, exc: HTTPException) -> Response[dict[str, 
     return error_response(413, detail)
 
 
+NO_SUCH_ROUTE = "no such route; every route is listed at /schema/openapi.json (Swagger UI at /schema)"
+
+
+def _not_found(request: Request, exc: NotFoundException) -> Response[dict[str, object]]:
+    # Routing's own 404 says only "Not Found"; a route's (events not enabled) says why. An
+    # absent entry is EntryNotFound, answered by _error_response.
+    detail = exc.detail if exc.detail != HTTPStatus(HTTP_404_NOT_FOUND).phrase else NO_SUCH_ROUTE
+    return error_response(HTTP_404_NOT_FOUND, detail)
+
+
+def _schema_page_not_found(response: Response) -> Response:
+    """Litestar answers an unknown /schema/... page with an HTML 404 of its own (not an
+    exception): answered like every other 404 instead."""
+    if response.status_code == HTTP_404_NOT_FOUND:
+        return error_response(HTTP_404_NOT_FOUND, NO_SUCH_ROUTE)
+    return response
+
+
 def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, object]]:
     # A bug: log it with its traceback (messages never hold secrets: the engine hides
     # statement parameters), answer without details.
@@ -130,7 +154,9 @@ def _openapi_config() -> OpenAPIConfig:
         title="Keychain",
         version="0.1.0",
         description="Encrypted credential and token cache for workflow workers.",
-        path="/schema",
+        openapi_router=Router(
+            "/schema", route_handlers=[], include_in_schema=False, after_request=_schema_page_not_found
+        ),
         render_plugins=[swagger],
         # Declared so the UI's "Authorize" button sends the bearer token.
         components=Components(
@@ -263,6 +289,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
     return Litestar(
         route_handlers=[
             AuthCacheController,
+            AuthCacheListController,
             FillLeaseController,
             ExecutionController,
             ExecutionTokenController,
@@ -277,6 +304,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         ],
         exception_handlers={
             **{cls: _error_response for cls in _ERROR_STATUS},
+            NotFoundException: _not_found,
             HTTP_413_REQUEST_ENTITY_TOO_LARGE: _body_too_large,
             HTTP_500_INTERNAL_SERVER_ERROR: _unexpected_error,
         },

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections import OrderedDict
@@ -45,7 +46,8 @@ log = logging.getLogger(__name__)
 Role = Literal["worker", "issuer", "admin"]
 ROLES: tuple[Role, ...] = ("worker", "issuer", "admin")
 _HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+NAME_RULE = "1-64 letters, digits, '_.@-'"
 # Tokens someone copied from an example and never replaced.
 _PLACEHOLDER = re.compile(r"change[-_ ]?me|replace[-_ ]?me|placeholder|example|<.*>", re.IGNORECASE)
 MIN_DISTINCT_TOKEN_CHARACTERS = 8
@@ -128,9 +130,27 @@ def _check_token(token: str, where: str) -> bytes:
     if _PLACEHOLDER.search(token) or len(set(token)) < MIN_DISTINCT_TOKEN_CHARACTERS:
         raise ConfigurationError(
             f"{where}: token looks like a placeholder; generate one with: "
-            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            "keychain tokens new NAME ROLE"
         )
     return _digest(token)
+
+
+def is_token_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
+def new_api_token() -> str:
+    """A random token that _check_token accepts."""
+    while True:
+        token = secrets.token_urlsafe(32)
+        # About one in a billion spells a placeholder word ("example"...): draw again.
+        if not _PLACEHOLDER.search(token):
+            return token
+
+
+def digest_form(token: str) -> str:
+    """The `sha256:<hex>` form of a token, for KEYCHAIN_API_TOKENS: the server never holds the token."""
+    return "sha256:" + _digest(token).hex()
 
 
 def _parse_limits(spec: str, names: set[str]) -> dict[str, Grants]:
@@ -173,8 +193,8 @@ class TokenTable:
             name, _, rest = item.partition(":")
             role, _, token = rest.partition(":")
             where = f"KEYCHAIN_API_TOKENS entry {position}"
-            if not _NAME.match(name):
-                raise ConfigurationError(f"{where}: name must be 1-64 letters, digits, '_.@-'")
+            if not is_token_name(name):
+                raise ConfigurationError(f"{where}: name must be {NAME_RULE}")
             if role not in ROLES:
                 raise ConfigurationError(f"{where} ({name}): role must be one of {', '.join(ROLES)}")
             parsed.append((name, role, _check_token(token, f"{where} ({name})")))  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""The `keychain` console script: serve, migrate, sweep, rotate-keys, stats, mint-token, purge."""
+"""The `keychain` console script: serve, migrate, sweep, rotate-keys, stats, mint-token, purge,
+and keys new / tokens new for the settings an operator writes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import errno
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,11 @@ def migrate(settings: Settings) -> None:
     config.attributes["keychain_schema"] = settings.db_schema
     config.attributes["url"] = direct_database_url(settings)
     command.upgrade(config, "head")
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    migrate(settings)
+    return EXIT_OK
 
 
 def _tls_files(settings: Settings) -> tuple[Path, Path] | None:
@@ -181,7 +188,7 @@ async def _opened_database(settings: Settings) -> AsyncIterator[tuple[Database, 
         await database.dispose()
 
 
-async def _sweep(settings: Settings) -> int:
+async def _sweep(settings: Settings, args: argparse.Namespace) -> int:
     from app.keychain.sweeper import sweep_once
 
     async with _opened_database(settings) as (database, table):
@@ -195,7 +202,7 @@ async def _sweep(settings: Settings) -> int:
     return EXIT_OK
 
 
-async def _rotate_keys(settings: Settings, batch_size: int) -> int:
+async def _rotate_keys(settings: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from app.asgi import make_keyring
@@ -210,7 +217,7 @@ async def _rotate_keys(settings: Settings, batch_size: int) -> int:
                 database,
                 table,
                 keyring,
-                batch_size,
+                args.batch_size,
                 on_batch=lambda done: progress.advance(task, done),
             )
         # Counted again rather than trusted: a replica still on the old key ring may have
@@ -227,18 +234,18 @@ async def _rotate_keys(settings: Settings, batch_size: int) -> int:
     return EXIT_OK
 
 
-async def _stats(settings: Settings, top: int, as_json: bool) -> int:
+async def _stats(settings: Settings, args: argparse.Namespace) -> int:
     import msgspec
 
     from app.keychain.repository import KeychainRepository
     from app.keychain.stats import collect_stats
 
     async with _opened_database(settings) as (database, table), database.transaction() as conn:
-        report = await collect_stats(KeychainRepository(conn, table), top)
-    if as_json:
+        report = await collect_stats(KeychainRepository(conn, table), args.top)
+    if args.json:
         print(msgspec.json.encode(report).decode())
     else:
-        print(_stats_text(report))
+        _print_stats(report)
     return EXIT_OK
 
 
@@ -267,11 +274,12 @@ async def _mint_token(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _purge(settings: Settings, credential_name: str, scope_type: str | None) -> int:
+async def _purge(settings: Settings, args: argparse.Namespace) -> int:
     from app.audit import audit_event
     from app.keychain.repository import KeychainRepository
     from app.keychain.service import purge_credentials
 
+    credential_name, scope_type = args.name, args.scope
     async with _opened_database(settings) as (database, table), database.transaction() as conn:
         # Announced in the same transaction, as the API does: every server drops them from memory.
         messages = await purge_credentials(KeychainRepository(conn, table), [credential_name], scope_type=scope_type)
@@ -285,26 +293,37 @@ async def _purge(settings: Settings, credential_name: str, scope_type: str | Non
     return EXIT_OK
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [headers, *[[str(v) for v in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    numeric = [all(isinstance(row[i], int) for row in rows) for i in range(len(headers))]
-    return "\n".join(
-        "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
-        for row in cells
-    )
+def _print_stats(report: dict[str, Any]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
+    # A terminal gets tables at its width; a pipe gets every row on one line, whatever the
+    # length of its cache key, so that grep and sort still work.
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=100_000)
 
-def _stats_text(report: dict[str, Any]) -> str:
-    lines = [
+    def table(headers: list[str], rows: list[list[Any]], numeric: set[str]) -> Table:
+        shown = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for header in headers:
+            shown.add_column(header, justify="right" if header in numeric else "left")
+        for row in rows:
+            shown.add_row(*(Text(str(value)) for value in row))  # keys are data, not markup
+        return shown
+
+    console.print(
         f"live entries: {report['live_entries']}"
         f"   expired, not yet swept: {report['expired_unswept']}"
-        f"   hits: {report['hits']}"
-    ]
+        f"   hits: {report['hits']}",
+        markup=False,
+    )
     if groups := report["by_scope_and_cache_type"]:
         columns = ["scope_type", "cache_type", "live", "expired_unswept", "hits"]
         headers = ["scope", "cache_type", "live", "expired", "hits"]
-        lines += ["", _table(headers, [[g[c] for c in columns] for g in groups])]
+        console.print()
+        console.print(table(headers, [[g[c] for c in columns] for g in groups], {"live", "expired", "hits"}))
     if top := report["top_keys"]:
         rows = [
             [
@@ -318,8 +337,9 @@ def _stats_text(report: dict[str, Any]) -> str:
             for k in top
         ]
         headers = ["hits", "scope", "cache_type", "state", "expires_at", "cache_key"]
-        lines += ["", f"top {len(top)} keys by access count:", _table(headers, rows)]
-    return "\n".join(lines)
+        console.print()
+        console.print(f"top {len(top)} keys by access count:", markup=False)
+        console.print(table(headers, rows, {"hits"}))
 
 
 def _top(value: str) -> int:
@@ -339,6 +359,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('keychain')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
@@ -359,18 +380,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--host", help="listen address (KEYCHAIN_HOST, default 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="listen port (KEYCHAIN_PORT, default 8082)")
-    command(
+    serve_cmd.set_defaults(func=_configured(lambda settings, _: serve(settings)))
+    migrate_cmd = command(
         "migrate",
         "bring the schema up to date (alembic upgrade head)",
         "Create or upgrade the keychain table in KEYCHAIN_SCHEMA (alembic upgrade head). Safe to "
         "rerun, and to run from several pods at once (an advisory lock serialises them).",
     )
-    command(
+    migrate_cmd.set_defaults(func=_configured(_migrate))
+    sweep_cmd = command(
         "sweep",
         "delete expired rows once, now",
         "Delete expired rows now, in batches of KEYCHAIN_SWEEP_BATCH_SIZE. The server already does "
         "this every KEYCHAIN_SWEEP_INTERVAL_SECONDS; only one replica sweeps at a time.",
     )
+    sweep_cmd.set_defaults(func=_on_existing_database(_sweep))
     stats_cmd = command(
         "stats",
         "entries by scope and type, expired rows, hits, most-read keys",
@@ -381,6 +405,7 @@ def _parser() -> argparse.ArgumentParser:
     stats_cmd.add_argument(
         "--top", type=_top, default=10, metavar="N", help="list the N most-read keys (10; 0 for none)"
     )
+    stats_cmd.set_defaults(func=_on_existing_database(_stats))
     rotate_cmd = commands.add_parser(
         "rotate-keys",
         help="re-seal every row not sealed by the primary (first) key of KEYCHAIN_ENCRYPTION_KEYS",
@@ -389,6 +414,7 @@ def _parser() -> argparse.ArgumentParser:
         "removed from KEYCHAIN_ENCRYPTION_KEYS.",
     )
     rotate_cmd.add_argument("--batch-size", type=int, default=500, help="rows per transaction (500)")
+    rotate_cmd.set_defaults(func=_on_existing_database(_rotate_keys))
     mint_cmd = command(
         "mint-token",
         "print an execution token (as an issuer would get from POST /api/execution-tokens)",
@@ -404,6 +430,7 @@ def _parser() -> argparse.ArgumentParser:
         "--write", action="append", default=[], metavar="CREDENTIAL", help="global writes, reads too (repeat)"
     )
     mint_cmd.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS)")
+    mint_cmd.set_defaults(func=_on_existing_database(_mint_token))
     purge_cmd = command(
         "purge",
         "drop every entry of a credential name, on every server",
@@ -413,38 +440,157 @@ def _parser() -> argparse.ArgumentParser:
     )
     purge_cmd.add_argument("name", metavar="NAME", help="e.g. projects/123/secrets/openai-api-key/versions/1")
     purge_cmd.add_argument("--scope", choices=("execution", "global", "session"), help="only entries of this scope")
+    purge_cmd.set_defaults(func=_on_existing_database(_purge))
+
+    keys_cmd = command(
+        "keys",
+        "make encryption keys",
+        "Make entries for KEYCHAIN_ENCRYPTION_KEYS (and KEYCHAIN_TOKEN_SIGNING_KEYS, which take "
+        "the same format; never use one key for both).",
+    )
+    keys_new = keys_cmd.add_subparsers(dest="keys_command", required=True, metavar="COMMAND").add_parser(
+        "new",
+        help="print a new key entry, id:<base64 of 32 random bytes>",
+        description=textwrap.fill(
+            "Print a new key entry, id:<base64 of 32 random bytes>, on stdout. To rotate, put it "
+            "first in KEYCHAIN_ENCRYPTION_KEYS (new writes are sealed with it, the keys after it "
+            "still open old rows), roll the servers, then run 'keychain rotate-keys'.",
+            88,
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    keys_new.add_argument(
+        "id", nargs="?", type=_key_id, metavar="ID", help="the key id (default: k and the UTC date and time)"
+    )
+    keys_new.set_defaults(func=_keys_new)
+
+    tokens_cmd = command(
+        "tokens",
+        "make API tokens",
+        "Make API tokens and their entries for KEYCHAIN_API_TOKENS.",
+    )
+    tokens_new = tokens_cmd.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND").add_parser(
+        "new",
+        help="print a new random token and its KEYCHAIN_API_TOKENS entry",
+        description=textwrap.fill(
+            "Print a new random token (line 1, for the caller: KEYCHAIN_API_TOKEN or "
+            "'Authorization: Bearer <token>') and its entry for KEYCHAIN_API_TOKENS (line 2, "
+            "NAME:ROLE:sha256:<hex>: the server holds only the token's digest). The token is "
+            "shown once; nothing is stored.",
+            88,
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tokens_new.add_argument("name", type=_token_name, metavar="NAME", help="who uses it, e.g. ci-worker")
+    tokens_new.add_argument("role", type=_role, metavar="ROLE", help="worker, issuer or admin (see the README's Roles)")
+    tokens_new.set_defaults(func=_tokens_new)
     return parser
+
+
+def _key_id(value: str) -> str:
+    from app.crypto import ENCRYPTION_KEYS_SETTING, check_key_id
+
+    try:
+        return check_key_id(value, ENCRYPTION_KEYS_SETTING)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _token_name(value: str) -> str:
+    from app.auth import NAME_RULE, is_token_name
+
+    if not is_token_name(value):
+        raise argparse.ArgumentTypeError(f"{value!r} must be {NAME_RULE}")
+    return value
+
+
+def _role(value: str) -> str:
+    from app.auth import ROLES
+
+    if value not in ROLES:
+        raise argparse.ArgumentTypeError(f"{value!r} must be one of {', '.join(ROLES)}")
+    return value
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from app.crypto import new_key_entry
+
+    key_id = args.id or f"k{datetime.now(UTC):%Y%m%d%H%M%S}"
+    print(new_key_entry(key_id))
+    print(
+        "put it first in KEYCHAIN_ENCRYPTION_KEYS (comma-separated, older keys after it), "
+        "roll the servers, then run 'keychain rotate-keys'",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _tokens_new(args: argparse.Namespace) -> int:
+    from app.auth import digest_form, new_api_token
+
+    token = new_api_token()
+    # Each on a line of its own, for scripts: sed -n 1p / 2p.
+    print(token)
+    print(f"{args.name}:{args.role}:{digest_form(token)}")
+    print(
+        "line 1: the token, for the caller (KEYCHAIN_API_TOKEN); it is not shown again. line 2: "
+        "its entry for KEYCHAIN_API_TOKENS (comma-separated with the others)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        return args.func(args)
+    except (ConfigurationError, InvalidEntry, ExecutionEnded, FeatureDisabled) as exc:
+        return _fail(args.command, str(exc), EXIT_FAILED)
+
+
+def _configured(run: Callable[[Settings, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A command that runs on the settings (KEYCHAIN_*): loaded, checked and logging set up
+    first; what the database answers becomes one line and an exit code."""
+
+    def command(args: argparse.Namespace) -> int:
         overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
         settings = load_settings(**overrides)
         _check_database_url(settings)
         configure_logging(settings)
-        if args.command == "serve":
-            return serve(settings)
-        elif args.command == "migrate":
-            migrate(settings)
-        elif args.command == "sweep":
-            return asyncio.run(_sweep(settings))
-        elif args.command == "rotate-keys":
-            return asyncio.run(_rotate_keys(settings, args.batch_size))
-        elif args.command == "stats":
-            return asyncio.run(_stats(settings, args.top, args.json))
-        elif args.command == "mint-token":
-            return asyncio.run(_mint_token(settings, args))
-        elif args.command == "purge":
-            return asyncio.run(_purge(settings, args.name, args.scope))
-    except (ConfigurationError, InvalidEntry, ExecutionEnded, FeatureDisabled) as exc:
-        return _fail(args.command, str(exc), EXIT_FAILED)
-    except Exception as exc:
-        code = _database_failure(args.command, settings, exc)
-        if code is None:
-            raise  # not the database's answer: a bug, keep the traceback
-        return code
-    return EXIT_OK
+        try:
+            return run(settings, args)
+        except Exception as exc:
+            code = _database_failure(args.command, settings, exc)
+            if code is None:
+                raise  # not the database's answer: a bug (or a message for main()), keep it
+            return code
+
+    return command
+
+
+def _on_existing_database(
+    run: Callable[[Settings, argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    """A command on data that already exists. With no KEYCHAIN_DATABASE_URL, it never starts an
+    embedded PostgreSQL where there is none: that made a new, empty one, and the command then
+    said the table was missing, which read as lost data."""
+
+    def on_database(settings: Settings, args: argparse.Namespace) -> int:
+        from app.db.engine import embedded_database_exists
+
+        if settings.database_url is None and not embedded_database_exists(settings):
+            raise ConfigurationError(
+                f"no embedded database in the data directory {settings.data_dir.resolve()}: set "
+                "KEYCHAIN_DATA_DIR to the server's data directory ('make run' keeps it in the "
+                "checkout's .keychain), or KEYCHAIN_DATABASE_URL to its PostgreSQL"
+            )
+        return asyncio.run(run(settings, args))
+
+    return _configured(on_database)
 
 
 def _fail(command: str, message: str, code: int) -> int:

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 ENVELOPE_VERSION = 1
 NONCE_BYTES = 12
 KEY_BYTES = 32
-_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 LOCAL_KEY_FILE = "encryption.key"
 ENCRYPTION_KEYS_SETTING = "KEYCHAIN_ENCRYPTION_KEYS"
 MIN_DISTINCT_KEY_BYTES = 16
-GENERATE_KEY = "generate one with: python -c 'import os,base64; print(base64.b64encode(os.urandom(32)).decode())'"
+GENERATE_KEY = "generate one with: keychain keys new"
 BINDING_VERSION = "keychain-entry/2"
 WRITE_ID_BYTES = 16
 
@@ -54,8 +54,7 @@ def parse_keys(spec: str, setting: str) -> list[tuple[str, bytes]]:
         if not sep:
             # Named by position: the entry may be a bare key, which must not be echoed.
             raise ConfigurationError(f"{setting} entry {position} must look like '<id>:<base64 key>'")
-        if not _KEY_ID.match(key_id):
-            raise ConfigurationError(f"{setting}: key id {key_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        check_key_id(key_id, setting)
         try:
             key = base64.b64decode(encoded, validate=True)
         except binascii.Error as exc:
@@ -74,11 +73,22 @@ def parse_keys(spec: str, setting: str) -> list[tuple[str, bytes]]:
     return keys
 
 
+def check_key_id(key_id: str, setting: str) -> str:
+    if not _KEY_ID.fullmatch(key_id):
+        raise ConfigurationError(f"{setting}: key id {key_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return key_id
+
+
+def new_key_entry(key_id: str) -> str:
+    """One `id:<base64 of 32 random bytes>` entry, as KEYCHAIN_ENCRYPTION_KEYS lists them."""
+    return f"{key_id}:" + base64.b64encode(os.urandom(KEY_BYTES)).decode()
+
+
 def load_or_create_local_keys(path: Path, key_id: str, setting: str, purpose: str) -> list[tuple[str, bytes]]:
     """Local mode only: keep one generated key in the data directory, readable by us alone."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        spec = f"{key_id}:" + base64.b64encode(os.urandom(KEY_BYTES)).decode()
+        spec = new_key_entry(key_id)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(spec + "\n")

@@ -19,8 +19,10 @@ from app.settings import Settings
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-# Attributes every LogRecord has; anything else came from `extra=`.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Attributes every LogRecord has; anything else came from `extra=`. uvicorn (and Litestar's
+# own logging config) add `color_message`, the message again with ANSI colour codes: noise in
+# a log line, and escape codes in a terminal.
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
 
 REQUEST_ID_HEADER = b"x-request-id"

@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 from litestar import Response
+from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
 
 
@@ -17,7 +18,9 @@ def error_response(
     status_code: int, detail: str, headers: dict[str, str] | None = None
 ) -> Response[dict[str, object]]:
     """An error answer in the one body every route documents (the shape of Litestar's own)."""
-    return Response({"status_code": status_code, "detail": detail}, status_code=status_code, headers=headers)
+    # JSON said outright: a handler that answers HTML (the /schema pages) must not reformat it.
+    body = {"status_code": status_code, "detail": detail}
+    return Response(body, status_code=status_code, headers=headers, media_type=MediaType.JSON)
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):

@@ -16,6 +16,7 @@ from workerlib._degraded import cache_failed
 from workerlib.client import KeychainClient, default_client
 from workerlib.errors import KeychainError
 from workerlib.keys import cache_key
+from workerlib.models import HIDDEN
 
 __all__ = ["CredentialCache", "cache_key"]
 
@@ -25,6 +26,14 @@ log = logging.getLogger(__name__)
 def _failed(action: str, credential_name: str, execution_id: int | None, exc: KeychainError) -> None:
     context = {"credential_name": credential_name, "execution_id": execution_id}
     cache_failed(log, f"credential cache {action} failed for {credential_name}", exc, context)
+
+
+class CachedCredential(dict[str, Any]):
+    """What get_cached() answers: the original plain dict, except that its repr (a log line,
+    a traceback, a failed assert) shows no secret."""
+
+    def __repr__(self) -> str:
+        return repr({**self, "data": HIDDEN}) if "data" in self else super().__repr__()
 
 
 class CredentialCache:
@@ -56,13 +65,13 @@ class CredentialCache:
             return None
         if entry is None:
             return None
-        return {
-            "credential_name": entry.credential_name,
-            "data": entry.data,
-            "credential_type": entry.credential_type,
-            "cache_type": entry.cache_type,
-            "expires_at": entry.expires_at,
-        }
+        return CachedCredential(
+            credential_name=entry.credential_name,
+            data=entry.data,
+            credential_type=entry.credential_type,
+            cache_type=entry.cache_type,
+            expires_at=entry.expires_at,
+        )
 
     @staticmethod
     async def set_cached(

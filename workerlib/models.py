@@ -6,10 +6,30 @@ answers are ignored, so a newer server can add fields without breaking older wor
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import msgspec
+
+
+class _Hidden:
+    def __repr__(self) -> str:
+        return "<hidden>"
+
+
+# Shown in a repr in place of a payload: a worker's log line or traceback must not carry it.
+HIDDEN: Any = _Hidden()
+
+
+def _fields_hiding(struct: msgspec.Struct, hidden: str) -> Iterator[tuple[str, Any]]:
+    for name in struct.__struct_fields__:
+        yield name, HIDDEN if name == hidden else getattr(struct, name)
+
+
+def _repr_hiding(struct: msgspec.Struct, hidden: str) -> str:
+    shown = ", ".join(f"{name}={value!r}" for name, value in _fields_hiding(struct, hidden))
+    return f"{type(struct).__name__}({shown})"
 
 
 class EntryPut(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -22,6 +42,12 @@ class EntryPut(msgspec.Struct, kw_only=True, omit_defaults=True):
     credential_name: str | None = None
     ttl_seconds: int | str | None = None
     expires_at: datetime | None = None
+
+    def __repr__(self) -> str:
+        return _repr_hiding(self, "token_data")
+
+    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
+        return _fields_hiding(self, "token_data")
 
 
 class EntryMeta(msgspec.Struct, kw_only=True):
@@ -51,6 +77,12 @@ class Entry(EntryMeta, kw_only=True):
     # Set by get_or_fill() on the one reader chosen to refresh a token that is about to run out:
     # write its successor with fill_lease=FillLease(cache_key=..., lease_id=refresh_lease).
     refresh_lease: str | None = None
+
+    def __repr__(self) -> str:
+        return _repr_hiding(self, "data")
+
+    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
+        return _fields_hiding(self, "data")
 
 
 class FillLease(msgspec.Struct, kw_only=True):

@@ -8,6 +8,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -47,6 +48,15 @@ def async_url(url: str) -> str:
     return parsed.set(query=query).render_as_string(hide_password=False)
 
 
+def embedded_pgdata(settings: Settings) -> Path:
+    return (settings.data_dir / "postgres").resolve()
+
+
+def embedded_database_exists(settings: Settings) -> bool:
+    # initdb writes PG_VERSION; a directory without it is not a database (yet).
+    return (embedded_pgdata(settings) / "PG_VERSION").is_file()
+
+
 def start_embedded_postgres(settings: Settings) -> str:
     """Local mode: a PostgreSQL of our own in the data directory (the pgserver package)."""
     try:
@@ -59,7 +69,7 @@ def start_embedded_postgres(settings: Settings) -> str:
             "KEYCHAIN_DATABASE_URL is not set and the embedded PostgreSQL (pip extra 'local') "
             "is not installed"
         ) from exc
-    pgdata = (settings.data_dir / "postgres").resolve()
+    pgdata = embedded_pgdata(settings)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(pgdata, cleanup_mode="stop")
     # pgserver stops PostgreSQL when the last process using it exits; keep a reference.

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
+from litestar.exceptions import ClientException, SerializationException
 from litestar.middleware import ASGIMiddleware
 from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
@@ -30,8 +33,8 @@ from app.keychain.schemas import (
     ExecutionTokenRequest,
     ScopeType as EntryScopeType,
 )
-from app.keychain.service import KeychainService
-from app.openapi import ErrorBody, error_responses
+from app.keychain.service import KeychainService, check_cache_key
+from app.openapi import ErrorBody, error_response, error_responses
 from app.runtime import caller_of, provide_keychain_service, runtime_of
 
 Service = NamedDependency[KeychainService]
@@ -63,6 +66,34 @@ PUT_EXAMPLE = Example(
         "ttl_seconds": "3300",
     },
 )
+
+
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def json_object_body(struct: type[msgspec.Struct]) -> Callable[[Request], Awaitable[None]]:
+    """A before_request hook for a handler whose body is `struct`.
+
+    Litestar's own words for an empty body, or one that is not an object, are about its
+    parameter called `data` ("'data'", "Expected `object`, got `array`"); these say what the
+    body must be."""
+    required = " and ".join(field.encode_name for field in msgspec.structs.fields(struct) if field.required)
+    expected = f"send a JSON object with {required}"
+
+    async def check(request: Request) -> None:
+        body = (await request.body()).lstrip()
+        if not body:
+            raise ClientException(f"request body is empty; {expected}")
+        if body.startswith(b"{"):
+            return  # decoded once, for the handler, by Litestar
+        try:
+            value: Any = await request.json()  # within the shape caps, as any body
+        except SerializationException:
+            return  # not JSON at all: Litestar's answer says where it is malformed
+        kind = "null" if value is None else _JSON_KINDS[type(value)]
+        raise ClientException(f"request body is {kind}; {expected}")
+
+    return check
 
 
 class _ApiController(Controller):
@@ -136,6 +167,7 @@ class AuthCacheController(_ApiController):
         "existing clients count only a 200 as success.",
         status_code=200,
         opt={"audit": True},
+        before_request=json_object_body(EntryPut),
         responses=error_responses(401, 403, 413, 503),
     )
     async def put_entry(
@@ -157,6 +189,33 @@ class AuthCacheController(_ApiController):
     )
     async def delete_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> None:
         await service.delete(cache_key_sent(request.scope), caller_of(request))
+
+
+class EmptyKeyIsNoList(ASGIMiddleware):
+    """GET /api/auth-cache/ names an entry by an empty key, but routing drops the trailing '/'
+    and lands on the list: answered 400, as the entry routes answer a bad key. Before the
+    token is checked, as a route that does not exist is: the list's admin role is not what
+    such a caller needs to hear about."""
+
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if (scope.get("raw_path") or b"").startswith(f"{AUTH_CACHE_PATH}/".encode()):
+            try:
+                check_cache_key(cache_key_sent(scope))
+            except InvalidEntry as refusal:
+                answer = error_response(400, str(refusal))
+                await answer.to_asgi_response(None, Request(scope))(scope, receive, send)
+                return
+        await next_app(scope, receive, send)
+
+
+class AuthCacheListController(_ApiController):
+    """The list, apart from the entry routes so that only it pays for EmptyKeyIsNoList."""
+
+    path = AUTH_CACHE_PATH
+    tags = ["auth-cache"]
+    middleware = [EmptyKeyIsNoList(), RequireRole()]
 
     @get(
         "/",
@@ -247,6 +306,7 @@ class ExecutionTokenController(_ApiController):
         ),
         status_code=201,
         opt={"roles": ("issuer",), "audit": True},
+        before_request=json_object_body(ExecutionTokenRequest),
         responses={
             **error_responses(401, 403, 503),
             409: ResponseSpec(ErrorBody, description="The execution has already ended", generate_examples=False),

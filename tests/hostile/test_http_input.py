@@ -176,11 +176,14 @@ REFUSED_BODIES = [
     ("truncated JSON", b'{"token_data": ', ["truncated"]),
     ("JSON with a trailing comma", b'{"token_data": {}, "credential_type": "x",}', ["malformed"]),
     ("not JSON at all", SECRET.encode(), ["malformed"]),
-    # Litestar's words for a missing body are terse ("'data'", from the body): still a 400.
-    ("empty body", b"", ["body"]),
-    ("a JSON array", b"[]", ["object"]),
-    ("a JSON string", b'"' + SECRET.encode() + b'"', ["object"]),
-    ("JSON null", b"null", ["object"]),
+    # Not a word about a parameter called `data` (Litestar's own): what the body must be.
+    ("empty body", b"", ["body is empty", "JSON object with token_data and credential_type"]),
+    ("a blank body", b" \r\n", ["body is empty", "JSON object with token_data and credential_type"]),
+    ("a JSON array", b"[]", ["body is an array", "JSON object with token_data and credential_type"]),
+    ("a JSON string", b'"' + SECRET.encode() + b'"', ["body is a string", "JSON object with token_data"]),
+    ("JSON null", b"null", ["body is null", "JSON object with token_data"]),
+    ("a JSON number", b"42", ["body is a number", "JSON object with token_data"]),
+    ("JSON true", b"true", ["body is a boolean", "JSON object with token_data"]),
     ("token_data missing", {"credential_type": "bearer"}, ["token_data"]),
     ("token_data a string", {**BODY, "token_data": SECRET}, ["token_data", "object"]),
     ("token_data a list", {**BODY, "token_data": [SECRET]}, ["token_data", "object"]),
@@ -281,3 +284,10 @@ async def test_bad_query_and_path_numbers_are_400_naming_the_parameter(client, m
     assert answer.status_code == 400
     name = path.split("?")[1].split("=")[0] if "?" in path else "execution_id"
     assert name in problem(answer)
+
+
+@pytest.mark.parametrize("raw", [b"", b"[]", b"[{}]"])
+async def test_an_execution_token_request_that_is_no_object_says_what_it_must_be(client, raw):
+    answer = await client.post("/api/execution-tokens", content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json()["detail"].endswith("; send a JSON object with execution_id")

@@ -6,11 +6,13 @@ import asyncio
 import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from importlib.metadata import version
 
 import msgspec
 import pytest
@@ -18,19 +20,21 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from app.asgi import create_app
+from app.auth import TokenTable
 from app.cli import EXIT_CANNOT_LISTEN, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main
+from app.crypto import KeyRing
 from app.db.engine import Database, make_engine
-from tests.conftest import _admin, asgi_client, free_port
+from tests.conftest import TEST_KEY, TEST_KEY_ID, _admin, asgi_client, free_port
 
 SECRET = "sk-stats-secret-0123456789"
 
 
-def keychain(repo_root, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run the CLI in its own process, with no KEYCHAIN_* setting but the ones given."""
+def keychain(cwd, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in its own process, in `cwd`, with no KEYCHAIN_* setting but the ones given."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KEYCHAIN_")}
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
-        cwd=repo_root,
+        cwd=cwd,
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -104,6 +108,9 @@ async def test_stats_text_is_a_readable_summary(repo_root, own_database, test_se
     assert done.stdout.startswith("live entries: 3   expired, not yet swept: 1   hits: 11")
     assert "top 4 keys by access count:" in done.stdout
     assert "tok:global:bearer" in done.stdout and SECRET not in done.stdout
+    # Tables with a header, a row per group and per key, each on one line.
+    assert re.search(r"^scope\s+cache_type\s+live\s+expired\s+hits$", done.stdout, re.M)
+    assert re.search(r"^\s*5\s+global\s+token\s+live\s+\S+\s+tok:global:bearer\s*$", done.stdout, re.M)
 
 
 @pytest.mark.parametrize("command", ["migrate", "sweep", "stats", "rotate-keys"])
@@ -140,7 +147,11 @@ def test_bad_configuration_is_one_line_and_exit_code_1(repo_root, env, message):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["serve"], ["migrate"], ["sweep"], ["stats"], ["rotate-keys"], ["mint-token"]]
+    "command",
+    [
+        [], ["serve"], ["migrate"], ["sweep"], ["stats"], ["rotate-keys"], ["mint-token"], ["purge"],
+        ["keys", "new"], ["tokens", "new"],
+    ],
 )
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -153,7 +164,13 @@ def test_every_command_has_help(command, capsys):
         assert len(out.split("\n\n")[1]) > 40
 
 
-@pytest.mark.parametrize("args", [["stats", "--top", "-1"], ["stats", "--top", "x"], ["nonsense"], []])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["stats", "--top", "-1"], ["stats", "--top", "x"], ["nonsense"], [], ["keys"], ["keys", "new", "a b"],
+        ["tokens", "new", "ci-worker"], ["tokens", "new", "ci worker", "worker"], ["tokens", "new", "ci", "root"],
+    ],
+)
 def test_bad_usage_is_exit_code_2(args, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(args)
@@ -238,3 +255,71 @@ def test_serve_on_a_port_already_served_says_so_and_exits_4(repo_root, own_datab
         f"keychain serve: cannot listen on 127.0.0.1:{port}: Address already in use "
         "(another server is running there? set KEYCHAIN_PORT or --port)"
     )
+
+
+def test_version_is_the_installed_distributions(repo_root):
+    done = keychain(repo_root, "--version")
+    assert done.returncode == EXIT_OK
+    assert done.stdout == f"keychain {version('keychain')}\n"
+
+
+async def test_keys_new_prints_an_entry_the_server_seals_with(tmp_path, make_app):
+    first, second = keychain(tmp_path, "keys", "new", "k9"), keychain(tmp_path, "keys", "new", "k9")
+    assert first.returncode == second.returncode == EXIT_OK, first.stderr
+    entry = first.stdout.strip()
+    assert first.stdout.count("\n") == 1 and entry.startswith("k9:")
+    assert entry != second.stdout.strip()  # fresh random bytes each time
+    assert "KEYCHAIN_ENCRYPTION_KEYS" in first.stderr and "rotate-keys" in first.stderr
+    assert entry not in first.stderr
+    # As the newest key, in front of the one that sealed the old rows.
+    async with asgi_client(make_app(encryption_keys=f"{entry},{TEST_KEY_ID}:{TEST_KEY}")) as client:
+        written = await client.post("/api/auth-cache/fresh:global", json={"token_data": {"v": 1}, "credential_type": "bearer"})
+        assert written.status_code == 200 and written.json()["key_id"] == "k9"
+        assert (await client.get("/api/auth-cache/fresh:global")).json()["data"] == {"v": 1}
+    assert list(tmp_path.iterdir()) == []  # nothing stored
+
+
+def test_keys_new_without_an_id_names_the_key_by_its_date(tmp_path):
+    done = keychain(tmp_path, "keys", "new")
+    assert done.returncode == EXIT_OK
+    key_id, _, _ = done.stdout.strip().partition(":")
+    assert re.fullmatch(r"k\d{14}", key_id), key_id
+    KeyRing.parse(done.stdout.strip())  # well-formed, and passes the server's placeholder checks
+
+
+async def test_tokens_new_prints_a_token_and_the_entry_that_lets_it_in(tmp_path, make_app):
+    done = keychain(tmp_path, "tokens", "new", "ops@example.com", "admin")
+    assert done.returncode == EXIT_OK, done.stderr
+    token, entry = done.stdout.splitlines()
+    assert entry.startswith("ops@example.com:admin:sha256:") and token not in entry
+    assert token not in done.stderr and "KEYCHAIN_API_TOKENS" in done.stderr
+    async with asgi_client(make_app(api_tokens=entry, allow_open_api=False)) as client:
+        assert (await client.get("/api/auth-cache")).status_code == 401
+        answer = await client.get("/api/auth-cache", headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+    # The plain form is a valid entry too: the token passes the server's placeholder checks.
+    TokenTable.parse(f"ops:admin:{token}")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["sweep"], ["rotate-keys"], ["mint-token", "--execution-id", "1"], ["purge", "openai"]],
+)
+def test_commands_on_existing_data_say_no_embedded_database_is_there_and_create_none(tmp_path, command):
+    done = keychain(tmp_path, *command)
+    assert done.returncode == EXIT_FAILED
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(
+        f"keychain {command[0]}: no embedded database in the data directory {tmp_path.resolve() / '.keychain'}: "
+    )
+    assert "KEYCHAIN_DATA_DIR" in done.stderr and "KEYCHAIN_DATABASE_URL" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # no PostgreSQL, no key file
+
+
+def test_the_data_directory_named_is_the_one_set(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    done = keychain(tmp_path, "stats", KEYCHAIN_DATA_DIR=str(elsewhere))
+    assert done.returncode == EXIT_FAILED
+    assert f"no embedded database in the data directory {elsewhere}:" in done.stderr
+    assert not elsewhere.exists()

@@ -129,3 +129,16 @@ async def test_the_line_per_read_can_be_turned_off_and_reads_stay_audited(make_a
         for cache_key in r.reads
     }
     assert audited == {("quiet:global", "hit"), ("nothing:global", "absent")}
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter(), JsonFormatter()], ids=["text", "json"])
+def test_uvicorns_colour_codes_stay_out_of_log_lines(formatter):
+    # What uvicorn logs as it starts: the message, and again with ANSI colours as an extra.
+    record = logging.getLogger("uvicorn.error").makeRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (4242,), None,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]", "port": 8082},
+    )
+    line = formatter.format(record)
+    assert "Started server process [4242]" in line
+    assert "color_message" not in line and "\x1b" not in line and "\\u001b" not in line
+    assert "8082" in line  # other extras still shown
