@@ -362,8 +362,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('keychain')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
+    def command(
+        name: str, summary: str, description: str, under: Any = commands
+    ) -> argparse.ArgumentParser:
+        """A subcommand (of `under`: the top level's, or a command's own subcommands)."""
+        return under.add_parser(
             name,
             help=summary,
             description=textwrap.fill(description, 88),
@@ -448,17 +451,13 @@ def _parser() -> argparse.ArgumentParser:
         "Make entries for KEYCHAIN_ENCRYPTION_KEYS (and KEYCHAIN_TOKEN_SIGNING_KEYS, which take "
         "the same format; never use one key for both).",
     )
-    keys_new = keys_cmd.add_subparsers(dest="keys_command", required=True, metavar="COMMAND").add_parser(
+    keys_new = command(
         "new",
-        help="print a new key entry, id:<base64 of 32 random bytes>",
-        description=textwrap.fill(
-            "Print a new key entry, id:<base64 of 32 random bytes>, on stdout. To rotate, put it "
-            "first in KEYCHAIN_ENCRYPTION_KEYS (new writes are sealed with it, the keys after it "
-            "still open old rows), roll the servers, then run 'keychain rotate-keys'.",
-            88,
-        ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "print a new key entry, id:<base64 of 32 random bytes>",
+        "Print a new key entry, id:<base64 of 32 random bytes>, on stdout. To rotate, put it "
+        "first in KEYCHAIN_ENCRYPTION_KEYS (new writes are sealed with it, the keys after it "
+        "still open old rows), roll the servers, then run 'keychain rotate-keys'.",
+        keys_cmd.add_subparsers(dest="keys_command", required=True, metavar="COMMAND"),
     )
     keys_new.add_argument(
         "id", nargs="?", type=_key_id, metavar="ID", help="the key id (default: k and the UTC date and time)"
@@ -470,18 +469,14 @@ def _parser() -> argparse.ArgumentParser:
         "make API tokens",
         "Make API tokens and their entries for KEYCHAIN_API_TOKENS.",
     )
-    tokens_new = tokens_cmd.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND").add_parser(
+    tokens_new = command(
         "new",
-        help="print a new random token and its KEYCHAIN_API_TOKENS entry",
-        description=textwrap.fill(
-            "Print a new random token (line 1, for the caller: KEYCHAIN_API_TOKEN or "
-            "'Authorization: Bearer <token>') and its entry for KEYCHAIN_API_TOKENS (line 2, "
-            "NAME:ROLE:sha256:<hex>: the server holds only the token's digest). The token is "
-            "shown once; nothing is stored.",
-            88,
-        ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "print a new random token and its KEYCHAIN_API_TOKENS entry",
+        "Print a new random token (line 1, for the caller: KEYCHAIN_API_TOKEN or "
+        "'Authorization: Bearer <token>') and its entry for KEYCHAIN_API_TOKENS (line 2, "
+        "NAME:ROLE:sha256:<hex>: the server holds only the token's digest). The token is "
+        "shown once; nothing is stored.",
+        tokens_cmd.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND"),
     )
     tokens_new.add_argument("name", type=_token_name, metavar="NAME", help="who uses it, e.g. ci-worker")
     tokens_new.add_argument("role", type=_role, metavar="ROLE", help="worker, issuer or admin (see the README's Roles)")

@@ -19,7 +19,8 @@ from app.invalidation import LISTENER_APPLICATION_NAME, Invalidation, Invalidati
 from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
 from demo.local_server import LocalKeychainServer
-from tests.conftest import TEST_KEY, TEST_KEY_ID, TEST_SIGNING_KEYS
+from tests import cluster
+from tests.conftest import TEST_SIGNING_KEYS
 
 ISSUER = "engine-issuer-token-0123456789"
 CHANNEL = channel_name("noetl")
@@ -58,22 +59,9 @@ def _table(settings):
 @pytest.fixture
 def replicas(own_database, tmp_path):
     """Two real `keychain serve` processes on one database."""
-    settings = dict(
-        database_url=own_database,
-        encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
-        token_signing_keys=TEST_SIGNING_KEYS,
-        sweep_interval_seconds="0",
-    )
-    servers = [
-        LocalKeychainServer(tmp_path / name, api_tokens=f"engine:issuer:{ISSUER}", **settings) for name in "ab"
-    ]
-    try:
-        for server in servers:
-            server.start()
+    settings = dict(token_signing_keys=TEST_SIGNING_KEYS, sweep_interval_seconds="0")
+    with cluster.replicas(own_database, tmp_path, 2, api_tokens=f"engine:issuer:{ISSUER}", **settings) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def _listeners(url: str) -> list[int]:

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from demo.local_server import LocalKeychainServer, free_port
+from tests.cluster import replicas
 from tests.conftest import TEST_KEY, TEST_KEY_ID
 
 BODY = {"token_data": {"value": "sk-pooled"}, "credential_type": "bearer"}
@@ -86,25 +87,10 @@ def pgbouncer(own_database: str) -> Iterator[str]:
 
 @pytest.fixture
 def pooled_replicas(pgbouncer: str, own_database: str, tmp_path: Path) -> Iterator[list[LocalKeychainServer]]:
-    servers = [
-        LocalKeychainServer(
-            tmp_path / f"replica-{i}",
-            database_url=pgbouncer,
-            direct_database_url=own_database,
-            database_transaction_pooler="true",
-            encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
-            allow_open_api="true",
-            sweep_interval_seconds="1",
-        )
-        for i in range(2)
-    ]
-    try:
-        for server in servers:
-            server.start()  # `keychain migrate` goes to PostgreSQL directly
+    # `keychain migrate` (each server runs it first) goes to PostgreSQL directly.
+    settings = dict(direct_database_url=own_database, database_transaction_pooler="true", sweep_interval_seconds="1")
+    with replicas(pgbouncer, tmp_path, 2, **settings) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 def test_the_api_works_through_a_transaction_pooler(pooled_replicas):

@@ -18,7 +18,7 @@ import pytest
 
 from demo.local_server import LocalKeychainServer
 from demo.secret_manager_emulator import SecretManagerEmulator
-from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.cluster import replicas
 from tests.json_http import serving_json
 
 WORKERS = 8
@@ -30,27 +30,8 @@ START_DELAY_S = 6.0
 
 @pytest.fixture
 def cluster(own_database: str, tmp_path: Path) -> Iterator[list[LocalKeychainServer]]:
-    servers = [
-        LocalKeychainServer(
-            tmp_path / f"replica-{i}",
-            database_url=own_database,
-            encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
-            allow_open_api="true",
-            sweep_interval_seconds="0",
-            fill_lease_seconds="2",
-        )
-        for i in range(3)
-    ]
-    threads = [threading.Thread(target=s.start) for s in servers]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    with replicas(own_database, tmp_path, 3, sweep_interval_seconds="0", fill_lease_seconds="2") as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture
