@@ -40,7 +40,7 @@ demo: install
 
 # Keychain's hit path beside floors of the project's own (bench/floor.py: Litestar on raw asyncpg)
 # on real servers and PostgreSQL (KEYCHAIN_DATABASE_URL, else embedded), all cases interleaved in
-# one run: ratios against their targets, the same in .bench/results.json. About 8 minutes on
+# one run: ratios against their targets, the same in .bench/results.json. About 7 minutes on
 # 2 cores; BENCH_ARGS=--quick for a smaller run in under 2.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
