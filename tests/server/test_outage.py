@@ -4,9 +4,13 @@ nothing else pretends to be a miss."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pgserver
@@ -14,14 +18,15 @@ import psutil
 import pytest
 
 from demo.local_server import LocalKeychainServer
+from tests.cluster import replicas
 from workerlib import KeychainClient, fetch_secret
 
 BODY = {"token_data": {"value": "sk-outage"}, "credential_type": "bearer"}
 
 
-def stop_postgres(server: LocalKeychainServer) -> None:
-    """A fast shutdown of the server's embedded PostgreSQL, as an outage would look."""
-    pidfile = server.data_dir / "postgres" / "postmaster.pid"
+def stop_postgres(pgdata: Path) -> None:
+    """A fast shutdown of an embedded PostgreSQL, as an outage would look."""
+    pidfile = pgdata / "postmaster.pid"
     os.kill(int(pidfile.read_text().splitlines()[0]), signal.SIGINT)
     deadline = time.monotonic() + 15
     while pidfile.exists():
@@ -40,7 +45,7 @@ def test_a_database_outage_keeps_hits_in_memory_and_is_never_a_miss(tmp_path, se
         for _ in range(2):
             assert httpx.get(f"{url}/k:global").status_code == 200
             time.sleep(0.2)
-        stop_postgres(server)
+        stop_postgres(server.data_dir / "postgres")
 
         hit = httpx.get(f"{url}/k:global")
         if serve_from_memory:
@@ -55,9 +60,9 @@ def test_a_database_outage_keeps_hits_in_memory_and_is_never_a_miss(tmp_path, se
         assert httpx.get(f"{server.url}/health").status_code == 200
 
 
-def kill_postgres(server: LocalKeychainServer) -> None:
+def kill_postgres(pgdata: Path) -> None:
     """PostgreSQL's postmaster SIGKILLed: the next start is a crash recovery."""
-    pid = int((server.data_dir / "postgres" / "postmaster.pid").read_text().splitlines()[0])
+    pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 15
     while psutil.pid_exists(pid):
@@ -65,9 +70,12 @@ def kill_postgres(server: LocalKeychainServer) -> None:
         time.sleep(0.05)
 
 
-def start_postgres_again(server: LocalKeychainServer) -> None:
-    # This process's handle leaves the server running when the test ends; server.stop() stops it.
-    pgserver.get_server(server.data_dir / "postgres", cleanup_mode=None).ensure_postgres_running()
+def start_postgres(pgdata: Path) -> str:
+    """Start (or start again) the embedded PostgreSQL in `pgdata`; its URL. This process's
+    handle leaves it running when the test ends: whoever started it stops it."""
+    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    server.ensure_postgres_running()
+    return server.get_uri()
 
 
 class CountingProvider:
@@ -81,34 +89,93 @@ class CountingProvider:
         return "sk-from-the-provider"
 
 
-@pytest.mark.parametrize(("outage", "asked_meanwhile"), [(stop_postgres, True), (kill_postgres, True), (stop_postgres, False)], ids=["stopped", "killed", "stopped-quietly"])
-def test_every_request_recovers_on_its_own_once_postgres_is_back(tmp_path, outage, asked_meanwhile):
-    provider = CountingProvider()
+def fetch(server: LocalKeychainServer, provider: CountingProvider) -> str:
+    keychain = KeychainClient(server.url, retries=0)
+    return asyncio.run(fetch_secret("projects/1/secrets/s/versions/1", execution_id=9, client=keychain, provider=provider))
 
-    def fetch(server: LocalKeychainServer) -> str:
-        keychain = KeychainClient(server.url, retries=0)
-        return asyncio.run(fetch_secret("projects/1/secrets/s/versions/1", execution_id=9, client=keychain, provider=provider))
 
+def test_a_postgres_restarted_while_nobody_asked_fails_no_request_after_it(tmp_path):
+    # Nothing used the pool during the outage, so nothing found its connections dead: the
+    # first requests after the restart must not be handed them.
     with LocalKeychainServer(tmp_path / "data") as server:
         url = f"{server.url}/api/auth-cache"
         committed = {f"k{i}:global": {"value": f"sk-{i}"} for i in range(20)}
         for key, data in committed.items():
             assert httpx.post(f"{url}/{key}", json={**BODY, "token_data": data}).status_code == 200
-        assert fetch(server) == "sk-from-the-provider"
-
-        outage(server)
-        if asked_meanwhile:
-            assert fetch(server) == "sk-from-the-provider"  # degraded, never failed
-            assert httpx.get(f"{server.url}/ready").status_code == 503
-
-        start_postgres_again(server)
-        # From the first request on (no /ready first, which would use up stale connections): a
-        # pooled connection to the PostgreSQL that went away is never handed to a request.
+        stop_postgres(server.data_dir / "postgres")
+        start_postgres(server.data_dir / "postgres")
         for key, data in committed.items():
             answer = httpx.get(f"{url}/{key}")
             assert (answer.status_code, answer.json()["data"]) == (200, data)
-        assert httpx.get(f"{url}/never-written:global").status_code == 404
-        assert httpx.post(f"{url}/after:global", json=BODY).status_code == 200
-        assert fetch(server) == "sk-from-the-provider"
-        assert httpx.get(f"{server.url}/ready").status_code == 200
-    assert provider.calls == (2 if asked_meanwhile else 1)  # the cached one served after
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """An embedded PostgreSQL of the test's own, to stop, kill and start again; its data
+    directory and URL."""
+    pgdata = tmp_path / "pg"
+    url = start_postgres(pgdata)
+    try:
+        yield pgdata, url
+    finally:
+        if (pgdata / "postmaster.pid").exists():
+            stop_postgres(pgdata)
+
+
+@pytest.mark.parametrize("outage", [stop_postgres, kill_postgres], ids=["stopped", "killed"])
+def test_three_replicas_under_load_ride_out_a_postgres_outage_and_recover_on_their_own(postgres, tmp_path, outage):
+    pgdata, url = postgres
+    provider = CountingProvider()
+    committed = {f"k{i}:global": {"value": f"sk-{i}"} for i in range(30)}
+    with replicas(url, tmp_path, 3, sweep_interval_seconds="1") as servers:
+        for i, (key, data) in enumerate(committed.items()):
+            answer = httpx.post(f"{servers[i % 3].url}/api/auth-cache/{key}", json={**BODY, "token_data": data})
+            assert answer.status_code == 200
+        seen: list[tuple[str, int, str]] = []  # (phase, status, detail) of every read
+        phase, stop = ["up"], threading.Event()
+
+        def load() -> None:
+            with httpx.Client(timeout=5) as http:
+                for n in itertools.count():
+                    if stop.is_set():
+                        return
+                    key = f"k{n % len(committed)}:global"
+                    answer = http.get(f"{servers[n % 3].url}/api/auth-cache/{key}")
+                    seen.append((phase[0], answer.status_code, answer.text if answer.status_code != 200 else ""))
+                    time.sleep(0.005)
+
+        readers = [threading.Thread(target=load) for _ in range(3)]
+        for reader in readers:
+            reader.start()
+        try:
+            time.sleep(0.5)
+            phase[0] = "down"
+            outage(pgdata)
+            time.sleep(1.0)
+            for server in servers:
+                written = httpx.post(f"{server.url}/api/auth-cache/new:global", json=BODY)
+                assert (written.status_code, written.headers["retry-after"]) == (503, "1")
+                assert httpx.get(f"{server.url}/ready").status_code == 503
+                assert httpx.get(f"{server.url}/health").status_code == 200
+                assert fetch(server, provider) == "sk-from-the-provider"  # degraded, never failed
+            phase[0] = "restarting"
+            start_postgres(pgdata)
+            deadline = time.monotonic() + 10
+            while any(httpx.get(f"{server.url}/ready").status_code != 200 for server in servers):
+                assert time.monotonic() < deadline, "a replica did not recover within 10 s"
+                time.sleep(0.1)
+            phase[0] = "back"
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for reader in readers:
+                reader.join()
+        # While PostgreSQL was gone, an entry that exists was served from memory or answered
+        # 503, never a miss; once it was back, every read was a hit.
+        assert not [s for s in seen if s[1] == 404], [s for s in seen if s[1] == 404][:3]
+        assert {status for p, status, _ in seen if p == "down"} <= {200, 503}
+        assert {status for p, status, _ in seen if p == "back"} == {200}
+        assert sum(1 for p, _, _ in seen if p == "back") > 50
+        for key, data in committed.items():  # nothing committed was lost
+            answer = httpx.get(f"{servers[0].url}/api/auth-cache/{key}")
+            assert (answer.status_code, answer.json()["data"]) == (200, data)
