@@ -27,6 +27,11 @@ EMULATOR_HOST_ENV = "SECRET_MANAGER_EMULATOR_HOST"
 PROVIDER_ENV = "KEYCHAIN_SECRET_PROVIDER"
 SECRETS_DIR_ENV = "KEYCHAIN_SECRETS_DIR"
 
+NO_CREDENTIALS = (
+    "no Google credentials for Secret Manager: run with Application Default Credentials "
+    "(GOOGLE_APPLICATION_CREDENTIALS naming a key file, `gcloud auth application-default login`, or "
+    f"the workload's service account), or set {EMULATOR_HOST_ENV}=host:port to use an emulator"
+)
 _VERSION_PATH = re.compile(r"^projects/[^/]+/secrets/(?P<id>[^/]+)(?:/versions/[^/]+)?$")
 _SECRET_ID = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 
@@ -113,10 +118,13 @@ class GoogleSecretManagerProvider:
 
     async def access_version(self, name: str) -> SecretVersion:
         from google.api_core import exceptions as gexc
+        from google.auth.exceptions import DefaultCredentialsError
 
-        client = self._clients.get()
         try:
+            client = self._clients.get()
             response = await client.access_secret_version(name=name, timeout=self.timeout)
+        except DefaultCredentialsError as exc:
+            raise SecretError(name, NO_CREDENTIALS) from exc
         except gexc.NotFound as exc:
             raise SecretNotFound(name, f"secret {name!r} not found in Secret Manager") from exc
         except gexc.PermissionDenied as exc:

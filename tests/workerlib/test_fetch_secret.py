@@ -315,3 +315,18 @@ async def test_a_silent_server_falls_back_to_the_provider_in_seconds(
         elapsed = time.monotonic() - started
     assert value == VALUE
     assert elapsed < 4.0  # three 0.5 s connects, jittered backoff, the provider; not ~15 s
+
+
+async def test_no_google_credentials_is_said_in_workerlib_s_words(
+    keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Credentials that cannot be found (and no look at a metadata server: this is no GCE VM).
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    monkeypatch.delenv("SECRET_MANAGER_EMULATOR_HOST", raising=False)
+    provider = GoogleSecretManagerProvider(environ={})
+    with pytest.raises(SecretError) as raised:
+        await fetch_secret(NAME, execution_id=8, client=keychain, provider=provider)
+    message = str(raised.value)
+    assert message.startswith("no Google credentials for Secret Manager")
+    assert "GOOGLE_APPLICATION_CREDENTIALS" in message and "SECRET_MANAGER_EMULATOR_HOST" in message
