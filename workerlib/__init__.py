@@ -17,6 +17,7 @@ from workerlib.errors import (
     SecretError,
     SecretNotFound,
     TokenEndpointError,
+    TokenRefused,
     Unauthorized,
     UnreadableEntry,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "SecretProvider",
     "SecretVersion",
     "TokenEndpointError",
+    "TokenRefused",
     "Unauthorized",
     "UnreadableEntry",
     "VersionedSecretProvider",

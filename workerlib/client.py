@@ -323,9 +323,14 @@ class KeychainClient:
         return other
 
     # -- the API ---------------------------------------------------------------------------
+    # Every call below may raise, besides what its docstring names: KeychainUnavailable (no
+    # answer, or a 5xx, after the retries), TokenRefused (401 Unauthorized, 403 Forbidden),
+    # BadRequest (400, 413), RateLimited (429 after the retries), InvalidKey (a key that cannot
+    # be sent unchanged), and KeychainError (an answer that does not decode).
 
     async def get(self, cache_key: str) -> Entry | None:
-        """The live entry under `cache_key` (the server counts the hit), or None on a miss."""
+        """The live entry under `cache_key` (the server counts the hit), or None on a miss.
+        Raises UnreadableEntry when the server can no longer open it (write it again)."""
         try:
             response = await self._request("GET", entry_path(cache_key))
         except NotFound:
@@ -380,7 +385,9 @@ class KeychainClient:
         fill_lease: FillLease | None = None,
     ) -> EntryMeta:
         """Create or replace an entry; the answer is its metadata (the payload is not echoed).
-        With `fill_lease`, the write fills that lease: the callers waiting for it get this value."""
+        With `fill_lease`, the write fills that lease: the callers waiting for it get this value.
+        Raises Forbidden when the token may not write it (another execution's entry, or a shared
+        one another principal wrote, without a write grant)."""
         body = EntryPut(
             token_data=dict(token_data),
             credential_type=credential_type,
@@ -397,7 +404,8 @@ class KeychainClient:
         return self._decode(response, EntryMeta)
 
     async def delete(self, cache_key: str) -> bool:
-        """True when an entry was deleted, False when there was none."""
+        """True when an entry was deleted, False when there was none. Raises Forbidden for a
+        shared entry another principal wrote, without a write grant for it."""
         try:
             await self._request("DELETE", entry_path(cache_key))
         except NotFound:
@@ -405,7 +413,8 @@ class KeychainClient:
         return True
 
     async def cleanup_execution(self, execution_id: int) -> int:
-        """Drop an execution's entries and its sub-executions'; returns how many went."""
+        """Drop an execution's entries and its sub-executions', and end its execution tokens;
+        returns how many entries went. Needs an issuer (or admin) token: Forbidden otherwise."""
         response = await self._request("DELETE", f"/api/executions/{int(execution_id)}/auth-cache")
         return self._decode(response, Deleted).deleted
 
@@ -442,7 +451,8 @@ class KeychainClient:
         limit: int = 100,
         offset: int = 0,
     ) -> EntryPage:
-        """Entries' metadata, never their data; listing does not count as a hit."""
+        """A page of entries' metadata, never their data; listing does not count as a hit. Needs
+        an admin token: Forbidden otherwise."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if execution_id is not None:
             params["execution_id"] = execution_id

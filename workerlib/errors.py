@@ -1,4 +1,26 @@
-"""The errors workerlib raises. Messages are safe to log: they never hold a secret or a payload."""
+"""The errors workerlib raises. Messages are safe to log: they never hold a secret or a payload.
+
+    KeychainError                   everything workerlib raises on purpose
+    ├── InvalidKey                  a cache key that could not reach the server unchanged (ValueError)
+    ├── KeychainConfigError         unusable client settings (ValueError)
+    ├── KeychainUnavailable         no answer, or a 5xx, after the retries
+    ├── KeychainAPIError            the server refused the request (4xx)
+    │   ├── BadRequest              400, 413, 422
+    │   ├── TokenRefused            401 or 403: the token, or what it may do
+    │   │   ├── Unauthorized        401: missing, unknown, expired, or its execution ended
+    │   │   └── Forbidden           403: its role or grants do not reach this
+    │   ├── NotFound                404
+    │   ├── UnreadableEntry         409
+    │   └── RateLimited             429
+    ├── SecretError                 a provider could not read a secret
+    │   └── SecretNotFound
+    ├── AuthConfigError             a playbook's auth: entry is incomplete or unknown
+    └── TokenEndpointError          an OAuth2 token endpoint refused or answered nonsense
+
+fetch_secret, resolve_auth and CredentialCache never raise the cache's errors (KeychainUnavailable,
+KeychainAPIError): they degrade to the provider and log it. They raise the provider's and the
+playbook's (SecretError, AuthConfigError, TokenEndpointError).
+"""
 
 from __future__ import annotations
 
@@ -45,12 +67,17 @@ class BadRequest(KeychainAPIError):
     """400/413/422: the key or the body is not acceptable; fix the call, retrying will not help."""
 
 
-class Unauthorized(KeychainAPIError):
-    """401: no token, or a token the server does not know (KEYCHAIN_API_TOKEN)."""
+class TokenRefused(KeychainAPIError):
+    """401 or 403: the server will not take this token for this call; retrying will not help."""
 
 
-class Forbidden(KeychainAPIError):
-    """403: the token's role may not do this."""
+class Unauthorized(TokenRefused):
+    """401: no token, or a token the server does not know (KEYCHAIN_API_TOKEN), an expired one,
+    or an execution token whose execution has ended."""
+
+
+class Forbidden(TokenRefused):
+    """403: the token's role or grants do not reach this call or entry."""
 
 
 class NotFound(KeychainAPIError):

@@ -30,6 +30,7 @@ from workerlib import (
     KeychainError,
     KeychainUnavailable,
     RateLimited,
+    TokenRefused,
     Unauthorized,
     UnreadableEntry,
 )
@@ -259,6 +260,13 @@ async def test_keychain_api_token_is_sent_and_the_server_enforces_it(make_app, m
         entry = await keychain.get("k:1")
         with pytest.raises(Forbidden):  # cleanup is an admin's job
             await keychain.cleanup_execution(1)
+        # Either refusal is one thing to catch for "the token was refused".
+        for refused in (
+            KeychainClient(BASE_URL, token="not-the-token-0000", http_client=http).get("k:global"),
+            keychain.cleanup_execution(1),
+        ):
+            with pytest.raises(TokenRefused):
+                await refused
     assert entry is not None and entry.data == {"v": 1}
 
 
