@@ -87,20 +87,7 @@ async def read_through(
         elif isinstance(found, FillLease):
             lease = found
 
-        try:
-            value, store = await produce()
-        except BaseException:
-            if lease is not None:
-                await _release(keychain, lease, log, context)
-            raise
-        if cacheable and store is not None:
-            try:
-                await store(keychain, lease)
-            except KeychainError as exc:
-                cache_failed(log, unstored, exc, context)
-        elif lease is not None:
-            await _release(keychain, lease, log, context)
-        return value
+        return await _produce_and_store(keychain, lease, produce, cacheable, log, context, unstored)
 
     # Another client may carry another token, allowed other entries: loads are shared per client.
     return await single_flight((id(keychain), *flight_key), load)
@@ -128,19 +115,37 @@ def _start_refresh(
 ) -> None:
     async def refresh() -> None:
         try:
-            _, store = await produce()
+            await _produce_and_store(keychain, lease, produce, True, log, context, unstored)
         except Exception as exc:  # noqa: BLE001 - the current value still serves; say why, let another try
             log.warning("refresh ahead failed (%s); the current value serves until it expires", type(exc).__name__, extra=context)
-            await _release(keychain, lease, log, context)
-            return
-        if store is None:
-            await _release(keychain, lease, log, context)
-            return
-        try:
-            await store(keychain, lease)
-        except KeychainError as exc:
-            cache_failed(log, unstored, exc, context)
 
     task = asyncio.get_running_loop().create_task(refresh())
     _refreshes.add(task)
     task.add_done_callback(_refreshes.discard)
+
+
+async def _produce_and_store(
+    keychain: KeychainClient,
+    lease: FillLease | None,
+    produce: Callable[[], Awaitable[tuple[T, Store]]],
+    cacheable: bool,
+    log: logging.Logger,
+    context: Mapping[str, Any],
+    unstored: str,
+) -> T:
+    """produce()'s value, written back (filling `lease`, if this caller holds one) when the cache
+    is worth writing to; a lease that is not filled is released. Only produce()'s errors raise."""
+    try:
+        value, store = await produce()
+    except BaseException:
+        if lease is not None:
+            await _release(keychain, lease, log, context)
+        raise
+    if cacheable and store is not None:
+        try:
+            await store(keychain, lease)
+        except KeychainError as exc:
+            cache_failed(log, unstored, exc, context)
+    elif lease is not None:
+        await _release(keychain, lease, log, context)
+    return value
