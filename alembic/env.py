@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from alembic import context
 from app.db.engine import database_url
 from app.db.tables import build_metadata
 from app.settings import load_settings

@@ -59,8 +59,8 @@ from app.keychain.controller import (
 from app.keychain.fills import FillWaits
 from app.keychain.hits import run_hit_flusher
 from app.keychain.service import EntryLimits, ProcessState
-from app.keychain.tier import MemoryTier
 from app.keychain.sweeper import run_sweeper
+from app.keychain.tier import MemoryTier
 from app.logs import RequestIdMiddleware
 from app.metrics import RequestMetricsMiddleware
 from app.openapi import error_response
@@ -98,12 +98,18 @@ def _body_too_large(request: Request, exc: HTTPException) -> Response[dict[str, 
     # Litestar's own detail is a bare "Request Entity Too Large"; say the limit and its setting.
     limit = request.route_handler.resolve_request_max_body_size()
     # A route with a limit of its own (Pub/Sub pushes) is not governed by the setting.
-    setting = " (KEYCHAIN_MAX_BODY_BYTES)" if limit == request.app.state.runtime.settings.max_body_bytes else ""
+    setting = (
+        " (KEYCHAIN_MAX_BODY_BYTES)"
+        if limit == request.app.state.runtime.settings.max_body_bytes
+        else ""
+    )
     detail = f"request body is larger than {limit} bytes{setting}"
     return error_response(413, detail)
 
 
-NO_SUCH_ROUTE = "no such route; every route is listed at /schema/openapi.json (Swagger UI at /schema)"
+NO_SUCH_ROUTE = (
+    "no such route; every route is listed at /schema/openapi.json (Swagger UI at /schema)"
+)
 
 
 def _not_found(request: Request, exc: NotFoundException) -> Response[dict[str, object]]:
@@ -131,7 +137,9 @@ def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, ob
 class _Request(Request):
     async def json(self) -> Any:
         settings: Settings = self.app.state.runtime.settings
-        problem = shape_problem(await self.body(), settings.max_token_data_depth, settings.max_token_data_items)
+        problem = shape_problem(
+            await self.body(), settings.max_token_data_depth, settings.max_token_data_items
+        )
         if problem is not None:
             raise ClientException(problem)
         # msgspec decodes nested arrays and objects recursively; should the depth cap be set
@@ -155,7 +163,10 @@ def _openapi_config() -> OpenAPIConfig:
         version="0.1.0",
         description="Encrypted credential and token cache for workflow workers.",
         openapi_router=Router(
-            "/schema", route_handlers=[], include_in_schema=False, after_request=_schema_page_not_found
+            "/schema",
+            route_handlers=[],
+            include_in_schema=False,
+            after_request=_schema_page_not_found,
         ),
         render_plugins=[swagger],
         # Declared so the UI's "Authorize" button sends the bearer token.
@@ -182,7 +193,9 @@ def make_execution_tokens(settings: Settings) -> ExecutionTokens | None:
     # Local mode generates a signing key, as it does an encryption key; a shared database
     # needs KEYCHAIN_TOKEN_SIGNING_KEYS.
     local_dir = settings.data_dir if settings.database_url is None else None
-    return ExecutionTokens.configured(settings.token_signing_keys, local_dir, settings.execution_token_ttl_seconds)
+    return ExecutionTokens.configured(
+        settings.token_signing_keys, local_dir, settings.execution_token_ttl_seconds
+    )
 
 
 def make_token_table(settings: Settings) -> TokenTable:
@@ -221,13 +234,21 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     process = runtime.process
     tier = process.tier
     # Straight to PostgreSQL when a transaction pooler stands in front of it: LISTEN holds a session.
-    listen_url = direct_database_url(runtime.settings) if runtime.settings.direct_database_url else runtime.database.engine.url
-    listener = InvalidationListener(listen_url, channel_name(runtime.settings.db_schema), process.on_invalidation)
+    listen_url = (
+        direct_database_url(runtime.settings)
+        if runtime.settings.direct_database_url
+        else runtime.database.engine.url
+    )
+    listener = InvalidationListener(
+        listen_url, channel_name(runtime.settings.db_schema), process.on_invalidation
+    )
     process.ended_executions.listener = listener
     if tier is not None:
         tier.listener = listener
     tasks.append(asyncio.create_task(listener.run(), name="keychain-invalidation-listener"))
-    counting = run_hit_flusher(process.hits, runtime.database, runtime.table, runtime.settings.hit_flush_seconds)
+    counting = run_hit_flusher(
+        process.hits, runtime.database, runtime.table, runtime.settings.hit_flush_seconds
+    )
     tasks.append(asyncio.create_task(counting, name="keychain-hit-flusher"))
     if process.read_audit is not None:
         flushing = run_read_audit_flusher(process.read_audit, runtime.settings.audit_flush_seconds)
@@ -271,7 +292,9 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
         keyring=make_keyring(settings),
         tokens=tokens,
         table=table,
-        limits=EntryLimits(settings.default_ttl_seconds, settings.max_ttl_seconds, settings.max_token_data_bytes),
+        limits=EntryLimits(
+            settings.default_ttl_seconds, settings.max_ttl_seconds, settings.max_token_data_bytes
+        ),
         process=ProcessState(
             read_audit=ReadAudit() if settings.audit_reads else None,
             execution_tokens=execution_tokens,

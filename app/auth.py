@@ -84,9 +84,13 @@ def _matches(patterns: tuple[str, ...], name: str) -> bool:
 def check_patterns(patterns: list[str], where: str) -> tuple[str, ...]:
     for pattern in patterns:
         if not pattern or pattern == "*":
-            raise ConfigurationError(f"{where}: a grant must name credentials; '*' alone would grant all of them")
+            raise ConfigurationError(
+                f"{where}: a grant must name credentials; '*' alone would grant all of them"
+            )
         if "*" in pattern[:-1]:
-            raise ConfigurationError(f"{where}: '*' may only end a grant (a prefix), as in 'projects/1/secrets/ci-*'")
+            raise ConfigurationError(
+                f"{where}: '*' may only end a grant (a prefix), as in 'projects/1/secrets/ci-*'"
+            )
     return tuple(patterns)
 
 
@@ -196,10 +200,17 @@ class TokenTable:
             if not is_token_name(name):
                 raise ConfigurationError(f"{where}: name must be {NAME_RULE}")
             if role not in ROLES:
-                raise ConfigurationError(f"{where} ({name}): role must be one of {', '.join(ROLES)}")
+                raise ConfigurationError(
+                    f"{where} ({name}): role must be one of {', '.join(ROLES)}"
+                )
             parsed.append((name, role, _check_token(token, f"{where} ({name})")))  # type: ignore[arg-type]
         grants = _parse_limits(limits, {name for name, _, _ in parsed})
-        return cls([_TokenEntry(Principal(name, role, grants.get(name)), digest) for name, role, digest in parsed])
+        return cls(
+            [
+                _TokenEntry(Principal(name, role, grants.get(name)), digest)
+                for name, role, digest in parsed
+            ]
+        )
 
     def authenticate(self, token: str) -> Principal | None:
         presented = _digest(token)
@@ -228,7 +239,9 @@ class ExecutionTokens:
         self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     @classmethod
-    def configured(cls, spec: str, data_dir: Path | None, max_ttl_seconds: int) -> ExecutionTokens | None:
+    def configured(
+        cls, spec: str, data_dir: Path | None, max_ttl_seconds: int
+    ) -> ExecutionTokens | None:
         """From KEYCHAIN_TOKEN_SIGNING_KEYS; in local mode (data_dir given) a generated key."""
         if spec:
             return cls(parse_keys(spec, SIGNING_KEYS_SETTING), max_ttl_seconds)
@@ -262,7 +275,9 @@ class ExecutionTokens:
             "wr": list(grants.write),
         }
         token = jwt.encode(
-            claims, self._keys[self._signing_key_id], algorithm=_JWT_ALGORITHM,
+            claims,
+            self._keys[self._signing_key_id],
+            algorithm=_JWT_ALGORITHM,
             headers={"kid": self._signing_key_id},
         )
         return MintedToken(token, expires_at)
@@ -286,13 +301,21 @@ class ExecutionTokens:
             if key is None:
                 raise _unauthorized("execution token is signed by a key this server does not have")
             claims = jwt.decode(
-                token, key, algorithms=[_JWT_ALGORITHM], audience=TOKEN_AUDIENCE, issuer=TOKEN_ISSUER,
+                token,
+                key,
+                algorithms=[_JWT_ALGORITHM],
+                audience=TOKEN_AUDIENCE,
+                issuer=TOKEN_ISSUER,
                 options={"require": ["exp", "iat", "sub", "exe"]},
             )
         except jwt.ExpiredSignatureError:
-            raise _unauthorized("execution token has expired; ask the engine for a new one") from None
+            raise _unauthorized(
+                "execution token has expired; ask the engine for a new one"
+            ) from None
         except jwt.PyJWTError:
-            raise _unauthorized("execution token is malformed or its signature does not verify") from None
+            raise _unauthorized(
+                "execution token is malformed or its signature does not verify"
+            ) from None
         execution_id, parent = claims["exe"], claims.get("pex")
         if not isinstance(execution_id, int) or not (parent is None or isinstance(parent, int)):
             raise _unauthorized("execution token names no valid execution")
@@ -344,7 +367,9 @@ def _authorize(scope: Scope) -> None:
     if scheme.lower() == "bearer" and token and _looks_like_jwt(token):
         signer = runtime.process.execution_tokens
         if signer is None:
-            raise _unauthorized(f"execution tokens are not enabled on this server ({SIGNING_KEYS_SETTING})")
+            raise _unauthorized(
+                f"execution tokens are not enabled on this server ({SIGNING_KEYS_SETTING})"
+            )
         principal: Principal | None = signer.verify(token)
     elif tokens.is_open:
         principal = OPEN_ACCESS

@@ -39,18 +39,24 @@ Settings come from KEYCHAIN_* environment variables (KEYCHAIN_DATABASE_URL, KEYC
 Exit codes: 0 ok; 1 bad configuration or the command failed; 2 bad usage; 3 database unreachable;
 4 (serve) the address cannot be listened on."""
 
+
 def alembic_ini() -> Path:
     """alembic.ini sits beside app/ in a checkout and in the image's working directory."""
-    for candidate in (Path(__file__).resolve().parent.parent / "alembic.ini", Path.cwd() / "alembic.ini"):
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "alembic.ini",
+        Path.cwd() / "alembic.ini",
+    ):
         if candidate.is_file():
             return candidate
-    raise ConfigurationError("alembic.ini not found next to the app package or in the working directory")
+    raise ConfigurationError(
+        "alembic.ini not found next to the app package or in the working directory"
+    )
 
 
 def migrate(settings: Settings) -> None:
-    from alembic import command
     from alembic.config import Config
 
+    from alembic import command
     from app.db.engine import direct_database_url
 
     config = Config(str(alembic_ini()))
@@ -85,7 +91,9 @@ def _tls_files(settings: Settings) -> tuple[Path, Path] | None:
             raise ConfigurationError(f"{variable}: cannot read {path}: {exc.strerror}") from None
 
     def no_passphrase() -> bytes:
-        raise ConfigurationError(f"KEYCHAIN_TLS_KEY_FILE {key} is encrypted; give the key unencrypted")
+        raise ConfigurationError(
+            f"KEYCHAIN_TLS_KEY_FILE {key} is encrypted; give the key unencrypted"
+        )
 
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=no_passphrase)
@@ -109,7 +117,11 @@ def serve(settings: Settings) -> int:
     cert, key = _tls_files(settings) or (None, None)
     problem = _listen_problem(settings.host, settings.port)
     if problem is not None:
-        return _fail("serve", f"cannot listen on {settings.host}:{settings.port}: {problem}", EXIT_CANNOT_LISTEN)
+        return _fail(
+            "serve",
+            f"cannot listen on {settings.host}:{settings.port}: {problem}",
+            EXIT_CANNOT_LISTEN,
+        )
     app = create_app(settings)
     log = logging.getLogger(__name__)
     if cert:
@@ -125,7 +137,11 @@ def serve(settings: Settings) -> int:
     # pause every request in flight waited out).
     gc.freeze()
     if not uvloop.run(_serve_with_granian(app, settings, cert, key)):
-        return _fail("serve", "the app failed to start or stopped unexpectedly; see the log above", EXIT_FAILED)
+        return _fail(
+            "serve",
+            "the app failed to start or stopped unexpectedly; see the log above",
+            EXIT_FAILED,
+        )
     return EXIT_OK
 
 
@@ -141,12 +157,18 @@ def _listen_problem(host: str, port: int) -> str | None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(address)
     except OSError as exc:
-        hint = " (another server is running there? set KEYCHAIN_PORT or --port)" if exc.errno == errno.EADDRINUSE else ""
+        hint = (
+            " (another server is running there? set KEYCHAIN_PORT or --port)"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
         return f"{exc.strerror or exc}{hint}"
     return None
 
 
-async def _serve_with_granian(app: Any, settings: Settings, cert: Path | None, key: Path | None) -> bool:
+async def _serve_with_granian(
+    app: Any, settings: Settings, cert: Path | None, key: Path | None
+) -> bool:
     """Serve until SIGTERM or SIGINT, then drain: answer what is in flight, run the app's
     shutdown (the last hit counts are written), return. False if the app failed instead.
 
@@ -193,7 +215,10 @@ async def _sweep(settings: Settings, args: argparse.Namespace) -> int:
 
     async with _opened_database(settings) as (database, table):
         result = await sweep_once(
-            database, table, settings.sweep_batch_size, ended_retention_seconds=settings.execution_token_ttl_seconds
+            database,
+            table,
+            settings.sweep_batch_size,
+            ended_retention_seconds=settings.execution_token_ttl_seconds,
         )
     if not result.swept:
         print("another replica holds the sweep lock; nothing done")
@@ -270,7 +295,9 @@ async def _mint_token(settings: Settings, args: argparse.Namespace) -> int:
         )
     # The token alone on stdout, for TOKEN=$(keychain mint-token ...); the rest for people.
     print(minted.token)
-    print(f"execution {minted.execution_id}, expires {minted.expires_at.isoformat()}", file=sys.stderr)
+    print(
+        f"execution {minted.execution_id}, expires {minted.expires_at.isoformat()}", file=sys.stderr
+    )
     return EXIT_OK
 
 
@@ -282,11 +309,18 @@ async def _purge(settings: Settings, args: argparse.Namespace) -> int:
     credential_name, scope_type = args.name, args.scope
     async with _opened_database(settings) as (database, table), database.transaction() as conn:
         # Announced in the same transaction, as the API does: every server drops them from memory.
-        messages = await purge_credentials(KeychainRepository(conn, table), [credential_name], scope_type=scope_type)
+        messages = await purge_credentials(
+            KeychainRepository(conn, table), [credential_name], scope_type=scope_type
+        )
     deleted = sum(len(message.keys) for message in messages)
     audit_event(
-        "purgeCredential", "ok", actor="cli", role="admin",
-        credential_name=credential_name, scope_type=scope_type, deleted=deleted,
+        "purgeCredential",
+        "ok",
+        actor="cli",
+        role="admin",
+        credential_name=credential_name,
+        scope_type=scope_type,
+        deleted=deleted,
     )
     where = f" in {scope_type} scope" if scope_type else ""
     print(f"purged {deleted} entries of {credential_name}{where}")
@@ -323,7 +357,9 @@ def _print_stats(report: dict[str, Any]) -> None:
         columns = ["scope_type", "cache_type", "live", "expired_unswept", "hits"]
         headers = ["scope", "cache_type", "live", "expired", "hits"]
         console.print()
-        console.print(table(headers, [[g[c] for c in columns] for g in groups], {"live", "expired", "hits"}))
+        console.print(
+            table(headers, [[g[c] for c in columns] for g in groups], {"live", "expired", "hits"})
+        )
     if top := report["top_keys"]:
         rows = [
             [
@@ -406,7 +442,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     stats_cmd.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
     stats_cmd.add_argument(
-        "--top", type=_top, default=10, metavar="N", help="list the N most-read keys (10; 0 for none)"
+        "--top",
+        type=_top,
+        default=10,
+        metavar="N",
+        help="list the N most-read keys (10; 0 for none)",
     )
     stats_cmd.set_defaults(func=_on_existing_database(_stats))
     rotate_cmd = commands.add_parser(
@@ -416,7 +456,9 @@ def _parser() -> argparse.ArgumentParser:
         "safe to interrupt and rerun. Once it reports 0 unreadable rows, older keys may be "
         "removed from KEYCHAIN_ENCRYPTION_KEYS.",
     )
-    rotate_cmd.add_argument("--batch-size", type=int, default=500, help="rows per transaction (500)")
+    rotate_cmd.add_argument(
+        "--batch-size", type=int, default=500, help="rows per transaction (500)"
+    )
     rotate_cmd.set_defaults(func=_on_existing_database(_rotate_keys))
     mint_cmd = command(
         "mint-token",
@@ -426,13 +468,23 @@ def _parser() -> argparse.ArgumentParser:
         "(exact names, or prefixes ending in '*'), and stops working when it expires or the "
         "execution is cleaned up.",
     )
-    mint_cmd.add_argument("--execution-id", type=int, required=True, help="the execution it is bound to")
-    mint_cmd.add_argument("--parent-execution-id", type=int, help="its top-level execution, if any")
-    mint_cmd.add_argument("--read", action="append", default=[], metavar="CREDENTIAL", help="global reads (repeat)")
     mint_cmd.add_argument(
-        "--write", action="append", default=[], metavar="CREDENTIAL", help="global writes, reads too (repeat)"
+        "--execution-id", type=int, required=True, help="the execution it is bound to"
     )
-    mint_cmd.add_argument("--ttl", type=int, metavar="SECONDS", help="lifetime (KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS)")
+    mint_cmd.add_argument("--parent-execution-id", type=int, help="its top-level execution, if any")
+    mint_cmd.add_argument(
+        "--read", action="append", default=[], metavar="CREDENTIAL", help="global reads (repeat)"
+    )
+    mint_cmd.add_argument(
+        "--write",
+        action="append",
+        default=[],
+        metavar="CREDENTIAL",
+        help="global writes, reads too (repeat)",
+    )
+    mint_cmd.add_argument(
+        "--ttl", type=int, metavar="SECONDS", help="lifetime (KEYCHAIN_EXECUTION_TOKEN_TTL_SECONDS)"
+    )
     mint_cmd.set_defaults(func=_on_existing_database(_mint_token))
     purge_cmd = command(
         "purge",
@@ -441,8 +493,12 @@ def _parser() -> argparse.ArgumentParser:
         "or the one --scope names. Every server drops them from memory, as for the API's "
         "DELETE /api/credentials/auth-cache.",
     )
-    purge_cmd.add_argument("name", metavar="NAME", help="e.g. projects/123/secrets/openai-api-key/versions/1")
-    purge_cmd.add_argument("--scope", choices=("execution", "global", "session"), help="only entries of this scope")
+    purge_cmd.add_argument(
+        "name", metavar="NAME", help="e.g. projects/123/secrets/openai-api-key/versions/1"
+    )
+    purge_cmd.add_argument(
+        "--scope", choices=("execution", "global", "session"), help="only entries of this scope"
+    )
     purge_cmd.set_defaults(func=_on_existing_database(_purge))
 
     keys_cmd = command(
@@ -460,7 +516,11 @@ def _parser() -> argparse.ArgumentParser:
         keys_cmd.add_subparsers(dest="keys_command", required=True, metavar="COMMAND"),
     )
     keys_new.add_argument(
-        "id", nargs="?", type=_key_id, metavar="ID", help="the key id (default: k and the UTC date and time)"
+        "id",
+        nargs="?",
+        type=_key_id,
+        metavar="ID",
+        help="the key id (default: k and the UTC date and time)",
     )
     keys_new.set_defaults(func=_keys_new)
 
@@ -478,8 +538,12 @@ def _parser() -> argparse.ArgumentParser:
         "shown once; nothing is stored.",
         tokens_cmd.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND"),
     )
-    tokens_new.add_argument("name", type=_token_name, metavar="NAME", help="who uses it, e.g. ci-worker")
-    tokens_new.add_argument("role", type=_role, metavar="ROLE", help="worker, issuer or admin (see the README's Roles)")
+    tokens_new.add_argument(
+        "name", type=_token_name, metavar="NAME", help="who uses it, e.g. ci-worker"
+    )
+    tokens_new.add_argument(
+        "role", type=_role, metavar="ROLE", help="worker, issuer or admin (see the README's Roles)"
+    )
     tokens_new.set_defaults(func=_tokens_new)
     return parser
 
@@ -547,7 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(args.command, str(exc), EXIT_FAILED)
 
 
-def _configured(run: Callable[[Settings, argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+def _configured(
+    run: Callable[[Settings, argparse.Namespace], int],
+) -> Callable[[argparse.Namespace], int]:
     """A command that runs on the settings (KEYCHAIN_*): loaded, checked and logging set up
     first; what the database answers becomes one line and an exit code."""
 
@@ -609,12 +675,16 @@ def _database_failure(command: str, settings: Settings, exc: Exception) -> int |
     from app.db.engine import outage
 
     where = _database_label(settings)
-    meaning = exc if isinstance(exc, DatabaseUnavailable) else outage(exc)  # raised by a repository, or raw
+    meaning = (
+        exc if isinstance(exc, DatabaseUnavailable) else outage(exc)
+    )  # raised by a repository, or raw
     if isinstance(meaning, DatabaseNotMigrated):
         message = f"no keychain table in schema {settings.db_schema!r} at {where}; run 'keychain migrate' first"
         return _fail(command, message, EXIT_FAILED)
     if isinstance(meaning, DatabaseUnavailable):
-        return _fail(command, f"cannot reach the database at {where}: {_root_cause(exc)}", EXIT_UNAVAILABLE)
+        return _fail(
+            command, f"cannot reach the database at {where}: {_root_cause(exc)}", EXIT_UNAVAILABLE
+        )
     if isinstance(exc, DBAPIError):
         return _fail(command, f"the database at {where} answered: {_root_cause(exc)}", EXIT_FAILED)
     return None

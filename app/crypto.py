@@ -53,18 +53,24 @@ def parse_keys(spec: str, setting: str) -> list[tuple[str, bytes]]:
         key_id, sep, encoded = item.partition(":")
         if not sep:
             # Named by position: the entry may be a bare key, which must not be echoed.
-            raise ConfigurationError(f"{setting} entry {position} must look like '<id>:<base64 key>'")
+            raise ConfigurationError(
+                f"{setting} entry {position} must look like '<id>:<base64 key>'"
+            )
         check_key_id(key_id, setting)
         try:
             key = base64.b64decode(encoded, validate=True)
         except binascii.Error as exc:
             raise ConfigurationError(f"{setting}: key {key_id!r} is not valid base64") from exc
         if len(key) != KEY_BYTES:
-            raise ConfigurationError(f"{setting}: key {key_id!r} is {len(key)} bytes; it must be {KEY_BYTES}")
+            raise ConfigurationError(
+                f"{setting}: key {key_id!r} is {len(key)} bytes; it must be {KEY_BYTES}"
+            )
         if len(set(key)) < MIN_DISTINCT_KEY_BYTES:
             # Random keys have ~26 distinct bytes in 32; all zeros or a repeated pattern is a
             # placeholder someone forgot to replace.
-            raise ConfigurationError(f"{setting}: key {key_id!r} looks like a placeholder, not random bytes; {GENERATE_KEY}")
+            raise ConfigurationError(
+                f"{setting}: key {key_id!r} looks like a placeholder, not random bytes; {GENERATE_KEY}"
+            )
         if key_id in (known for known, _ in keys):
             raise ConfigurationError(f"{setting}: key id {key_id!r} appears twice")
         keys.append((key_id, key))
@@ -75,7 +81,9 @@ def parse_keys(spec: str, setting: str) -> list[tuple[str, bytes]]:
 
 def check_key_id(key_id: str, setting: str) -> str:
     if not _KEY_ID.fullmatch(key_id):
-        raise ConfigurationError(f"{setting}: key id {key_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        raise ConfigurationError(
+            f"{setting}: key id {key_id!r} must be 1-64 letters, digits, '.', '_' or '-'"
+        )
     return key_id
 
 
@@ -84,7 +92,9 @@ def new_key_entry(key_id: str) -> str:
     return f"{key_id}:" + base64.b64encode(os.urandom(KEY_BYTES)).decode()
 
 
-def load_or_create_local_keys(path: Path, key_id: str, setting: str, purpose: str) -> list[tuple[str, bytes]]:
+def load_or_create_local_keys(
+    path: Path, key_id: str, setting: str, purpose: str
+) -> list[tuple[str, bytes]]:
     """Local mode only: keep one generated key in the data directory, readable by us alone."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +104,10 @@ def load_or_create_local_keys(path: Path, key_id: str, setting: str, purpose: st
             handle.write(spec + "\n")
         log.warning(
             "no %s configured: generated a local %s key in %s (mode 0600); set %s in any shared deployment",
-            setting, purpose, path, setting,
+            setting,
+            purpose,
+            path,
+            setting,
         )
     return parse_keys(path.read_text().strip(), setting)
 
@@ -142,7 +155,11 @@ class KeyRing:
 
     @classmethod
     def load_or_create_local(cls, data_dir: Path) -> KeyRing:
-        return cls(load_or_create_local_keys(data_dir / LOCAL_KEY_FILE, "local", ENCRYPTION_KEYS_SETTING, "encryption"))
+        return cls(
+            load_or_create_local_keys(
+                data_dir / LOCAL_KEY_FILE, "local", ENCRYPTION_KEYS_SETTING, "encryption"
+            )
+        )
 
     def seal(self, plaintext: bytes, associated_data: bytes) -> Sealed:
         key_id = self.primary_key_id
@@ -165,7 +182,9 @@ class KeyRing:
             raise UnreadableEntry("stored entry has a malformed key id")
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            raise UnreadableEntry(f"stored entry is sealed by key {key_id!r}, which is not configured")
+            raise UnreadableEntry(
+                f"stored entry is sealed by key {key_id!r}, which is not configured"
+            )
         nonce = envelope[id_end : id_end + NONCE_BYTES]
         ciphertext = envelope[id_end + NONCE_BYTES :]
         try:

@@ -44,7 +44,10 @@ class FillLeaseGranted(EntryNotFound):
         super().__init__(
             message,
             reason=reason,
-            headers={FILL_LEASE_HEADER: lease_id, f"{FILL_LEASE_HEADER}-Seconds": f"{lease_seconds:g}"},
+            headers={
+                FILL_LEASE_HEADER: lease_id,
+                f"{FILL_LEASE_HEADER}-Seconds": f"{lease_seconds:g}",
+            },
         )
         self.lease_id = lease_id
 

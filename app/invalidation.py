@@ -71,12 +71,17 @@ def key_messages(keys: list[str]) -> list[Invalidation]:
 class InvalidationListener:
     """LISTENs on the channel, reconnecting with capped backoff until cancelled."""
 
-    def __init__(self, url: str | URL, channel: str, on_message: Callable[[Invalidation], None]) -> None:
+    def __init__(
+        self, url: str | URL, channel: str, on_message: Callable[[Invalidation], None]
+    ) -> None:
         # Its own engine without a pool: the listening connection is never a request's.
         self._engine = create_async_engine(
             url,
             poolclass=NullPool,
-            connect_args={"timeout": 5, "server_settings": {"application_name": LISTENER_APPLICATION_NAME}},
+            connect_args={
+                "timeout": 5,
+                "server_settings": {"application_name": LISTENER_APPLICATION_NAME},
+            },
         )
         self._channel = channel
         self._on_message = on_message
@@ -100,10 +105,14 @@ class InvalidationListener:
                 try:
                     await self._listen_until_lost()
                     failures = 0
-                except (OSError, asyncio.TimeoutError) as exc:  # asyncpg errors are OSErrors or PostgresErrors
-                    log.warning("invalidation listener cannot connect (%s); retrying", type(exc).__name__)
-                except Exception as exc:  # noqa: BLE001 - any database error: reconnect, never die
-                    log.warning("invalidation listener failed (%s); reconnecting", type(exc).__name__)
+                except (TimeoutError, OSError) as exc:  # asyncpg errors are OSErrors or PostgresErrors
+                    log.warning(
+                        "invalidation listener cannot connect (%s); retrying", type(exc).__name__
+                    )
+                except Exception as exc:
+                    log.warning(
+                        "invalidation listener failed (%s); reconnecting", type(exc).__name__
+                    )
                 self.connected = False
                 failures += 1
                 await asyncio.sleep(random.uniform(0, min(MAX_BACKOFF_SECONDS, 0.1 * 2**failures)))
@@ -118,7 +127,9 @@ class InvalidationListener:
     async def _measure_clock(self, raw: Any) -> None:
         """Also the liveness probe: a connection that cannot answer this is gone."""
         before = time.time()
-        database_now = await raw.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8", timeout=2)
+        database_now = await raw.fetchval(
+            "SELECT extract(epoch FROM clock_timestamp())::float8", timeout=2
+        )
         after = time.time()
         self.clock_offset = database_now - (before + after) / 2
 

@@ -22,7 +22,12 @@ request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request
 # Attributes every LogRecord has; anything else came from `extra=`. uvicorn (and Litestar's
 # own logging config) add `color_message`, the message again with ANSI colour codes: noise in
 # a log line, and escape codes in a terminal.
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 REQUEST_ID_HEADER = b"x-request-id"
@@ -69,7 +74,9 @@ class RequestIdMiddleware:
 
         async def send_with_id(message: Any) -> None:
             if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER]
+                headers = [
+                    (k, v) for k, v in message.get("headers", ()) if k.lower() != REQUEST_ID_HEADER
+                ]
                 message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, rid.encode())]}
             await send(message)
 

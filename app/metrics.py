@@ -35,22 +35,30 @@ class KeychainMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.cache_hits = Counter("keychain_cache_hits", "Reads that found a live entry", registry=r)
+        self.cache_hits = Counter(
+            "keychain_cache_hits", "Reads that found a live entry", registry=r
+        )
         self.cache_misses = Counter(
             "keychain_cache_misses", "Reads that found no live entry", ["reason"], registry=r
         )
         self.cache_writes = Counter(
             "keychain_cache_writes", "Entries written (upserts)", ["outcome"], registry=r
         )
-        self.cache_deletes = Counter("keychain_cache_deletes", "Entries invalidated one by one", registry=r)
+        self.cache_deletes = Counter(
+            "keychain_cache_deletes", "Entries invalidated one by one", registry=r
+        )
         self.execution_cleanups = Counter(
-            "keychain_execution_cleanups", "Execution cleanups (DELETE /api/executions/...)", registry=r
+            "keychain_execution_cleanups",
+            "Execution cleanups (DELETE /api/executions/...)",
+            registry=r,
         )
         self.execution_cleanup_rows = Counter(
             "keychain_execution_cleanup_rows", "Rows deleted by execution cleanups", registry=r
         )
         self.sweeps = Counter("keychain_sweeps", "Sweeper passes by result", ["result"], registry=r)
-        self.swept_rows = Counter("keychain_swept_rows", "Expired rows deleted by the sweeper", registry=r)
+        self.swept_rows = Counter(
+            "keychain_swept_rows", "Expired rows deleted by the sweeper", registry=r
+        )
         self.fill_leases = Counter(
             "keychain_fill_leases",
             "Fill leases granted: one caller fetches for everyone a missing entry (fill) or a token's successor (refresh)",
@@ -83,7 +91,9 @@ class KeychainMetrics:
             registry=r,
         )
         self.requests_in_flight = Gauge(
-            "keychain_requests_in_flight", "HTTP requests being answered, at scrape time", registry=r
+            "keychain_requests_in_flight",
+            "HTTP requests being answered, at scrape time",
+            registry=r,
         )
         # Moved by RequestMetricsMiddleware; shutdown waits for it to reach 0 (drained()).
         self.in_flight = 0

@@ -37,7 +37,9 @@ class Runtime:
         return self.process.metrics
 
     def keychain_service(self, conn: AsyncConnection | LazyTransaction) -> KeychainService:
-        return KeychainService(KeychainRepository(conn, self.table), self.keyring, self.limits, self.process)
+        return KeychainService(
+            KeychainRepository(conn, self.table), self.keyring, self.limits, self.process
+        )
 
 
 def runtime_of(state: State) -> Runtime:

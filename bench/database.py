@@ -48,7 +48,9 @@ async def drop_schemas(conn: asyncpg.Connection, schemas: list[str]) -> None:
         await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
-async def seed_floor(conn: asyncpg.Connection, key_prefix: str, key_suffix: str, count: int) -> None:
+async def seed_floor(
+    conn: asyncpg.Connection, key_prefix: str, key_suffix: str, count: int
+) -> None:
     await conn.execute(
         f"INSERT INTO {FLOOR_TABLE} (key, data)"
         " SELECT $1 || i || $2, '{\"value\": \"sk-bench-' || md5(i::text) || '\"}'"
@@ -59,7 +61,9 @@ async def seed_floor(conn: asyncpg.Connection, key_prefix: str, key_suffix: str,
     )
 
 
-async def insert_rows(conn: asyncpg.Connection, schema: str, key_prefix: str, count: int, *, expired: bool) -> None:
+async def insert_rows(
+    conn: asyncpg.Connection, schema: str, key_prefix: str, count: int, *, expired: bool
+) -> None:
     """`count` execution-scoped rows under `{key_prefix}{i}/versions/1:{execution}`, ten per
     execution, shaped as the server writes them; expired a minute ago, or live for a day."""
     expires = "now() - interval '1 minute'" if expired else "now() + interval '1 day'"
@@ -79,9 +83,13 @@ async def insert_rows(conn: asyncpg.Connection, schema: str, key_prefix: str, co
 
 
 async def count_expired(conn: asyncpg.Connection, schema: str) -> int:
-    return await conn.fetchval(f'SELECT count(*) FROM "{schema}".keychain WHERE expires_at <= now()')
+    return await conn.fetchval(
+        f'SELECT count(*) FROM "{schema}".keychain WHERE expires_at <= now()'
+    )
 
 
 async def any_expired(conn: asyncpg.Connection, schema: str) -> bool:
     """count_expired() > 0 at a fraction of its cost: it runs beside a measured load."""
-    return await conn.fetchval(f'SELECT EXISTS (SELECT 1 FROM "{schema}".keychain WHERE expires_at <= now())')
+    return await conn.fetchval(
+        f'SELECT EXISTS (SELECT 1 FROM "{schema}".keychain WHERE expires_at <= now())'
+    )

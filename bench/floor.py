@@ -64,7 +64,9 @@ async def create_table(conn: asyncpg.Connection) -> None:
 
 def create_app(database_url: str) -> Litestar:
     async def open_pool(app: Litestar) -> None:
-        app.state.pool = await asyncpg.create_pool(asyncpg_dsn(database_url), min_size=POOL_SIZE, max_size=POOL_SIZE)
+        app.state.pool = await asyncpg.create_pool(
+            asyncpg_dsn(database_url), min_size=POOL_SIZE, max_size=POOL_SIZE
+        )
 
     async def close_pool(app: Litestar) -> None:
         await app.state.pool.close()
@@ -124,8 +126,25 @@ def app_from_environment() -> Litestar:
 def main() -> None:
     port, server = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "uvicorn"
     if server == "granian":
-        command = ["granian", "--interface", "asgi", "--loop", "uvloop", "--workers", "1", "--log-level", "warning"]
-        command += ["--host", "127.0.0.1", "--port", port, "--factory", "bench.floor:app_from_environment"]
+        command = [
+            "granian",
+            "--interface",
+            "asgi",
+            "--loop",
+            "uvloop",
+            "--workers",
+            "1",
+            "--log-level",
+            "warning",
+        ]
+        command += [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--factory",
+            "bench.floor:app_from_environment",
+        ]
         os.execv(sys.executable, [sys.executable, "-m", *command])
     uvicorn.run(
         app_from_environment(),

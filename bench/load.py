@@ -88,7 +88,9 @@ class LoadResult:
 class LoadGenerator(Protocol):
     name: str
 
-    async def run(self, load: Load, seconds: float, stop: asyncio.Event | None = None) -> LoadResult:
+    async def run(
+        self, load: Load, seconds: float, stop: asyncio.Event | None = None
+    ) -> LoadResult:
         """`seconds` of load, or less when `stop` is set first."""
         ...
 
@@ -99,7 +101,9 @@ class Wrk:
         script.write_text(WRK_SCRIPT)
         self.name = f"wrk ({threads} threads, {CONNECTIONS} connections)"
 
-    async def run(self, load: Load, seconds: float, stop: asyncio.Event | None = None) -> LoadResult:
+    async def run(
+        self, load: Load, seconds: float, stop: asyncio.Event | None = None
+    ) -> LoadResult:
         prefix, suffix, keys = load.split_path()
         process = await asyncio.create_subprocess_exec(
             self._executable,
@@ -137,7 +141,9 @@ class Wrk:
                     p99_ms=summary["p99_us"] / 1000,
                     errors=summary["errors"],
                 )
-        raise RuntimeError(f"wrk gave no summary (exit {process.returncode}): {err.decode()[-500:]}")
+        raise RuntimeError(
+            f"wrk gave no summary (exit {process.returncode}): {err.decode()[-500:]}"
+        )
 
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.IGNORECASE)
@@ -152,7 +158,9 @@ def _request_bytes(load: Load, path: str) -> bytes:
     return head.encode() + load.body
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> bytes:
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
     """Send one request on a keep-alive connection; its response's head."""
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         writer.write(request)
@@ -165,7 +173,9 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 class PythonLoad:
     name = f"the bench's own (Python asyncio, raw sockets, {CONNECTIONS} connections)"
 
-    async def run(self, load: Load, seconds: float, stop: asyncio.Event | None = None) -> LoadResult:
+    async def run(
+        self, load: Load, seconds: float, stop: asyncio.Event | None = None
+    ) -> LoadResult:
         stop = stop or asyncio.Event()
         url = urlsplit(load.base_url)
         prefix, suffix, keys = load.split_path()
@@ -193,9 +203,13 @@ class PythonLoad:
         await asyncio.gather(*(connection() for _ in range(CONNECTIONS)))
         elapsed = time.perf_counter() - started
         if len(latencies) < 2:
-            raise RuntimeError(f"{load.method} {load.base_url}{load.path}: fewer than 2 answers in {elapsed:.1f} s")
+            raise RuntimeError(
+                f"{load.method} {load.base_url}{load.path}: fewer than 2 answers in {elapsed:.1f} s"
+            )
         percentiles = statistics.quantiles(latencies, n=100, method="inclusive")
-        return LoadResult(len(latencies), elapsed, percentiles[49] * 1000, percentiles[98] * 1000, errors)
+        return LoadResult(
+            len(latencies), elapsed, percentiles[49] * 1000, percentiles[98] * 1000, errors
+        )
 
 
 async def request_each_key(load: Load) -> int:
@@ -211,7 +225,9 @@ async def request_each_key(load: Load) -> int:
         reader, writer = await asyncio.open_connection(url.hostname, url.port)
         try:
             for i in indexes:
-                if not (await _exchange(reader, writer, _request_bytes(load, f"{prefix}{i}{suffix}"))).startswith(b"HTTP/1.1 2"):
+                if not (
+                    await _exchange(reader, writer, _request_bytes(load, f"{prefix}{i}{suffix}"))
+                ).startswith(b"HTTP/1.1 2"):
                     failures += 1
         finally:
             writer.close()

@@ -43,8 +43,16 @@ import uvloop
 
 from bench import database
 from bench.floor import FloorServer, create_table
+from bench.load import (
+    CONNECTIONS,
+    KEY_INDEX,
+    Load,
+    LoadGenerator,
+    LoadResult,
+    load_generator,
+    request_each_key,
+)
 from bench.uvicorn_server import UvicornKeychainServer
-from bench.load import CONNECTIONS, KEY_INDEX, Load, LoadGenerator, LoadResult, load_generator, request_each_key
 from demo.local_server import LocalKeychainServer
 from workerlib import KeychainClient, fetch_secret
 from workerlib.client import entry_path
@@ -159,7 +167,11 @@ def p50(samples: list[float]) -> float:
 
 
 def p99(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[98] if len(samples) > 1 else samples[0]
+    return (
+        statistics.quantiles(samples, n=100, method="inclusive")[98]
+        if len(samples) > 1
+        else samples[0]
+    )
 
 
 def median_ratio(numerators: list[float], denominators: list[float]) -> float:
@@ -167,39 +179,64 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
 
 
 class Bench:
-    def __init__(self, profile: Profile, generator: LoadGenerator, servers: dict[str, LocalKeychainServer],
-                 floors: list[FloorServer], worker_token: str, execution_token: str) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        generator: LoadGenerator,
+        servers: dict[str, LocalKeychainServer],
+        floors: list[FloorServer],
+        worker_token: str,
+        execution_token: str,
+    ) -> None:
         """`floors`: the floor app under uvicorn, then under granian."""
         floor, floor_granian = floors
         self.profile, self.generator, self.servers = profile, generator, servers
         self.floors = {"uvicorn": floor, "granian": floor_granian}
         self.worker_token, self.execution_token = worker_token, execution_token
         a, keys, w = servers["A"].url, profile.keys, worker_token
-        hit_path, floor_path = templated_entry_path(hit_key(KEY_INDEX)), f"/floor/{hit_key(KEY_INDEX)}"
+        hit_path, floor_path = (
+            templated_entry_path(hit_key(KEY_INDEX)),
+            f"/floor/{hit_key(KEY_INDEX)}",
+        )
         self.cases = {
             "http_floor": LoadCase("HTTP floor (uvicorn): GET /ping", Load(floor.url, "/ping")),
-            "db_floor": LoadCase("DB floor (uvicorn): GET, random key", Load(floor.url, floor_path, keys)),
-            "hit": LoadCase("Keychain hit, random key (worker token, granian)", Load(a, hit_path, keys, token=w)),
-            "hit_hot": LoadCase("Keychain hit, one hot key", Load(a, entry_path(hit_key(0)), token=w)),
-            "db_floor_hot": LoadCase("DB floor (uvicorn): GET, one hot key", Load(floor.url, f"/floor/{hit_key(0)}")),
+            "db_floor": LoadCase(
+                "DB floor (uvicorn): GET, random key", Load(floor.url, floor_path, keys)
+            ),
+            "hit": LoadCase(
+                "Keychain hit, random key (worker token, granian)", Load(a, hit_path, keys, token=w)
+            ),
+            "hit_hot": LoadCase(
+                "Keychain hit, one hot key", Load(a, entry_path(hit_key(0)), token=w)
+            ),
+            "db_floor_hot": LoadCase(
+                "DB floor (uvicorn): GET, one hot key", Load(floor.url, f"/floor/{hit_key(0)}")
+            ),
             "health": LoadCase("Keychain GET /health (no I/O, all middleware)", Load(a, "/health")),
             "hit_uvicorn": LoadCase(
-                "Keychain hit, random key, under uvicorn", Load(servers["U"].url, hit_path, keys, token=w)
+                "Keychain hit, random key, under uvicorn",
+                Load(servers["U"].url, hit_path, keys, token=w),
             ),
             "db_floor_granian": LoadCase(
                 "DB floor (granian): GET, random key", Load(floor_granian.url, floor_path, keys)
             ),
-            "hit_bare": LoadCase("Keychain hit, bare (open, unaudited)", Load(servers["bare"].url, hit_path, keys)),
-            "hit_execution": LoadCase("Keychain hit, execution token", Load(a, hit_path, keys, token=execution_token)),
+            "hit_bare": LoadCase(
+                "Keychain hit, bare (open, unaudited)", Load(servers["bare"].url, hit_path, keys)
+            ),
+            "hit_execution": LoadCase(
+                "Keychain hit, execution token", Load(a, hit_path, keys, token=execution_token)
+            ),
             "rows_small": LoadCase(
-                f"Keychain hit, {ROWS_MEASURED_KEYS:,} rows", Load(servers["1k"].url, hit_path, ROWS_MEASURED_KEYS, token=w)
+                f"Keychain hit, {ROWS_MEASURED_KEYS:,} rows",
+                Load(servers["1k"].url, hit_path, ROWS_MEASURED_KEYS, token=w),
             ),
             "rows_large": LoadCase(
                 f"Keychain hit, {profile.large_rows:,} rows",
                 Load(servers["large"].url, hit_path, ROWS_MEASURED_KEYS, token=w),
             ),
             "post": LoadCase(
-                "Keychain POST, random key", Load(a, templated_entry_path(written_key(KEY_INDEX)), keys, "POST", POST_BODY, w)
+                "Keychain POST, random key",
+                Load(a, templated_entry_path(written_key(KEY_INDEX)), keys, "POST", POST_BODY, w),
             ),
             "post_floor": LoadCase(
                 "upsert floor: POST, random key",
@@ -208,11 +245,17 @@ class Bench:
         }
         sweep_load = Load(servers["B"].url, hit_path, keys, token=w)
         self.sweep_idle = LoadCase("Keychain hit on B, idle as long", sweep_load)
-        self.sweeping = LoadCase(f"Keychain hit on B, sweeping {profile.expired_rows:,} rows", sweep_load)
+        self.sweeping = LoadCase(
+            f"Keychain hit on B, sweeping {profile.expired_rows:,} rows", sweep_load
+        )
         self.sweep_seconds: list[float] = []
         self.sequential_p50s: dict[str, list[float]] = {
-            "HTTP floor /ping, uvicorn": [], "HTTP floor /ping, granian": [],
-            "bare": [], "worker token": [], "worker token, uvicorn": [], "execution token": [],
+            "HTTP floor /ping, uvicorn": [],
+            "HTTP floor /ping, granian": [],
+            "bare": [],
+            "worker token": [],
+            "worker token, uvicorn": [],
+            "execution token": [],
         }
         self.misses: list[float] = []
         # Per round and mode ("lease", "no lease"): provider calls, and the slowest caller (s).
@@ -228,12 +271,18 @@ class Bench:
         to its last), then the same load as long again with nothing to sweep: p99s over windows
         of one length compare."""
         await database.insert_rows(
-            db, MAIN_SCHEMA, f"projects/bench/secrets/expired-{round_}-", self.profile.expired_rows, expired=True
+            db,
+            MAIN_SCHEMA,
+            f"projects/bench/secrets/expired-{round_}-",
+            self.profile.expired_rows,
+            expired=True,
         )
         deadline = time.monotonic() + SWEEP_START_TIMEOUT_S
         while await database.count_expired(db, MAIN_SCHEMA) >= self.profile.expired_rows:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"B's sweeper did not start within {SWEEP_START_TIMEOUT_S:.0f} s")
+                raise RuntimeError(
+                    f"B's sweeper did not start within {SWEEP_START_TIMEOUT_S:.0f} s"
+                )
             await asyncio.sleep(0.02)
         started, swept = time.perf_counter(), asyncio.Event()
 
@@ -244,11 +293,15 @@ class Bench:
 
         watcher = asyncio.create_task(watch())
         try:
-            self.sweeping.results.append(await self.generator.run(self.sweeping.load, SWEEP_LOAD_MAX_S, swept))
+            self.sweeping.results.append(
+                await self.generator.run(self.sweeping.load, SWEEP_LOAD_MAX_S, swept)
+            )
         finally:
             watcher.cancel()
         if not swept.is_set():
-            raise RuntimeError(f"B swept {self.profile.expired_rows:,} rows in more than {SWEEP_LOAD_MAX_S} s")
+            raise RuntimeError(
+                f"B swept {self.profile.expired_rows:,} rows in more than {SWEEP_LOAD_MAX_S} s"
+            )
         sweep_seconds = time.perf_counter() - started
         self.sweep_seconds.append(sweep_seconds)
         idle_over = asyncio.Event()
@@ -260,7 +313,8 @@ class Bench:
     async def sequential_round(self, http: httpx.AsyncClient) -> None:
         """p50 of one request at a time: KeychainClient.get, and the same pool's GET /ping."""
         cases: dict[str, Callable[[int], Awaitable[object]]] = {
-            f"HTTP floor /ping, {server}": self._ping(http, floor.url) for server, floor in self.floors.items()
+            f"HTTP floor /ping, {server}": self._ping(http, floor.url)
+            for server, floor in self.floors.items()
         }
         for name, url, token in (
             ("bare", self.servers["bare"].url, None),
@@ -302,10 +356,14 @@ class Bench:
             name = f"projects/bench/secrets/fetched-{round_}-{n}/versions/1"
             for i in range(1 + self.profile.hits_per_miss):
                 started = time.perf_counter()
-                await fetch_secret(name, execution_id=EXECUTION_ID, client=keychain, provider=provider)
+                await fetch_secret(
+                    name, execution_id=EXECUTION_ID, client=keychain, provider=provider
+                )
                 (self.misses if i == 0 else self.hits).append(time.perf_counter() - started)
             if provider.calls != n + 1:
-                raise RuntimeError(f"fetch_secret called the provider {provider.calls} times for {n + 1} secrets")
+                raise RuntimeError(
+                    f"fetch_secret called the provider {provider.calls} times for {n + 1} secrets"
+                )
 
     async def burst_round(self, http: httpx.AsyncClient, round_: int) -> None:
         """BURST callers miss one secret at once, each with a client of its own (as separate
@@ -314,13 +372,17 @@ class Bench:
             provider = SlowProvider()
             name = f"projects/bench/secrets/burst-{round_}-{mode.replace(' ', '-')}/versions/1"
             clients = [
-                KeychainClient(self.servers["A"].url, self.worker_token, http_client=http, fill_wait=fill_wait)
+                KeychainClient(
+                    self.servers["A"].url, self.worker_token, http_client=http, fill_wait=fill_wait
+                )
                 for _ in range(BURST)
             ]
 
             async def timed(client: KeychainClient) -> float:
                 started = time.perf_counter()
-                await fetch_secret(name, execution_id=EXECUTION_ID, client=client, provider=provider)
+                await fetch_secret(
+                    name, execution_id=EXECUTION_ID, client=client, provider=provider
+                )
                 return time.perf_counter() - started
 
             slowest = max(await asyncio.gather(*(timed(c) for c in clients)))
@@ -330,7 +392,12 @@ class Bench:
         """Write on A, read on B (so B holds it), delete on A: how long B still serves it."""
         for n in range(self.profile.invalidations):
             key = f"projects/bench/secrets/invalidated-{round_}-{n}/versions/1:{EXECUTION_ID}"
-            await a.put(key, {"value": "sk-bench"}, credential_type="secret_manager", execution_id=EXECUTION_ID)
+            await a.put(
+                key,
+                {"value": "sk-bench"},
+                credential_type="secret_manager",
+                execution_id=EXECUTION_ID,
+            )
             if await b.get(key) is None:
                 raise RuntimeError(f"replica B does not see {key}, just written on A")
             await a.delete(key)
@@ -349,7 +416,9 @@ class Bench:
         readers += [("1k", w, ROWS_MEASURED_KEYS), ("large", w, ROWS_MEASURED_KEYS)]
         hit_path = templated_entry_path(hit_key(KEY_INDEX))
         for name, token, count in readers:
-            if failures := await request_each_key(Load(self.servers[name].url, hit_path, count, token=token)):
+            if failures := await request_each_key(
+                Load(self.servers[name].url, hit_path, count, token=token)
+            ):
                 raise RuntimeError(f"{name}: {failures} of {count} hit keys did not answer 200")
 
     async def run(self, db: asyncpg.Connection) -> None:
@@ -385,42 +454,127 @@ class Bench:
         seq = self.sequential_p50s
         large = f"{self.profile.large_rows:,}"
         rows = [
-            ("Keychain hit req/s, random key ÷ DB floor, both under granian",
-             median_ratio(rates(c["hit"]), rates(c["db_floor_granian"])), Target(">=", 2.0)),
-            ("Keychain hit req/s, hot key ÷ random key", median_ratio(rates(c["hit_hot"]), rates(c["hit"])), Target(">=", 1.0)),
-            ("KeychainClient sequential hit p50 ÷ same pool's /ping p50, granian",
-             median_ratio(seq["worker token"], seq["HTTP floor /ping, granian"]), Target("<=", 1.3)),
-            ("fetch_secret miss (provider 250 ms) ÷ hit, p50", p50(self.misses) / p50(self.hits), Target(">=", 100)),
-            (f"hit p50, {large} rows ÷ {ROWS_MEASURED_KEYS:,} rows", median_ratio(p50s(c["rows_large"]), p50s(c["rows_small"])),
-             Target("<=", 1.2)),
-            (f"hit p99 while sweeping {self.profile.expired_rows:,} expired rows ÷ idle",
-             median_ratio([r.p99_ms for r in self.sweeping.results], [r.p99_ms for r in self.sweep_idle.results]),
-             Target("<=", 2.0)),
-            ("cross-replica invalidation delay p99, ms", p99(self.invalidation_delays) * 1000, Target("<=", 50)),
-            (f"burst of {BURST} misses for one key: provider calls, with the fill lease",
-             max(calls for calls, _ in self.bursts["lease"]), Target("<=", 1)),
-            (f"burst of {BURST} misses for one key: provider calls, without", p50([c for c, _ in self.bursts["no lease"]]), REPORTED),
-            ("burst: slowest caller with the lease ÷ the provider's 250 ms",
-             p50([t for _, t in self.bursts["lease"]]) / PROVIDER_DELAY_S, REPORTED),
-            ("burst: slowest caller without the lease ÷ the provider's 250 ms",
-             p50([t for _, t in self.bursts["no lease"]]) / PROVIDER_DELAY_S, REPORTED),
-            ("Keychain POST req/s ÷ raw asyncpg upsert floor", median_ratio(rates(c["post"]), rates(c["post_floor"])), REPORTED),
-            ("Keychain hit req/s ÷ HTTP floor (/ping, uvicorn)", median_ratio(rates(c["hit"]), rates(c["http_floor"])), REPORTED),
-            ("Keychain hit req/s ÷ Keychain GET /health", median_ratio(rates(c["hit"]), rates(c["health"])), REPORTED),
-            ("Keychain hit req/s ÷ DB floor under uvicorn", median_ratio(rates(c["hit"]), rates(c["db_floor"])), REPORTED),
-            ("KeychainClient sequential hit p50 ÷ same pool's /ping p50, uvicorn",
-             median_ratio(seq["worker token"], seq["HTTP floor /ping, uvicorn"]), REPORTED),
-            ("hit req/s under granian (keychain serve) ÷ under uvicorn (same app)",
-             median_ratio(rates(c["hit"]), rates(c["hit_uvicorn"])), REPORTED),
-            ("sequential hit p50 under granian ÷ under uvicorn (same app)",
-             median_ratio(seq["worker token"], seq["worker token, uvicorn"]), REPORTED),
-            ("hits/s, worker token ÷ bare", median_ratio(rates(c["hit"]), rates(c["hit_bare"])), REPORTED),
-            ("hits/s, execution token ÷ bare", median_ratio(rates(c["hit_execution"]), rates(c["hit_bare"])), REPORTED),
-            ("sequential p50, worker token ÷ bare", median_ratio(seq["worker token"], seq["bare"]), REPORTED),
-            ("sequential p50, execution token ÷ bare", median_ratio(seq["execution token"], seq["bare"]), REPORTED),
+            (
+                "Keychain hit req/s, random key ÷ DB floor, both under granian",
+                median_ratio(rates(c["hit"]), rates(c["db_floor_granian"])),
+                Target(">=", 2.0),
+            ),
+            (
+                "Keychain hit req/s, hot key ÷ random key",
+                median_ratio(rates(c["hit_hot"]), rates(c["hit"])),
+                Target(">=", 1.0),
+            ),
+            (
+                "KeychainClient sequential hit p50 ÷ same pool's /ping p50, granian",
+                median_ratio(seq["worker token"], seq["HTTP floor /ping, granian"]),
+                Target("<=", 1.3),
+            ),
+            (
+                "fetch_secret miss (provider 250 ms) ÷ hit, p50",
+                p50(self.misses) / p50(self.hits),
+                Target(">=", 100),
+            ),
+            (
+                f"hit p50, {large} rows ÷ {ROWS_MEASURED_KEYS:,} rows",
+                median_ratio(p50s(c["rows_large"]), p50s(c["rows_small"])),
+                Target("<=", 1.2),
+            ),
+            (
+                f"hit p99 while sweeping {self.profile.expired_rows:,} expired rows ÷ idle",
+                median_ratio(
+                    [r.p99_ms for r in self.sweeping.results],
+                    [r.p99_ms for r in self.sweep_idle.results],
+                ),
+                Target("<=", 2.0),
+            ),
+            (
+                "cross-replica invalidation delay p99, ms",
+                p99(self.invalidation_delays) * 1000,
+                Target("<=", 50),
+            ),
+            (
+                f"burst of {BURST} misses for one key: provider calls, with the fill lease",
+                max(calls for calls, _ in self.bursts["lease"]),
+                Target("<=", 1),
+            ),
+            (
+                f"burst of {BURST} misses for one key: provider calls, without",
+                p50([c for c, _ in self.bursts["no lease"]]),
+                REPORTED,
+            ),
+            (
+                "burst: slowest caller with the lease ÷ the provider's 250 ms",
+                p50([t for _, t in self.bursts["lease"]]) / PROVIDER_DELAY_S,
+                REPORTED,
+            ),
+            (
+                "burst: slowest caller without the lease ÷ the provider's 250 ms",
+                p50([t for _, t in self.bursts["no lease"]]) / PROVIDER_DELAY_S,
+                REPORTED,
+            ),
+            (
+                "Keychain POST req/s ÷ raw asyncpg upsert floor",
+                median_ratio(rates(c["post"]), rates(c["post_floor"])),
+                REPORTED,
+            ),
+            (
+                "Keychain hit req/s ÷ HTTP floor (/ping, uvicorn)",
+                median_ratio(rates(c["hit"]), rates(c["http_floor"])),
+                REPORTED,
+            ),
+            (
+                "Keychain hit req/s ÷ Keychain GET /health",
+                median_ratio(rates(c["hit"]), rates(c["health"])),
+                REPORTED,
+            ),
+            (
+                "Keychain hit req/s ÷ DB floor under uvicorn",
+                median_ratio(rates(c["hit"]), rates(c["db_floor"])),
+                REPORTED,
+            ),
+            (
+                "KeychainClient sequential hit p50 ÷ same pool's /ping p50, uvicorn",
+                median_ratio(seq["worker token"], seq["HTTP floor /ping, uvicorn"]),
+                REPORTED,
+            ),
+            (
+                "hit req/s under granian (keychain serve) ÷ under uvicorn (same app)",
+                median_ratio(rates(c["hit"]), rates(c["hit_uvicorn"])),
+                REPORTED,
+            ),
+            (
+                "sequential hit p50 under granian ÷ under uvicorn (same app)",
+                median_ratio(seq["worker token"], seq["worker token, uvicorn"]),
+                REPORTED,
+            ),
+            (
+                "hits/s, worker token ÷ bare",
+                median_ratio(rates(c["hit"]), rates(c["hit_bare"])),
+                REPORTED,
+            ),
+            (
+                "hits/s, execution token ÷ bare",
+                median_ratio(rates(c["hit_execution"]), rates(c["hit_bare"])),
+                REPORTED,
+            ),
+            (
+                "sequential p50, worker token ÷ bare",
+                median_ratio(seq["worker token"], seq["bare"]),
+                REPORTED,
+            ),
+            (
+                "sequential p50, execution token ÷ bare",
+                median_ratio(seq["execution token"], seq["bare"]),
+                REPORTED,
+            ),
         ]
         return [
-            {"figure": name, "value": round(value, 3), "target": str(target), "met": target.met(value)}
+            {
+                "figure": name,
+                "value": round(value, 3),
+                "target": str(target),
+                "met": target.met(value),
+            }
             for name, value, target in rows
         ]
 
@@ -446,8 +600,13 @@ class Bench:
                 }
                 for case in load_cases
             ],
-            "sequential_p50_ms": {name: round(p50(v) * 1000, 3) for name, v in self.sequential_p50s.items()},
-            "fetch_secret_ms": {"miss_p50": round(p50(self.misses) * 1000, 1), "hit_p50": round(p50(self.hits) * 1000, 3)},
+            "sequential_p50_ms": {
+                name: round(p50(v) * 1000, 3) for name, v in self.sequential_p50s.items()
+            },
+            "fetch_secret_ms": {
+                "miss_p50": round(p50(self.misses) * 1000, 1),
+                "hit_p50": round(p50(self.hits) * 1000, 3),
+            },
             "sweep_seconds": [round(s, 2) for s in self.sweep_seconds],
             "invalidation_ms": {
                 "samples": len(self.invalidation_delays),
@@ -470,17 +629,23 @@ def differences(profile: Profile) -> list[str]:
 def print_result(result: dict[str, object]) -> None:
     profile = result["profile"]
     print(f"\ncommand:        {result['command']}")
-    print(f"load generator: {result['load_generator']}, {result['cpus']} CPUs shared with everything else")
+    print(
+        f"load generator: {result['load_generator']}, {result['cpus']} CPUs shared with everything else"
+    )
     print(f"database:       {result['database']}")
     print(f"servers:        {'; '.join(f'{k}: {v}' for k, v in result['servers'].items())}")  # type: ignore[attr-defined]
-    print(f"rounds:         {profile['rounds']} interleaved, {profile['seconds']} s per load case and round")  # type: ignore[index]
+    print(
+        f"rounds:         {profile['rounds']} interleaved, {profile['seconds']} s per load case and round"
+    )  # type: ignore[index]
     if result["differs_from_full"]:
         print(f"--quick:        {'; '.join(result['differs_from_full'])}")  # type: ignore[arg-type]
     print(f"\n{'figure':<62} {'value':>9}  {'target':<9} met")
     for row in result["figures"]:  # type: ignore[attr-defined]
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
         print(f"{row['figure']:<62} {row['value']:>9.2f}  {row['target']:<9} {met}")
-    print(f"\n{'load case (' + str(CONNECTIONS) + ' connections)':<46} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}   req/s per round")
+    print(
+        f"\n{'load case (' + str(CONNECTIONS) + ' connections)':<46} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}   req/s per round"
+    )
     for row in result["load_cases"]:  # type: ignore[attr-defined]
         print(
             f"{row['case']:<46} {row['req_per_s']:>7} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['errors']:>6}"
@@ -491,7 +656,9 @@ def print_result(result: dict[str, object]) -> None:
     print(f"sweep seconds:     {result['sweep_seconds']}")
     print(f"invalidation ms:   {result['invalidation_ms']}")
     if failed := [row["case"] for row in result["load_cases"] if row["errors"]]:  # type: ignore[attr-defined]
-        print(f"\nWARNING: errors (non-2xx or transport) in: {', '.join(failed)}; those figures measured something else")
+        print(
+            f"\nWARNING: errors (non-2xx or transport) in: {', '.join(failed)}; those figures measured something else"
+        )
 
 
 @contextmanager
@@ -507,10 +674,16 @@ def random_key_ring(key_id: str) -> str:
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
 
 
-async def seed(servers: dict[str, LocalKeychainServer], worker_token: str, profile: Profile) -> None:
+async def seed(
+    servers: dict[str, LocalKeychainServer], worker_token: str, profile: Profile
+) -> None:
     """The hit keys, written through the API so that the servers can open them."""
     hit_path = templated_entry_path(hit_key(KEY_INDEX))
-    for name, count in (("A", profile.keys), ("1k", ROWS_MEASURED_KEYS), ("large", ROWS_MEASURED_KEYS)):
+    for name, count in (
+        ("A", profile.keys),
+        ("1k", ROWS_MEASURED_KEYS),
+        ("large", ROWS_MEASURED_KEYS),
+    ):
         load = Load(servers[name].url, hit_path, count, "POST", POST_BODY, worker_token)
         if failures := await request_each_key(load):
             raise RuntimeError(f"{name}: {failures} of {count} writes failed")
@@ -518,7 +691,10 @@ async def seed(servers: dict[str, LocalKeychainServer], worker_token: str, profi
 
 async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dict[str, object]:
     worker_token, issuer_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    with tempfile.TemporaryDirectory(prefix="keychain-bench-", ignore_cleanup_errors=True) as tmp, ExitStack() as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="keychain-bench-", ignore_cleanup_errors=True) as tmp,
+        ExitStack() as stack,
+    ):
         workdir = Path(tmp)
         db_url, database_source = stack.enter_context(database.bench_database(workdir))
         generator = load_generator(args.load, workdir, os.cpu_count() or 1)
@@ -537,36 +713,55 @@ async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dic
                 log_level="WARNING",  # an INFO line per hit would dominate what is measured
                 sweep_interval_seconds="3600",
             )
-            guarded = dict(common, api_tokens=f"bench:worker:{worker_token},engine:issuer:{issuer_token}")
+            guarded = dict(
+                common, api_tokens=f"bench:worker:{worker_token},engine:issuer:{issuer_token}"
+            )
             servers = {
                 "A": LocalKeychainServer(workdir / "A", schema=MAIN_SCHEMA, **guarded),
                 "bare": LocalKeychainServer(
-                    workdir / "bare", schema=MAIN_SCHEMA, allow_open_api="true", audit_reads="false", **common
+                    workdir / "bare",
+                    schema=MAIN_SCHEMA,
+                    allow_open_api="true",
+                    audit_reads="false",
+                    **common,
                 ),
-                "B": LocalKeychainServer(workdir / "B", schema=MAIN_SCHEMA, **dict(guarded, sweep_interval_seconds="1")),
+                "B": LocalKeychainServer(
+                    workdir / "B", schema=MAIN_SCHEMA, **dict(guarded, sweep_interval_seconds="1")
+                ),
                 "1k": LocalKeychainServer(workdir / "1k", schema=SMALL_SCHEMA, **guarded),
                 "large": LocalKeychainServer(workdir / "large", schema=LARGE_SCHEMA, **guarded),
                 "U": UvicornKeychainServer(workdir / "U", schema=MAIN_SCHEMA, **guarded),
             }
-            floors = [FloorServer(workdir / "floor", db_url), FloorServer(workdir / "floor-g", db_url, "granian")]
+            floors = [
+                FloorServer(workdir / "floor", db_url),
+                FloorServer(workdir / "floor-g", db_url, "granian"),
+            ]
             for process in (*servers.values(), *floors):
                 stack.callback(process.stop)
             try:
                 with step(f"starting {len(servers)} keychain servers and {len(floors)} floor apps"):
                     # At once: `keychain migrate` waits on an advisory lock for its turn.
-                    await asyncio.gather(*(asyncio.to_thread(p.start) for p in (*servers.values(), *floors)))
+                    await asyncio.gather(
+                        *(asyncio.to_thread(p.start) for p in (*servers.values(), *floors))
+                    )
                 async with KeychainClient(servers["A"].url, issuer_token) as issuer:
                     execution_token = (await issuer.mint_execution_token(EXECUTION_ID)).token
-                with step(f"writing {profile.keys:,} + 2 × {ROWS_MEASURED_KEYS:,} entries through the API"):
+                with step(
+                    f"writing {profile.keys:,} + 2 × {ROWS_MEASURED_KEYS:,} entries through the API"
+                ):
                     await seed(servers, worker_token, profile)
                 filler = profile.large_rows - ROWS_MEASURED_KEYS
                 with step(f"inserting {filler:,} filler rows with SQL"):
-                    await database.insert_rows(db, LARGE_SCHEMA, "projects/filler/secrets/f", filler, expired=False)
+                    await database.insert_rows(
+                        db, LARGE_SCHEMA, "projects/filler/secrets/f", filler, expired=False
+                    )
                 run = Bench(profile, generator, servers, floors, worker_token, execution_token)
                 await run.run(db)
             except Exception:
                 for name, process in {**servers, "floor": floors[0], "floor G": floors[1]}.items():
-                    print(f"{name} log ({process.log_path}):\n{process.log_tail()}", file=sys.stderr)
+                    print(
+                        f"{name} log ({process.log_path}):\n{process.log_tail()}", file=sys.stderr
+                    )
                 raise
             return run.result(command, database_source)
         finally:
@@ -575,20 +770,32 @@ async def bench(args: argparse.Namespace, profile: Profile, command: str) -> dic
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer keys, rows, rounds and seconds: under 2 minutes")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer keys, rows, rounds and seconds: under 2 minutes"
+    )
     parser.add_argument("--rounds", type=int, help="override the profile's rounds")
-    parser.add_argument("--seconds", type=int, help="override the profile's seconds of load per case and round")
-    parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto", help="load generator")
+    parser.add_argument(
+        "--seconds", type=int, help="override the profile's seconds of load per case and round"
+    )
+    parser.add_argument(
+        "--load", choices=("auto", "wrk", "python"), default="auto", help="load generator"
+    )
     parser.add_argument("--json", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
     profile = QUICK if args.quick else FULL
-    overrides = {name: value for name in ("rounds", "seconds") if (value := getattr(args, name)) is not None}
+    overrides = {
+        name: value for name in ("rounds", "seconds") if (value := getattr(args, name)) is not None
+    }
     profile = dataclasses.replace(profile, **overrides)
     command = " ".join(["python", "-m", "bench.run", *sys.argv[1:]])
     started = time.monotonic()
     try:
-        result = uvloop.run(asyncio.wait_for(bench(args, profile, command), TIME_LIMIT_S[profile.name]))
+        result = uvloop.run(
+            asyncio.wait_for(bench(args, profile, command), TIME_LIMIT_S[profile.name])
+        )
     except Exception as exc:
         print(f"bench failed: {exc!r}", file=sys.stderr)
         return 1

@@ -34,7 +34,13 @@ def main() -> None:
     app = create_app(settings)
     gc.freeze()  # as `keychain serve` does
     uvicorn.run(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools", log_config=None, access_log=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
     )
 
 

@@ -69,13 +69,19 @@ class LocalKeychainServer:
         with self.log_path.open("ab") as log:
             migrate = [*keychain_command(), "migrate"]
             self.commands.append(" ".join(migrate))
-            done = subprocess.run(migrate, env=self.env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
+            done = subprocess.run(
+                migrate, env=self.env, stdout=log, stderr=subprocess.STDOUT, timeout=300
+            )
             if done.returncode != 0:
-                raise RuntimeError(f"keychain migrate failed (exit {done.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"keychain migrate failed (exit {done.returncode}):\n{self.log_tail()}"
+                )
             serve = self.serve_command()
             self.commands.append(f"KEYCHAIN_PORT={self.port} " + " ".join(serve))
             # A file, not a pipe: nobody drains a pipe, and a full one would stall the server.
-            self._process = subprocess.Popen(serve, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self._process = subprocess.Popen(
+                serve, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         self._wait_ready()
 
     def serve_command(self) -> list[str]:
@@ -86,14 +92,18 @@ class LocalKeychainServer:
         while time.monotonic() < deadline:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"{self.what} exited with {self._process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"{self.what} exited with {self._process.returncode}:\n{self.log_tail()}"
+                )
             try:
                 if httpx.get(f"{self.url}/ready", timeout=2.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"{self.what} was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"{self.what} was not ready after {READY_TIMEOUT_S:.0f} s:\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         process, self._process = self._process, None
@@ -165,7 +175,9 @@ def run_with_temporary_server(
     """`run(server, token)` against a throwaway server whose data directory is removed after;
     0 when it returns, 1 (with the server log's tail) when it raises. The demo and the
     benchmark both run this way."""
-    with tempfile.TemporaryDirectory(prefix=f"keychain-{purpose}-", ignore_cleanup_errors=True) as workdir:
+    with tempfile.TemporaryDirectory(
+        prefix=f"keychain-{purpose}-", ignore_cleanup_errors=True
+    ) as workdir:
         token = secrets.token_urlsafe(24)
         server = LocalKeychainServer(Path(workdir) / "data", api_tokens=f"{purpose}:{role}:{token}")
         try:

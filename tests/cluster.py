@@ -32,7 +32,9 @@ CHUNK = 64 * 1024
 
 
 @contextmanager
-def replicas(database_url: str, data_root: Path, count: int, **settings: str) -> Iterator[list[LocalKeychainServer]]:
+def replicas(
+    database_url: str, data_root: Path, count: int, **settings: str
+) -> Iterator[list[LocalKeychainServer]]:
     """`count` servers on `database_url`, started at once as a Deployment's pods are, and
     stopped with SIGTERM at the end. Each first runs `keychain migrate` (LocalKeychainServer
     does), which on a migrated database changes nothing. `settings` are more KEYCHAIN_*
@@ -74,7 +76,9 @@ def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     }
 
 
-def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+def sample(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     """A sample's value; a labelled counter never moved is absent, which is 0."""
     return samples.get((name, frozenset(labels.items())), 0.0)
 
@@ -86,7 +90,9 @@ class RoundRobinProxy:
     that want their requests spread must not keep connections alive (one request, one
     connection), as behind a Service without session affinity."""
 
-    def __init__(self, backends: list[str], *, max_connections: int = 64, idle_timeout: float = 10.0) -> None:
+    def __init__(
+        self, backends: list[str], *, max_connections: int = 64, idle_timeout: float = 10.0
+    ) -> None:
         """`backends` are base URLs such as http://127.0.0.1:8082."""
         self.backends = [httpx.URL(url) for url in backends]
         self.max_connections = max_connections
@@ -96,7 +102,9 @@ class RoundRobinProxy:
         self.port = 0
         self._next = itertools.cycle(range(len(backends)))
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="round-robin-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="round-robin-proxy", daemon=True
+        )
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         # Both ends of every relayed connection, so that closing can cut them.
@@ -108,14 +116,21 @@ class RoundRobinProxy:
 
     def __enter__(self) -> RoundRobinProxy:
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(CONNECT_TIMEOUT_S)
+        self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(
+            CONNECT_TIMEOUT_S
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
-        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(CLOSE_GRACE_S + CONNECT_TIMEOUT_S)
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(
+            CLOSE_GRACE_S + CONNECT_TIMEOUT_S
+        )
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CONNECT_TIMEOUT_S)
         self._loop.close()
@@ -134,7 +149,9 @@ class RoundRobinProxy:
         await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
 
-    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         if len(self._handlers) >= self.max_connections:
@@ -149,7 +166,9 @@ class RoundRobinProxy:
             self._streams.discard(client_writer)
             client_writer.close()
 
-    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+    async def _relay(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
         index = next(self._next)
         self.connections[index] += 1
         backend = self.backends[index]
@@ -157,12 +176,13 @@ class RoundRobinProxy:
             upstream_reader, upstream_writer = await asyncio.wait_for(
                 asyncio.open_connection(backend.host, backend.port), CONNECT_TIMEOUT_S
             )
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return  # as a Service with a dead endpoint: the client sees its connection closed
         self._streams.add(upstream_writer)
         try:
             await asyncio.gather(
-                self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer)
+                self._pipe(client_reader, upstream_writer),
+                self._pipe(upstream_reader, client_writer),
             )
         finally:
             self._streams.discard(upstream_writer)
@@ -176,5 +196,5 @@ class RoundRobinProxy:
                 await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             writer.close()

@@ -32,7 +32,7 @@ from app.cli import migrate
 from app.db.engine import Database, async_url, make_engine
 from app.db.tables import build_metadata
 from app.settings import Settings, load_settings
-from demo.local_server import free_port  # noqa: F401 - tests import it from here
+from demo.local_server import free_port
 from tests.pubsub import serving_jwks
 
 TEST_KEY_ID = "test-k1"
@@ -98,7 +98,9 @@ def make_empty_database(postgres_server_url: str) -> Iterator[Callable[[], str]]
         name = f"keychain_test_{uuid.uuid4().hex[:12]}"
         asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
         created.append(name)
-        return make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+        return (
+            make_url(postgres_server_url).set(database=name).render_as_string(hide_password=False)
+        )
 
     yield make
     for name in created:
@@ -214,7 +216,9 @@ def asgi_client(app: Litestar, **transport_options: object) -> httpx.AsyncClient
 async def down_client(test_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real app with its own engine pointed at a port where no database listens."""
     settings = msgspec_replace(test_settings, db_pool_size=1)
-    database = Database(make_engine(settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"))
+    database = Database(
+        make_engine(settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    )
     async with asgi_client(create_app(settings, database=database)) as client:
         yield client
     await database.dispose()

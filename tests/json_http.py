@@ -30,7 +30,7 @@ def serving_json(answer: Answer) -> Iterator[str]:
             self.end_headers()
             self.wfile.write(body)
 
-        do_GET = do_POST = _answer  # noqa: N815 - http.server's names
+        do_GET = do_POST = _answer
 
         def log_message(self, *args: object) -> None:
             pass

@@ -26,7 +26,12 @@ PATH = "/api/events/secret-manager"
 @contextmanager
 def serving_jwks(public_key: rsa.RSAPublicKey) -> Iterator[str]:
     """Google's certs endpoint, as far as the server can tell: a JWKS over real HTTP."""
-    jwk = {**RSAAlgorithm.to_jwk(public_key, as_dict=True), "kid": KID, "use": "sig", "alg": "RS256"}
+    jwk = {
+        **RSAAlgorithm.to_jwk(public_key, as_dict=True),
+        "kid": KID,
+        "use": "sig",
+        "alg": "RS256",
+    }
     with serving_json(lambda *_: (200, {"keys": [jwk]})) as url:
         yield f"{url}/oauth2/v3/certs"
 
@@ -52,7 +57,9 @@ def signed(key: rsa.RSAPrivateKey, kid: str = KID, **overrides: object) -> dict[
     return {"Authorization": f"Bearer {token}"}
 
 
-def push_body(event_type: str, name: str | None, message_id: str | None = None, **attributes: str) -> dict:
+def push_body(
+    event_type: str, name: str | None, message_id: str | None = None, **attributes: str
+) -> dict:
     """A push as Pub/Sub sends it for a message Secret Manager published."""
     message_id = message_id or str(uuid.uuid4().int)[:16]
     attrs = {"eventType": event_type, **attributes}
@@ -65,16 +72,30 @@ def push_body(event_type: str, name: str | None, message_id: str | None = None, 
     }
     if name is not None:  # TOPIC_CONFIGURED carries eventType alone
         secret, _, version = name.partition("/versions/")
-        attrs.update(dataFormat="JSON_API_V1", secretId=secret, timestamp="2026-12-07T09:00:00.123456-08:00")
+        attrs.update(
+            dataFormat="JSON_API_V1", secretId=secret, timestamp="2026-12-07T09:00:00.123456-08:00"
+        )
         resource: dict[str, object] = {"name": name, "createTime": "2026-12-07T17:00:00Z"}
         if version:
             attrs["versionId"] = name
-            resource["state"] = "DISABLED" if "DISABLE" in event_type or "DESTROY" in event_type else "ENABLED"
+            resource["state"] = (
+                "DISABLED" if "DISABLE" in event_type or "DESTROY" in event_type else "ENABLED"
+            )
         else:
-            resource.update(replication={"automatic": {}}, topics=[{"name": "projects/my-project/topics/secrets"}])
+            resource.update(
+                replication={"automatic": {}},
+                topics=[{"name": "projects/my-project/topics/secrets"}],
+            )
         message["data"] = base64.b64encode(json.dumps(resource).encode()).decode()
-    return {"message": message, "subscription": "projects/my-project/subscriptions/keychain-secret-events"}
+    return {
+        "message": message,
+        "subscription": "projects/my-project/subscriptions/keychain-secret-events",
+    }
 
 
 def pubsub_settings(jwks_url: str) -> dict[str, str]:
-    return {"pubsub_audience": AUDIENCE, "pubsub_jwks_url": jwks_url, "pubsub_service_account": PUSHER}
+    return {
+        "pubsub_audience": AUDIENCE,
+        "pubsub_jwks_url": jwks_url,
+        "pubsub_service_account": PUSHER,
+    }

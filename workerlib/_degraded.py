@@ -15,7 +15,9 @@ _CONFIGURATION_PROBLEMS = {
 }
 
 
-def cache_failed(logger: logging.Logger, what: str, exc: KeychainError, context: Mapping[str, Any]) -> None:
+def cache_failed(
+    logger: logging.Logger, what: str, exc: KeychainError, context: Mapping[str, Any]
+) -> None:
     """Log `what` happened because of `exc`, marked degraded.
 
     Names the error class and, through str(exc), the server's own detail; never a value.
@@ -23,8 +25,12 @@ def cache_failed(logger: logging.Logger, what: str, exc: KeychainError, context:
     every step of every worker so configured runs without the cache until someone fixes it.
     """
     extra = {**context, "degraded": True, "error_class": type(exc).__name__}
-    problem = next((text for cls, text in _CONFIGURATION_PROBLEMS.items() if isinstance(exc, cls)), None)
+    problem = next(
+        (text for cls, text in _CONFIGURATION_PROBLEMS.items() if isinstance(exc, cls)), None
+    )
     if problem:
-        logger.error("%s (degraded; %s): %s: %s", what, problem, type(exc).__name__, exc, extra=extra)
+        logger.error(
+            "%s (degraded; %s): %s: %s", what, problem, type(exc).__name__, exc, extra=extra
+        )
     else:
         logger.warning("%s (degraded): %s: %s", what, type(exc).__name__, exc, extra=extra)

@@ -39,7 +39,7 @@ def close_with_loop(close: Callable[[], Awaitable[object]]) -> None:
                 _pending.pop(generator, None)
             try:
                 await close()
-            except Exception:  # noqa: BLE001 - shutting down; nothing left to do about it
+            except Exception:
                 log.debug("closing a loop-bound client at loop shutdown failed", exc_info=True)
 
     generator = closer()

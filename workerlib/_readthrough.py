@@ -93,7 +93,9 @@ async def read_through(
     return await single_flight((id(keychain), *flight_key), load)
 
 
-async def _release(keychain: KeychainClient, lease: FillLease, log: logging.Logger, context: Mapping[str, Any]) -> None:
+async def _release(
+    keychain: KeychainClient, lease: FillLease, log: logging.Logger, context: Mapping[str, Any]
+) -> None:
     """Let a waiting reader take the fill over now; if even that fails, the lease runs out."""
     try:
         await keychain.release_fill_lease(lease)
@@ -116,8 +118,12 @@ def _start_refresh(
     async def refresh() -> None:
         try:
             await _produce_and_store(keychain, lease, produce, True, log, context, unstored)
-        except Exception as exc:  # noqa: BLE001 - the current value still serves; say why, let another try
-            log.warning("refresh ahead failed (%s); the current value serves until it expires", type(exc).__name__, extra=context)
+        except Exception as exc:
+            log.warning(
+                "refresh ahead failed (%s); the current value serves until it expires",
+                type(exc).__name__,
+                extra=context,
+            )
 
     task = asyncio.get_running_loop().create_task(refresh())
     _refreshes.add(task)

@@ -44,7 +44,9 @@ _EXPLICIT_OAUTH_FIELDS = ("token_url", "client_id", "client_id_key", "client_sec
 _OAUTH_CLIENT_FIELDS = ("token_url", "client_id", "client_secret")
 
 
-def _provider(entry: str, spec: Mapping[str, Any], providers: Mapping[str, SecretProvider]) -> SecretProvider | None:
+def _provider(
+    entry: str, spec: Mapping[str, Any], providers: Mapping[str, SecretProvider]
+) -> SecretProvider | None:
     """The provider the worker's code gave under the entry's `provider` name; None for the
     process default (fetch_secret builds it only on a miss)."""
     if "directory" in spec:
@@ -109,7 +111,9 @@ def _kind_and_header(name: str, spec: Mapping[str, Any]) -> tuple[str, str]:
         return kind, "Authorization"
     if kind == "api_key":
         return kind, str(spec.get("header") or DEFAULT_API_KEY_HEADER)
-    raise AuthConfigError(f"auth entry {name!r}: unknown type {spec.get('type')!r}; use bearer, basic or api_key")
+    raise AuthConfigError(
+        f"auth entry {name!r}: unknown type {spec.get('type')!r}; use bearer, basic or api_key"
+    )
 
 
 async def _resolve_one(
@@ -127,7 +131,11 @@ async def _resolve_one(
         if not path:
             raise AuthConfigError(f"auth entry {name!r}: type {kind!r} needs {field!r}")
         # Header values cannot carry line breaks; a secret saved with `echo` has one.
-        return (await fetch_secret(str(path), execution_id=execution_id, client=client, provider=provider)).strip()
+        return (
+            await fetch_secret(
+                str(path), execution_id=execution_id, client=client, provider=provider
+            )
+        ).strip()
 
     if kind == "bearer":
         if spec.get("oauth_credential"):
@@ -141,7 +149,9 @@ async def _resolve_one(
         elif spec.get("username") is not None:
             username = str(spec["username"])
         else:
-            raise AuthConfigError(f"auth entry {name!r}: type 'basic' needs 'username' or 'username_key'")
+            raise AuthConfigError(
+                f"auth entry {name!r}: type 'basic' needs 'username' or 'username_key'"
+            )
         password = await secret("password_key" if spec.get("password_key") else "key")
         encoded = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         return header, f"Basic {encoded}"
@@ -168,13 +178,19 @@ async def _oauth_token(
                 "as JSON) or 'token_url', 'client_id' and 'client_secret_key'"
             )
         if not (spec.get("client_id_key") or spec.get("client_id")):
-            raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
+            raise AuthConfigError(
+                f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'"
+            )
         if not spec.get("client_secret_key"):
             raise AuthConfigError(f"auth entry {name!r}: type 'bearer' needs 'client_secret_key'")
         _check_token_url(name, str(token_url))
-        client_id = await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
+        client_id = (
+            await secret("client_id_key") if spec.get("client_id_key") else spec.get("client_id")
+        )
         if not client_id:  # a client_id_key secret that is empty
-            raise AuthConfigError(f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'")
+            raise AuthConfigError(
+                f"auth entry {name!r}: 'oauth_credential' needs 'client_id' or 'client_id_key'"
+            )
         oauth = OAuthClient(str(token_url), str(client_id), spec.get("scope"), spec.get("audience"))
 
         async def client_secret() -> str:
@@ -185,7 +201,10 @@ async def _oauth_token(
         settings = _oauth_client(name, await secret("key"))
         _check_token_url(name, settings["token_url"])
         oauth = OAuthClient(
-            settings["token_url"], settings["client_id"], spec.get("scope") or settings.get("scope"), spec.get("audience")
+            settings["token_url"],
+            settings["client_id"],
+            spec.get("scope") or settings.get("scope"),
+            spec.get("audience"),
         )
 
         async def client_secret() -> str:
@@ -221,11 +240,19 @@ def _oauth_client(name: str, text: str) -> dict[str, str]:
             f"auth entry {name!r}: the secret in 'key' must be a JSON object with "
             "token_url, client_id and client_secret"
         )
-    missing = [field for field in _OAUTH_CLIENT_FIELDS if not isinstance(document.get(field), str) or not document[field]]
+    missing = [
+        field
+        for field in _OAUTH_CLIENT_FIELDS
+        if not isinstance(document.get(field), str) or not document[field]
+    ]
     if missing:
         raise AuthConfigError(
             f"auth entry {name!r}: the OAuth2 client JSON in 'key' needs {', '.join(missing)} (non-empty strings)"
         )
     if document.get("scope") is not None and not isinstance(document["scope"], str):
-        raise AuthConfigError(f"auth entry {name!r}: 'scope' in the OAuth2 client JSON in 'key' must be a string")
-    return {field: document[field] for field in (*_OAUTH_CLIENT_FIELDS, "scope") if document.get(field)}
+        raise AuthConfigError(
+            f"auth entry {name!r}: 'scope' in the OAuth2 client JSON in 'key' must be a string"
+        )
+    return {
+        field: document[field] for field in (*_OAUTH_CLIENT_FIELDS, "scope") if document.get(field)
+    }

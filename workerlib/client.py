@@ -168,10 +168,14 @@ def _fill_wait(fill_wait: float | None, environ: Mapping[str, str]) -> float:
     try:
         return max(0.0, float(value))
     except ValueError:
-        raise KeychainConfigError(f"{FILL_WAIT_ENV} must be a number of seconds, such as 10") from None
+        raise KeychainConfigError(
+            f"{FILL_WAIT_ENV} must be a number of seconds, such as 10"
+        ) from None
 
 
-def _tls_verify(verify: bool | str | ssl.SSLContext | None, environ: Mapping[str, str]) -> bool | ssl.SSLContext:
+def _tls_verify(
+    verify: bool | str | ssl.SSLContext | None, environ: Mapping[str, str]
+) -> bool | ssl.SSLContext:
     setting = "verify"
     if verify is None:
         verify, setting = environ.get(CA_FILE_ENV) or True, CA_FILE_ENV
@@ -224,7 +228,9 @@ def _detail(response: httpx.Response) -> str:
         # Litestar's validation errors: [{"message": ..., "key": ..., "source": ...}]; values
         # are never echoed, so these are safe to show.
         parts = [
-            f"{item.get('key')}: {item.get('message')}" if item.get("key") else str(item.get("message"))
+            f"{item.get('key')}: {item.get('message')}"
+            if item.get("key")
+            else str(item.get("message"))
             for item in extra
             if isinstance(item, dict) and item.get("message")
         ]
@@ -267,13 +273,17 @@ class KeychainClient:
         if base_url:
             self.base_url = _checked_base_url(base_url, "base_url")
         else:
-            self.base_url = _checked_base_url(environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL, SERVER_URL_ENV)
+            self.base_url = _checked_base_url(
+                environ.get(SERVER_URL_ENV) or DEFAULT_SERVER_URL, SERVER_URL_ENV
+            )
         if token is not None:
             self._token = _checked_token(token, "token")
         else:
             self._token = _checked_token(environ.get(API_TOKEN_ENV), API_TOKEN_ENV)
         if http_client is not None and verify is not None:
-            raise KeychainConfigError("verify applies to the httpx client KeychainClient makes, not to http_client")
+            raise KeychainConfigError(
+                "verify applies to the httpx client KeychainClient makes, not to http_client"
+            )
         # A server that is gone without refusing (node down, pod moved, packets dropped by a
         # firewall) leaves a connect hanging. Connecting within the cluster takes milliseconds,
         # so a connect gets 0.5 s, not the whole timeout: with the retries, fetch_secret falls
@@ -296,7 +306,9 @@ class KeychainClient:
 
     def __repr__(self) -> str:
         # Never show the token.
-        return f"KeychainClient(base_url={self.base_url!r}, token={'set' if self._token else 'unset'})"
+        return (
+            f"KeychainClient(base_url={self.base_url!r}, token={'set' if self._token else 'unset'})"
+        )
 
     async def __aenter__(self) -> KeychainClient:
         return self
@@ -363,7 +375,9 @@ class KeychainClient:
         than when it runs out. False when it had already ended."""
         try:
             await self._request(
-                "DELETE", f"/api/fill-leases/{encode_key(lease.cache_key)}", headers={FILL_LEASE_HEADER: lease.lease_id}
+                "DELETE",
+                f"/api/fill-leases/{encode_key(lease.cache_key)}",
+                headers={FILL_LEASE_HEADER: lease.lease_id},
             )
         except NotFound:
             return False
@@ -400,7 +414,9 @@ class KeychainClient:
             expires_at=expires_at,
         )
         headers = {FILL_LEASE_HEADER: fill_lease.lease_id} if fill_lease is not None else None
-        response = await self._request("POST", entry_path(cache_key), content=msgspec.json.encode(body), headers=headers)
+        response = await self._request(
+            "POST", entry_path(cache_key), content=msgspec.json.encode(body), headers=headers
+        )
         return self._decode(response, EntryMeta)
 
     async def delete(self, cache_key: str) -> bool:
@@ -438,7 +454,9 @@ class KeychainClient:
             write=list(write),
             ttl_seconds=ttl_seconds,
         )
-        response = await self._request("POST", "/api/execution-tokens", content=msgspec.json.encode(body))
+        response = await self._request(
+            "POST", "/api/execution-tokens", content=msgspec.json.encode(body)
+        )
         return self._decode(response, ExecutionToken)
 
     async def list_entries(
@@ -478,7 +496,11 @@ class KeychainClient:
         read_timeout: float | None = None,
     ) -> httpx.Response:
         url = f"{self.base_url}{path}"
-        timeouts = self._timeouts if read_timeout is None else httpx.Timeout(read_timeout, connect=self._timeouts.connect)
+        timeouts = (
+            self._timeouts
+            if read_timeout is None
+            else httpx.Timeout(read_timeout, connect=self._timeouts.connect)
+        )
         headers = {"Accept": "application/json", **(headers or {})}
         if content is not None:
             headers["Content-Type"] = "application/json"
@@ -541,7 +563,13 @@ class KeychainClient:
             delay = max(delay, retry_after)
         log.info(
             "keychain request retried",
-            extra={"method": method, "path": path, "reason": reason, "attempt": attempt + 1, "delay_s": round(delay, 3)},
+            extra={
+                "method": method,
+                "path": path,
+                "reason": reason,
+                "attempt": attempt + 1,
+                "delay_s": round(delay, 3),
+            },
         )
         await asyncio.sleep(delay)
 

@@ -23,7 +23,9 @@ __all__ = ["CredentialCache", "cache_key"]
 log = logging.getLogger(__name__)
 
 
-def _failed(action: str, credential_name: str, execution_id: int | None, exc: KeychainError) -> None:
+def _failed(
+    action: str, credential_name: str, execution_id: int | None, exc: KeychainError
+) -> None:
     context = {"credential_name": credential_name, "execution_id": execution_id}
     cache_failed(log, f"credential cache {action} failed for {credential_name}", exc, context)
 

@@ -54,7 +54,13 @@ class KeychainAPIError(KeychainError):
     """The server refused the request (4xx); `detail` is the server's own explanation."""
 
     def __init__(
-        self, status_code: int, detail: str, *, method: str, path: str, headers: dict[str, str] | None = None
+        self,
+        status_code: int,
+        detail: str,
+        *,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"keychain answered {status_code} on {method} {path}: {detail}")
         self.status_code = status_code

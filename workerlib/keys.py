@@ -16,11 +16,17 @@ from workerlib.errors import InvalidKey
 _EXECUTION_ID = re.compile(r"-?[0-9]+")
 
 
-def cache_key(name: str, execution_id: int | str | None = None, token_type: str | None = None) -> str:
+def cache_key(
+    name: str, execution_id: int | str | None = None, token_type: str | None = None
+) -> str:
     if "global" in name.split(":"):
-        raise InvalidKey(f"credential name {name!r} has a 'global' segment, which would make its key ambiguous")
+        raise InvalidKey(
+            f"credential name {name!r} has a 'global' segment, which would make its key ambiguous"
+        )
     if token_type and ":" in token_type:
-        raise InvalidKey(f"token type {token_type!r} contains ':', which would make its key ambiguous")
+        raise InvalidKey(
+            f"token type {token_type!r} contains ':', which would make its key ambiguous"
+        )
     if execution_id is not None:
         # Templates render ids as strings; anything but a whole number could spell a global key.
         if isinstance(execution_id, bool) or not _EXECUTION_ID.fullmatch(str(execution_id)):

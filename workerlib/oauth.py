@@ -71,7 +71,9 @@ def check_token_url(token_url: str, insecure_hosts: Collection[str] | None = Non
     except ValueError:
         host = None
     if not host or parts.scheme not in ("https", "http"):
-        raise TokenEndpointError(f"token_url {display_url(token_url)!r} is not an https:// URL with a host")
+        raise TokenEndpointError(
+            f"token_url {display_url(token_url)!r} is not an https:// URL with a host"
+        )
     if parts.scheme == "https":
         return
     allowed = {h.strip().lower() for h in os.environ.get(INSECURE_HOSTS_ENV, "").split(",")}
@@ -103,8 +105,14 @@ async def client_credentials_token(
         return client_secret
 
     return await cached_token(
-        name, OAuthClient(token_url, client_id, scope, audience), secret, auth_method=auth_method,
-        client=client, http_client=http_client, timeout=timeout, insecure_hosts=insecure_hosts,
+        name,
+        OAuthClient(token_url, client_id, scope, audience),
+        secret,
+        auth_method=auth_method,
+        client=client,
+        http_client=http_client,
+        timeout=timeout,
+        insecure_hosts=insecure_hosts,
     )
 
 
@@ -134,11 +142,15 @@ async def cached_token(
         return token if isinstance(token, str) else None
 
     async def produce() -> tuple[str, Store]:
-        token = await _request_token(oauth, await client_secret(), auth_method, http_client, timeout)
+        token = await _request_token(
+            oauth, await client_secret(), auth_method, http_client, timeout
+        )
         ttl = cache_ttl(_expires_in(token))
         if ttl is None:
             return token["access_token"], None
-        data = {k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token}
+        data = {
+            k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token
+        }
 
         async def store(keychain: KeychainClient, lease: FillLease | None) -> None:
             # No execution_id: the server scopes it globally.
@@ -197,10 +209,18 @@ async def _request_token(
     owned = http_client is None
     http = http_client or httpx.AsyncClient(timeout=timeout)
     try:
-        response = await http.post(oauth.token_url, data=form, auth=auth, headers={"Accept": "application/json"}, timeout=timeout)
+        response = await http.post(
+            oauth.token_url,
+            data=form,
+            auth=auth,
+            headers={"Accept": "application/json"},
+            timeout=timeout,
+        )
     except httpx.HTTPError as exc:
         # Not chained: an httpx error may quote the URL whole.
-        raise TokenEndpointError(f"cannot reach the token endpoint {where} ({type(exc).__name__})") from None
+        raise TokenEndpointError(
+            f"cannot reach the token endpoint {where} ({type(exc).__name__})"
+        ) from None
     finally:
         if owned:
             await http.aclose()

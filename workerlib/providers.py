@@ -94,7 +94,9 @@ class GoogleSecretManagerProvider:
         self.timeout = timeout
         # Its channel belongs to the loop it was made on: one per loop, each closed as its loop
         # shuts down (closing it from a later loop is not possible).
-        self._clients: PerLoop[Any] = PerLoop(self._make_client, lambda client: client.transport.close())
+        self._clients: PerLoop[Any] = PerLoop(
+            self._make_client, lambda client: client.transport.close()
+        )
 
     def _make_client(self) -> Any:
         from google.cloud import secretmanager_v1
@@ -128,11 +130,14 @@ class GoogleSecretManagerProvider:
         except gexc.NotFound as exc:
             raise SecretNotFound(name, f"secret {name!r} not found in Secret Manager") from exc
         except gexc.PermissionDenied as exc:
-            raise SecretError(name, f"permission denied reading secret {name!r} from Secret Manager") from exc
+            raise SecretError(
+                name, f"permission denied reading secret {name!r} from Secret Manager"
+            ) from exc
         except gexc.GoogleAPIError as exc:
             code = getattr(exc, "code", None)
             raise SecretError(
-                name, f"Secret Manager failed reading secret {name!r} ({type(exc).__name__}, code {code})"
+                name,
+                f"Secret Manager failed reading secret {name!r} ({type(exc).__name__}, code {code})",
             ) from exc
         try:
             value = response.payload.data.decode("utf-8")
@@ -169,7 +174,9 @@ class EnvProvider:
         variable = self.variable(name)
         value = environ.get(variable)
         if value is None:
-            raise SecretNotFound(name, f"secret {name!r} not found: environment variable {variable} is not set")
+            raise SecretNotFound(
+                name, f"secret {name!r} not found: environment variable {variable} is not set"
+            )
         return value
 
 
@@ -196,16 +203,22 @@ class FileProvider:
         # means a link re-pointed after the check is not followed.
         resolved = path.resolve(strict=True)
         if not resolved.is_relative_to(self.directory.resolve(strict=True)):
-            raise SecretError(name, f"secret {name!r}: {path} links outside {self.directory}; refused")
+            raise SecretError(
+                name, f"secret {name!r}: {path} links outside {self.directory}; refused"
+            )
         return resolved.read_text(encoding="utf-8")
 
     async def access(self, name: str) -> str:
         try:
             text = await asyncio.to_thread(self._read, name)
         except FileNotFoundError as exc:
-            raise SecretNotFound(name, f"secret {name!r} not found: no file {self.path(name)}") from exc
+            raise SecretNotFound(
+                name, f"secret {name!r} not found: no file {self.path(name)}"
+            ) from exc
         except (OSError, UnicodeDecodeError, RuntimeError) as exc:  # RuntimeError: a symlink loop
-            raise SecretError(name, f"cannot read secret {name!r} from {self.path(name)} ({type(exc).__name__})") from exc
+            raise SecretError(
+                name, f"cannot read secret {name!r} from {self.path(name)} ({type(exc).__name__})"
+            ) from exc
         # Files written by `echo` end in a newline that is not part of the secret.
         return text.rstrip("\r\n")
 

@@ -60,7 +60,9 @@ async def fetch_secret(
         # The provider is only needed on a miss: a hit never builds the process default.
         served = await access_version(provider or default_provider(), name)
 
-        async def put(keychain: KeychainClient, entry_key: str, credential_name: str, lease: FillLease | None) -> None:
+        async def put(
+            keychain: KeychainClient, entry_key: str, credential_name: str, lease: FillLease | None
+        ) -> None:
             # The server derives the scope from execution_id: execution-scoped, else global.
             await keychain.put(
                 entry_key,
@@ -78,7 +80,9 @@ async def fetch_secret(
         async def store(keychain: KeychainClient, lease: FillLease | None) -> None:
             # Events name versions: an execution's entry follows the version it pinned, a global
             # one the name asked for (see the module's docstring).
-            await put(keychain, key, served.name if alias and execution_id is not None else name, lease)
+            await put(
+                keychain, key, served.name if alias and execution_id is not None else name, lease
+            )
             if not alias:
                 return
             # The version itself, for steps that ask for it by number. The alias's lease is
@@ -86,7 +90,9 @@ async def fetch_secret(
             try:
                 await put(keychain, cache_key(served.name, execution_id), served.name, None)
             except KeychainError as exc:
-                cache_failed(log, f"secret {served.name} (served for {name}) was not cached", exc, context)
+                cache_failed(
+                    log, f"secret {served.name} (served for {name}) was not cached", exc, context
+                )
 
         return served.value, store
 

@@ -45,7 +45,11 @@ async def warm_execution(
     for name, spec in (auth or {}).items():
         # One entry at a time, so that one bad entry does not keep the others cold.
         work[f"auth:{name}"] = resolve_auth(
-            {name: spec}, execution_id=execution_id, client=client, providers=providers, http_client=http_client
+            {name: spec},
+            execution_id=execution_id,
+            client=client,
+            providers=providers,
+            http_client=http_client,
         )
     outcomes = await asyncio.gather(*work.values(), return_exceptions=True)
     failed: dict[str, str] = {}

@@ -6,6 +6,7 @@ Create Date: 2026-11-23
 """
 
 import sqlalchemy as sa
+
 from alembic import context, op
 
 revision = "0001"
@@ -34,17 +35,24 @@ def upgrade() -> None:
         sa.Column("ttl_seconds", sa.Integer(), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column(
-            "created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column(
-            "accessed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+            "accessed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
         ),
         sa.Column("access_count", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.CheckConstraint(
             "cache_type IN ('secret', 'token', 'config')", name=op.f("keychain_cache_type_check")
         ),
         sa.CheckConstraint(
-            "scope_type IN ('execution', 'global', 'session')", name=op.f("keychain_scope_type_check")
+            "scope_type IN ('execution', 'global', 'session')",
+            name=op.f("keychain_scope_type_check"),
         ),
         sa.CheckConstraint(
             "scope_type <> 'execution' OR execution_id IS NOT NULL",

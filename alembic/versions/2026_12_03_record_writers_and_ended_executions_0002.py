@@ -9,6 +9,7 @@ Create Date: 2026-12-03
 """
 
 import sqlalchemy as sa
+
 from alembic import context, op
 
 revision = "0002"
@@ -25,16 +26,23 @@ def schema() -> str:
 def upgrade() -> None:
     # Adding nullable columns without a default is a catalogue change: no table rewrite.
     op.add_column("keychain", sa.Column("written_by", sa.Text(), nullable=True), schema=schema())
-    op.add_column("keychain", sa.Column("write_id", sa.LargeBinary(), nullable=True), schema=schema())
+    op.add_column(
+        "keychain", sa.Column("write_id", sa.LargeBinary(), nullable=True), schema=schema()
+    )
     op.create_table(
         "keychain_ended_execution",
         sa.Column("execution_id", sa.BigInteger(), nullable=False),
-        sa.Column("ended_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "ended_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
+        ),
         sa.PrimaryKeyConstraint("execution_id", name=op.f("keychain_ended_execution_pkey")),
         schema=schema(),
     )
     op.create_index(
-        op.f("ix_keychain_ended_execution_ended_at"), "keychain_ended_execution", ["ended_at"], schema=schema()
+        op.f("ix_keychain_ended_execution_ended_at"),
+        "keychain_ended_execution",
+        ["ended_at"],
+        schema=schema(),
     )
 
 

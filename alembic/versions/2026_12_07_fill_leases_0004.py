@@ -8,6 +8,7 @@ Create Date: 2026-12-07
 """
 
 import sqlalchemy as sa
+
 from alembic import context, op
 
 revision = "0004"
@@ -27,7 +28,12 @@ def upgrade() -> None:
         sa.Column("cache_key", sa.Text(), nullable=False),
         sa.Column("lease_id", sa.Text(), nullable=False),
         sa.Column("holder", sa.Text(), nullable=False),
-        sa.Column("granted_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "granted_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("cache_key", name=op.f("keychain_fill_lease_pkey")),
         schema=schema(),

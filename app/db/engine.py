@@ -43,7 +43,9 @@ def async_url(url: str) -> str:
     if parsed.drivername in ("postgresql", "postgres", "postgresql+asyncpg"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
     else:
-        raise ValueError(f"unsupported database URL scheme {parsed.drivername!r}; use postgresql://")
+        raise ValueError(
+            f"unsupported database URL scheme {parsed.drivername!r}; use postgresql://"
+        )
     query = {_LIBPQ_TO_ASYNCPG.get(name, name): value for name, value in parsed.query.items()}
     return parsed.set(query=query).render_as_string(hide_password=False)
 

@@ -60,7 +60,9 @@ def build_metadata(schema: str) -> tuple[MetaData, Table]:
         Column("ttl_seconds", Integer, nullable=False),
         Column("expires_at", DateTime(timezone=True), nullable=False),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
-        Column("accessed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+        Column(
+            "accessed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")
+        ),
         Column("access_count", Integer, nullable=False, server_default=text("0")),
         # The principal whose token wrote the entry: replacing a live global entry written by
         # someone else needs a write grant.

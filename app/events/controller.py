@@ -60,16 +60,24 @@ class SecretManagerEventController(Controller):
         opt={"audit": True},
         responses={
             **error_responses(413, 503),
-            400: ResponseSpec(ErrorBody, description="Not a Pub/Sub push body", generate_examples=False),
+            400: ResponseSpec(
+                ErrorBody, description="Not a Pub/Sub push body", generate_examples=False
+            ),
             401: ResponseSpec(
-                ErrorBody, description="No push token, or one that does not verify", generate_examples=False
+                ErrorBody,
+                description="No push token, or one that does not verify",
+                generate_examples=False,
             ),
             404: ResponseSpec(
-                ErrorBody, description="Not enabled on this server (KEYCHAIN_PUBSUB_AUDIENCE)", generate_examples=False
+                ErrorBody,
+                description="Not enabled on this server (KEYCHAIN_PUBSUB_AUDIENCE)",
+                generate_examples=False,
             ),
         },
     )
-    async def secret_manager_event(self, request: Request, service: NamedDependency[KeychainService]) -> PushOutcome:
+    async def secret_manager_event(
+        self, request: Request, service: NamedDependency[KeychainService]
+    ) -> PushOutcome:
         # Each step says in the audit event what it decided; whether that committed is the
         # event's outcome (ok, failed, denied) and status.
         audit = functools.partial(add_audit_details, request.scope)
@@ -77,7 +85,9 @@ class SecretManagerEventController(Controller):
         if verifier is None:
             audit(result="refused", reason="not enabled")
             # As if the route were not there (a 5xx would page someone for a setting), but saying why.
-            raise NotFoundException("Secret Manager events are not enabled on this server: set KEYCHAIN_PUBSUB_AUDIENCE")
+            raise NotFoundException(
+                "Secret Manager events are not enabled on this server: set KEYCHAIN_PUBSUB_AUDIENCE"
+            )
         try:
             audit(pusher=await verifier.verify(request.headers.get("authorization", "")))
             # Read only once the pusher is known: a stranger's body is never looked at.
@@ -108,4 +118,8 @@ class SecretManagerEventController(Controller):
             return PushOutcome(result="ignored", detail=action.reason)
         dropped = await service.purge(action.names, action.prefixes)
         audit(result="dropped", resource=action.resource, dropped=dropped)
-        return PushOutcome(result="dropped", detail=f"dropped what the event makes stale of {action.resource}", dropped=dropped)
+        return PushOutcome(
+            result="dropped",
+            detail=f"dropped what the event makes stale of {action.resource}",
+            dropped=dropped,
+        )

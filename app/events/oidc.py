@@ -65,7 +65,9 @@ class PushVerifier:
                 "cannot fetch the token-signing keys (KEYCHAIN_PUBSUB_JWKS_URL); retry shortly"
             ) from None
         except jwt.PyJWTError:
-            raise Unauthenticated("push token is malformed or signed by a key the JWKS does not publish") from None
+            raise Unauthenticated(
+                "push token is malformed or signed by a key the JWKS does not publish"
+            ) from None
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -79,13 +81,19 @@ class PushVerifier:
         except jwt.ExpiredSignatureError:
             raise Unauthenticated("push token has expired") from None
         except jwt.InvalidAudienceError:
-            raise Unauthenticated("push token is for another audience than KEYCHAIN_PUBSUB_AUDIENCE") from None
+            raise Unauthenticated(
+                "push token is for another audience than KEYCHAIN_PUBSUB_AUDIENCE"
+            ) from None
         except jwt.InvalidIssuerError:
-            raise Unauthenticated("push token was not issued by Google (accounts.google.com)") from None
+            raise Unauthenticated(
+                "push token was not issued by Google (accounts.google.com)"
+            ) from None
         except jwt.PyJWTError:
             raise Unauthenticated("push token's signature or claims do not verify") from None
         email = claims.get("email")
-        if self.service_account and (email != self.service_account or claims.get("email_verified") is not True):
+        if self.service_account and (
+            email != self.service_account or claims.get("email_verified") is not True
+        ):
             raise Unauthenticated(
                 "push token is not for the service account KEYCHAIN_PUBSUB_SERVICE_ACCOUNT names"
             )
@@ -102,4 +110,6 @@ def make_push_verifier(settings: Settings) -> PushVerifier | None:
             "set KEYCHAIN_PUBSUB_SERVICE_ACCOUNT to the push subscription's service account",
             settings.pubsub_audience,
         )
-    return PushVerifier(settings.pubsub_audience, settings.pubsub_jwks_url, settings.pubsub_service_account)
+    return PushVerifier(
+        settings.pubsub_audience, settings.pubsub_jwks_url, settings.pubsub_service_account
+    )

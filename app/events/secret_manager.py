@@ -22,7 +22,9 @@ VERSION_NAME = re.compile(rf"(?P<secret>{_SECRET})/versions/[1-9][0-9]{{0,18}}")
 
 # A version can no longer be read: its entries go, and so do those read through `latest`,
 # which may hold its value (the event does not say whether it was the latest).
-VERSION_GONE = frozenset({"SECRET_VERSION_DISABLE", "SECRET_VERSION_DESTROY", "SECRET_VERSION_DESTROY_SCHEDULED"})
+VERSION_GONE = frozenset(
+    {"SECRET_VERSION_DISABLE", "SECRET_VERSION_DESTROY", "SECRET_VERSION_DESTROY_SCHEDULED"}
+)
 # `latest` may now name another version (or a rotation is due): what was read through it goes.
 LATEST_MOVED = frozenset({"SECRET_VERSION_ADD", "SECRET_VERSION_ENABLE"})
 VERSION_EVENTS = VERSION_GONE | LATEST_MOVED
@@ -33,7 +35,7 @@ HARMLESS = frozenset({"TOPIC_CONFIGURED", "SECRET_CREATE", "SECRET_UPDATE"})
 class PushMessage(msgspec.Struct, kw_only=True):
     attributes: dict[str, str] = {}
     data: str | None = None
-    messageId: str | None = None  # noqa: N815 - Pub/Sub's field name
+    messageId: str | None = None
 
 
 class PushBody(msgspec.Struct, kw_only=True):
@@ -81,7 +83,9 @@ def interpret(message: PushMessage) -> Drop | Ignore:
             return version
         match = VERSION_NAME.fullmatch(version)
         if match is None:
-            return Ignore("versionId is not a Secret Manager version name (projects/P/secrets/S/versions/N)")
+            return Ignore(
+                "versionId is not a Secret Manager version name (projects/P/secrets/S/versions/N)"
+            )
         secret = match["secret"]
         if message.attributes.get("secretId", secret) != secret:
             return Ignore("secretId and versionId name different secrets")
@@ -99,7 +103,7 @@ def interpret(message: PushMessage) -> Drop | Ignore:
     return Drop(secret, prefixes=(f"{secret}/versions/",))  # SECRET_DELETE
 
 
-def _named_in_data(data: str | None) -> str | None | Ignore:
+def _named_in_data(data: str | None) -> str | Ignore | None:
     """The resource name the data holds; None without data (the attributes then suffice)."""
     if not data:
         return None

@@ -11,9 +11,9 @@ from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, SerializationException
 from litestar.middleware import ASGIMiddleware
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.serialization import encode_json
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -31,6 +31,8 @@ from app.keychain.schemas import (
     EntryWritten,
     ExecutionToken,
     ExecutionTokenRequest,
+)
+from app.keychain.schemas import (
     ScopeType as EntryScopeType,
 )
 from app.keychain.service import KeychainService, check_cache_key
@@ -40,7 +42,9 @@ from app.runtime import caller_of, provide_keychain_service, runtime_of
 Service = NamedDependency[KeychainService]
 FillLeaseHeader = Annotated[
     str | None,
-    HeaderParameter(name=FILL_LEASE_HEADER, max_length=64, description="The fill lease this write fills, if any"),
+    HeaderParameter(
+        name=FILL_LEASE_HEADER, max_length=64, description="The fill lease this write fills, if any"
+    ),
 ]
 FILL_DESCRIPTION = (
     "With `fill_wait`, a miss is filled once for the whole cluster. The first caller is answered "
@@ -68,7 +72,13 @@ PUT_EXAMPLE = Example(
 )
 
 
-_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
 
 
 def json_object_body(struct: type[msgspec.Struct]) -> Callable[[Request], Awaitable[None]]:
@@ -77,7 +87,9 @@ def json_object_body(struct: type[msgspec.Struct]) -> Callable[[Request], Awaita
     Litestar's own words for an empty body, or one that is not an object, are about its
     parameter called `data` ("'data'", "Expected `object`, got `array`"); these say what the
     body must be."""
-    required = " and ".join(field.encode_name for field in msgspec.structs.fields(struct) if field.required)
+    required = " and ".join(
+        field.encode_name for field in msgspec.structs.fields(struct) if field.required
+    )
     expected = f"send a JSON object with {required}"
 
     async def check(request: Request) -> None:
@@ -122,12 +134,18 @@ class ServeHitsFromMemory(ASGIMiddleware):
             cache_key = ""
         service = runtime.keychain_service(LazyTransaction(runtime.database))
         coordinated = b"fill_wait=" in scope["query_string"]
-        entry = service.get_from_memory(cache_key, scope["state"]["principal"], coordinated) if cache_key else None
+        entry = (
+            service.get_from_memory(cache_key, scope["state"]["principal"], coordinated)
+            if cache_key
+            else None
+        )
         if entry is None:
             await next_app(scope, receive, send)
             return
         body = encode_json(entry)
-        await send({"type": "http.response.start", "status": 200, "headers": _json_headers(len(body))})
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": _json_headers(len(body))}
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -154,7 +172,11 @@ class AuthCacheController(_ApiController):
         cache_key: CacheKeyPath,
         fill_wait: Annotated[
             float | None,
-            QueryParameter(gt=0, le=300, description="On a miss, coordinate its fill: wait up to this many seconds"),
+            QueryParameter(
+                gt=0,
+                le=300,
+                description="On a miss, coordinate its fill: wait up to this many seconds",
+            ),
         ] = None,
     ) -> Entry:
         return await service.get(cache_key_sent(request.scope), caller_of(request), fill_wait)
@@ -178,7 +200,9 @@ class AuthCacheController(_ApiController):
         data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
         fill_lease: FillLeaseHeader = None,
     ) -> EntryWritten:
-        return await service.put(cache_key_sent(request.scope), data, caller_of(request), fill_lease)
+        return await service.put(
+            cache_key_sent(request.scope), data, caller_of(request), fill_lease
+        )
 
     @delete(
         "/{cache_key:path}",
@@ -187,7 +211,9 @@ class AuthCacheController(_ApiController):
         opt={"audit": True},
         responses=error_responses(401, 403, 404, 503),
     )
-    async def delete_entry(self, request: Request, service: Service, cache_key: CacheKeyPath) -> None:
+    async def delete_entry(
+        self, request: Request, service: Service, cache_key: CacheKeyPath
+    ) -> None:
         await service.delete(cache_key_sent(request.scope), caller_of(request))
 
 
@@ -309,9 +335,13 @@ class ExecutionTokenController(_ApiController):
         before_request=json_object_body(ExecutionTokenRequest),
         responses={
             **error_responses(401, 403, 503),
-            409: ResponseSpec(ErrorBody, description="The execution has already ended", generate_examples=False),
+            409: ResponseSpec(
+                ErrorBody, description="The execution has already ended", generate_examples=False
+            ),
             501: ResponseSpec(
-                ErrorBody, description="Execution tokens are not enabled (no signing key)", generate_examples=False
+                ErrorBody,
+                description="Execution tokens are not enabled (no signing key)",
+                generate_examples=False,
             ),
         },
     )

@@ -32,7 +32,11 @@ class _KeyWaiters:
 
 class FillWaits:
     def __init__(
-        self, lease_seconds: float, max_wait_seconds: float, max_waiters: int, refresh_window_fraction: float
+        self,
+        lease_seconds: float,
+        max_wait_seconds: float,
+        max_waiters: int,
+        refresh_window_fraction: float,
     ) -> None:
         self.lease_seconds = lease_seconds
         self.max_wait_seconds = max_wait_seconds

@@ -62,7 +62,9 @@ async def flush_hits(counter: HitCounter, database: Database, table: Table) -> i
     return len(hits)
 
 
-async def run_hit_flusher(counter: HitCounter, database: Database, table: Table, interval: float) -> None:
+async def run_hit_flusher(
+    counter: HitCounter, database: Database, table: Table, interval: float
+) -> None:
     """Flush every `interval` seconds until cancelled, then once more."""
     try:
         while True:
@@ -70,11 +72,13 @@ async def run_hit_flusher(counter: HitCounter, database: Database, table: Table,
             try:
                 await flush_hits(counter, database, table)
             except DatabaseUnavailable:
-                log.warning("hit counts not written: the database is unreachable; kept for the next flush")
+                log.warning(
+                    "hit counts not written: the database is unreachable; kept for the next flush"
+                )
             except Exception:
                 log.exception("writing hit counts failed; kept for the next flush")
     finally:
         try:
             await flush_hits(counter, database, table)
-        except Exception:  # noqa: BLE001 - shutting down: say so, nothing else can be done
+        except Exception:
             log.warning("hit counts lost at shutdown: the last flush failed")

@@ -11,9 +11,9 @@ from sqlalchemy import (
     Column,
     Executable,
     Interval,
-    Select,
     Result,
     Row,
+    Select,
     Table,
     and_,
     bindparam,
@@ -71,15 +71,27 @@ PendingHits = dict[tuple[str, bytes | None], tuple[int, datetime]]
 
 # What a write sets from the caller's values; expires_at and the timestamps come from SQL.
 _WRITTEN = (
-    "cache_key", "credential_name", "credential_type", "cache_type", "scope_type", "execution_id",
-    "parent_execution_id", "written_by", "write_id", "ttl_seconds", "data", "key_id",
+    "cache_key",
+    "credential_name",
+    "credential_type",
+    "cache_type",
+    "scope_type",
+    "execution_id",
+    "parent_execution_id",
+    "written_by",
+    "write_id",
+    "ttl_seconds",
+    "data",
+    "key_id",
 )
 
 
 def _written_values(table: Table) -> dict[str, Any]:
     """SET/VALUES of a write, from parameters named w_<column> (SQLAlchemy keeps a column's own
     name for itself). expires_at is the one sent, or now() + the TTL by the database's clock."""
-    values: dict[str, Any] = {name: bindparam(f"w_{name}", type_=table.c[name].type) for name in _WRITTEN}
+    values: dict[str, Any] = {
+        name: bindparam(f"w_{name}", type_=table.c[name].type) for name in _WRITTEN
+    }
     values["expires_at"] = func.coalesce(
         bindparam("w_expires_at", type_=table.c.expires_at.type),
         func.now() + bindparam("w_ttl", type_=Interval()),
@@ -89,7 +101,9 @@ def _written_values(table: Table) -> dict[str, Any]:
 
 def _write_parameters(values: Mapping[str, Any]) -> dict[str, Any]:
     parameters = {f"w_{name}": values[name] for name in _WRITTEN}
-    parameters.update(w_expires_at=values["expires_at"], w_ttl=timedelta(seconds=values["ttl_seconds"]))
+    parameters.update(
+        w_expires_at=values["expires_at"], w_ttl=timedelta(seconds=values["ttl_seconds"])
+    )
     return parameters
 
 
@@ -127,7 +141,9 @@ def _lock_statement(table: Table) -> Select[Any]:
 
 @functools.cache
 def _read_live_statement(table: Table) -> Select[Any]:
-    return select(table).where(table.c.cache_key == bindparam("key"), table.c.expires_at > func.now())
+    return select(table).where(
+        table.c.cache_key == bindparam("key"), table.c.expires_at > func.now()
+    )
 
 
 class KeychainRepository:
@@ -135,7 +151,9 @@ class KeychainRepository:
         self.conn = conn
         self.table = table
 
-    async def _execute(self, statement: Executable, parameters: Mapping[str, Any] | None = None) -> Result[Any]:
+    async def _execute(
+        self, statement: Executable, parameters: Mapping[str, Any] | None = None
+    ) -> Result[Any]:
         """Every statement goes through here, so database errors become domain errors once."""
         try:
             return await self.conn.execute(statement, parameters)
@@ -165,7 +183,9 @@ class KeychainRepository:
 
     async def read_live(self, cache_key: str) -> Mapping[str, Any] | None:
         """The live row, every column, without counting a hit (the memory tier counts)."""
-        row = (await self._execute(_read_live_statement(self.table), {"key": cache_key})).one_or_none()
+        row = (
+            await self._execute(_read_live_statement(self.table), {"key": cache_key})
+        ).one_or_none()
         return None if row is None else row._mapping
 
     async def add_hits(self, hits: PendingHits) -> None:
@@ -203,11 +223,15 @@ class KeychainRepository:
         """Insert a new entry; None when the key is taken (the caller decides on replacing).
 
         An `expires_at` of None means now() + ttl_seconds, by the database's clock."""
-        return (await self._execute(_insert_new_statement(self.table), _write_parameters(values))).one_or_none()
+        return (
+            await self._execute(_insert_new_statement(self.table), _write_parameters(values))
+        ).one_or_none()
 
     async def replace(self, values: Mapping[str, Any]) -> Row[Any]:
         """Overwrite the entry under the key: a new write, so its counters start again."""
-        return (await self._execute(_replace_statement(self.table), _write_parameters(values))).one()
+        return (
+            await self._execute(_replace_statement(self.table), _write_parameters(values))
+        ).one()
 
     async def delete(self, cache_key: str) -> bool:
         t = self.table
@@ -242,9 +266,13 @@ class KeychainRepository:
     async def announce(self, message: Invalidation) -> None:
         """NOTIFY every server; delivered when (and only if) this transaction commits."""
         stmt = text("SELECT pg_notify(:channel, :payload)")
-        await self._execute(stmt, {"channel": channel_name(self.table.schema), "payload": encode(message)})
+        await self._execute(
+            stmt, {"channel": channel_name(self.table.schema), "payload": encode(message)}
+        )
 
-    async def take_fill_lease(self, cache_key: str, holder: str, lease_id: str, seconds: float) -> tuple[bool, float]:
+    async def take_fill_lease(
+        self, cache_key: str, holder: str, lease_id: str, seconds: float
+    ) -> tuple[bool, float]:
         """Take the key's fill lease unless a live one is held; whether it was taken, and the
         seconds left on the lease that stands (ours or the holder's), by the database's clock."""
         leases = fill_leases(self.table)
@@ -254,14 +282,21 @@ class KeychainRepository:
             .values(cache_key=cache_key, lease_id=lease_id, holder=holder, expires_at=expires_at)
             .on_conflict_do_update(
                 index_elements=[leases.c.cache_key],
-                set_={"lease_id": lease_id, "holder": holder, "granted_at": func.now(), "expires_at": expires_at},
+                set_={
+                    "lease_id": lease_id,
+                    "holder": holder,
+                    "granted_at": func.now(),
+                    "expires_at": expires_at,
+                },
                 where=leases.c.expires_at <= func.now(),
             )
             .returning(leases.c.lease_id)
         )
         if (await self._execute(stmt)).scalar_one_or_none() == lease_id:
             return True, seconds
-        left = select(func.extract("epoch", leases.c.expires_at - func.now())).where(leases.c.cache_key == cache_key)
+        left = select(func.extract("epoch", leases.c.expires_at - func.now())).where(
+            leases.c.cache_key == cache_key
+        )
         seconds_left = (await self._execute(left)).scalar_one_or_none()
         # Released between the two statements: nothing stands, the next look may take it.
         return False, max(0.0, float(seconds_left or 0.0))
@@ -280,7 +315,9 @@ class KeychainRepository:
 
     async def delete_expired_fill_leases(self) -> int:
         leases = fill_leases(self.table)
-        return (await self._execute(delete(leases).where(leases.c.expires_at <= func.now()))).rowcount
+        return (
+            await self._execute(delete(leases).where(leases.c.expires_at <= func.now()))
+        ).rowcount
 
     async def forget_ended_before(self, age_seconds: int) -> int:
         """Ended executions older than any token that could name them need not be kept."""
@@ -380,7 +417,9 @@ class KeychainRepository:
         result = await self._execute(delete(t).where(t.c.cache_key.in_(doomed.scalar_subquery())))
         return result.rowcount
 
-    async def to_reseal(self, primary_key_id: str, after_key: str, batch_size: int) -> list[Row[Any]]:
+    async def to_reseal(
+        self, primary_key_id: str, after_key: str, batch_size: int
+    ) -> list[Row[Any]]:
         """Rows to re-seal, in key order after `after_key` (keyset paging makes it resumable):
         sealed by another key, or sealed before writes were bound (no write_id).
 
@@ -401,10 +440,16 @@ class KeychainRepository:
         stmt = select(func.count()).select_from(t).where(_needs_reseal(t, primary_key_id))
         return (await self._execute(stmt)).scalar_one()
 
-    async def replace_sealed(self, cache_key: str, data: bytes, key_id: str, write_id: bytes) -> None:
+    async def replace_sealed(
+        self, cache_key: str, data: bytes, key_id: str, write_id: bytes
+    ) -> None:
         """Swap the ciphertext only: TTL, counters and timestamps stay as they were."""
         t = self.table
-        stmt = update(t).where(t.c.cache_key == cache_key).values(data=data, key_id=key_id, write_id=write_id)
+        stmt = (
+            update(t)
+            .where(t.c.cache_key == cache_key)
+            .values(data=data, key_id=key_id, write_id=write_id)
+        )
         await self._execute(stmt)
 
     async def delete_credentials(

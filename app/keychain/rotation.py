@@ -56,7 +56,9 @@ async def reseal_all(
                 # id, so hits counted in memory against it still land.
                 write_id = row.write_id or new_write_id()
                 sealed = keyring.seal(payload, bound_data({**row._mapping, "write_id": write_id}))
-                await repository.replace_sealed(row.cache_key, sealed.envelope, sealed.key_id, write_id)
+                await repository.replace_sealed(
+                    row.cache_key, sealed.envelope, sealed.key_id, write_id
+                )
                 result.resealed += 1
             # Servers holding the old envelopes in memory drop them.
             for message in key_messages([row.cache_key for row in rows]):

@@ -88,7 +88,9 @@ def _whole_seconds(value: int | str) -> int:
     if isinstance(value, str):
         if not _WHOLE_NUMBER.match(value):
             # Not echoed: a mis-rendered template could have put a token here.
-            raise InvalidEntry("ttl_seconds must be a whole number of seconds, such as 3600 or \"3600\"")
+            raise InvalidEntry(
+                'ttl_seconds must be a whole number of seconds, such as 3600 or "3600"'
+            )
         value = int(value)
     return value
 
@@ -132,7 +134,9 @@ class KeychainService:
         self.process = process if process is not None else ProcessState()
         self.metrics = self.process.metrics
 
-    async def get(self, cache_key: str, principal: Principal, fill_wait: float | None = None) -> Entry:
+    async def get(
+        self, cache_key: str, principal: Principal, fill_wait: float | None = None
+    ) -> Entry:
         """The live entry. With `fill_wait`, a miss is coordinated across the cluster: see
         _wait_for_fill."""
         check_cache_key(cache_key)
@@ -152,14 +156,19 @@ class KeychainService:
             # Tampering, or a key dropped from the ring too early: the caller gets a 409, and
             # an operator must hear of it too. The row stays for inspection.
             log.warning(
-                "unreadable entry", extra={"cache_key": cache_key, "key_id": row["key_id"], "reason": str(exc)}
+                "unreadable entry",
+                extra={"cache_key": cache_key, "key_id": row["key_id"], "reason": str(exc)},
             )
             self._audit_read(principal, cache_key, "unreadable")
             raise
-        refresh_lease = await self._refresh_lease(cache_key, principal, row) if fill_wait is not None else None
+        refresh_lease = (
+            await self._refresh_lease(cache_key, principal, row) if fill_wait is not None else None
+        )
         return self._hit(cache_key, principal, row, payload, counted, refresh_lease)
 
-    async def _refresh_lease(self, cache_key: str, principal: Principal, row: Mapping[str, Any]) -> str | None:
+    async def _refresh_lease(
+        self, cache_key: str, principal: Principal, row: Mapping[str, Any]
+    ) -> str | None:
         """For the one reader, across the cluster, of a token in its refresh window: the lease to
         write its replacement with. Everyone, this reader included, gets the current token now."""
         fills = self.process.fills
@@ -183,7 +192,10 @@ class KeychainService:
         expired = await self.repository.expires_at(cache_key) is not None
         reason = "expired" if expired else "absent"
         if self.process.log_reads:
-            log.info("cache miss", extra={"cache_key": cache_key, "reason": reason, "actor": principal.name})
+            log.info(
+                "cache miss",
+                extra={"cache_key": cache_key, "reason": reason, "actor": principal.name},
+            )
         self.metrics.miss(reason)
         self._audit_read(principal, cache_key, reason)
         return reason
@@ -200,7 +212,12 @@ class KeychainService:
         deadline = time.monotonic() + min(wait, fills.max_wait_seconds)
         with fills.admitted() as admitted:
             if not admitted:
-                await self._unfilled(cache_key, principal, "busy", "too many callers are waiting for fills on this server")
+                await self._unfilled(
+                    cache_key,
+                    principal,
+                    "busy",
+                    "too many callers are waiting for fills on this server",
+                )
             waited = False
             while True:
                 lease_id = secrets.token_urlsafe(16)
@@ -213,7 +230,9 @@ class KeychainService:
                     if row is not None:
                         await self.repository.end_fill_lease(cache_key, lease_id)
                         return row, counted
-                await self.repository.commit()  # the lease stands for everyone; no connection held from here
+                await (
+                    self.repository.commit()
+                )  # the lease stands for everyone; no connection held from here
                 if taken:
                     reason = await self._miss(cache_key, principal)
                     self.metrics.fill_lease_granted("fill")
@@ -228,7 +247,9 @@ class KeychainService:
                     )
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    await self._unfilled(cache_key, principal, "timed_out", "no fill arrived within fill_wait")
+                    await self._unfilled(
+                        cache_key, principal, "timed_out", "no fill arrived within fill_wait"
+                    )
                 await fills.changed(cache_key, min(left, lease_left + 0.01))
                 waited = True
                 row, counted = await self._find(cache_key)
@@ -236,7 +257,9 @@ class KeychainService:
                     self.metrics.fill_wait("filled")
                     return row, counted
 
-    async def _unfilled(self, cache_key: str, principal: Principal, outcome: str, why: str) -> NoReturn:
+    async def _unfilled(
+        self, cache_key: str, principal: Principal, outcome: str, why: str
+    ) -> NoReturn:
         reason = await self._miss(cache_key, principal)
         self.metrics.fill_wait(outcome)
         raise EntryNotFound(
@@ -245,7 +268,9 @@ class KeychainService:
             headers={FILL_HEADER: outcome.replace("_", "-")},
         )
 
-    def get_from_memory(self, cache_key: str, principal: Principal, coordinated: bool = False) -> Entry | None:
+    def get_from_memory(
+        self, cache_key: str, principal: Principal, coordinated: bool = False
+    ) -> Entry | None:
         """The hit, when memory alone can serve it: the tier holds the live entry, the caller's
         token is known to be alive and may read it, and (for a `coordinated` read, one with
         fill_wait) it is not a token due for a refresh. Anything else answers None and is left to
@@ -278,11 +303,18 @@ class KeychainService:
         if not counted:
             hits, now = self.process.hits, self._database_now()
             hits.hit(cache_key, row["write_id"], now)
-            meta.update(access_count=row["access_count"] + hits.pending(cache_key, row["write_id"]), accessed_at=now)
+            meta.update(
+                access_count=row["access_count"] + hits.pending(cache_key, row["write_id"]),
+                accessed_at=now,
+            )
         if self.process.log_reads:
             log.info(
                 "cache hit",
-                extra={"cache_key": cache_key, "access_count": meta["access_count"], "actor": principal.name},
+                extra={
+                    "cache_key": cache_key,
+                    "access_count": meta["access_count"],
+                    "actor": principal.name,
+                },
             )
         self.metrics.hit()
         self._audit_read(principal, cache_key, "hit")
@@ -340,14 +372,18 @@ class KeychainService:
         if principal.execution_id is None:
             return
         ended = await self.process.ended_executions.first_ended(
-            _execution_ids(principal), self.repository.ended_among, during_outage=self.process.serve_from_memory_during_outage
+            _execution_ids(principal),
+            self.repository.ended_among,
+            during_outage=self.process.serve_from_memory_during_outage,
         )
         if ended is not None:
             raise TokenRevoked(f"execution {ended} has ended; its execution tokens no longer work")
 
     def _alive_in_memory(self, principal: Principal) -> bool:
         """Whether memory alone knows the caller's token is alive (_check_token_alive's answer)."""
-        return principal.execution_id is None or self.process.ended_executions.known_live(_execution_ids(principal))
+        return principal.execution_id is None or self.process.ended_executions.known_live(
+            _execution_ids(principal)
+        )
 
     async def put(
         self, cache_key: str, body: EntryPut, principal: Principal, fill_lease: str | None = None
@@ -386,12 +422,19 @@ class KeychainService:
         sealed = self.keyring.seal(plaintext, bound_data(values))
         values.update(data=sealed.envelope, key_id=sealed.key_id)
         row, created = await self._store(values, principal)
-        if fill_lease is not None and (held := await self.repository.end_fill_lease(cache_key, fill_lease)) is not None:
+        if (
+            fill_lease is not None
+            and (held := await self.repository.end_fill_lease(cache_key, fill_lease)) is not None
+        ):
             self.metrics.filled(held)
         await self._invalidate(Invalidation(keys=[cache_key]))
         log.info(
             "cache write",
-            extra={"cache_key": cache_key, "outcome": "created" if created else "replaced", "actor": principal.name},
+            extra={
+                "cache_key": cache_key,
+                "outcome": "created" if created else "replaced",
+                "actor": principal.name,
+            },
         )
         self.metrics.write(created=created)
         return EntryWritten(**_meta_fields(row), created=created)
@@ -416,11 +459,19 @@ class KeychainService:
             remaining = (body.expires_at - datetime.now(UTC)).total_seconds()
             if remaining <= 0:
                 raise InvalidEntry("expires_at is in the past")
-            ttl = _whole_seconds(body.ttl_seconds) if body.ttl_seconds is not None else math.ceil(remaining)
+            ttl = (
+                _whole_seconds(body.ttl_seconds)
+                if body.ttl_seconds is not None
+                else math.ceil(remaining)
+            )
             self._check_ttl(math.ceil(remaining), "expires_at")
             self._check_ttl(ttl, "ttl_seconds")
             return ttl, body.expires_at
-        ttl = self.limits.default_ttl_seconds if body.ttl_seconds is None else _whole_seconds(body.ttl_seconds)
+        ttl = (
+            self.limits.default_ttl_seconds
+            if body.ttl_seconds is None
+            else _whole_seconds(body.ttl_seconds)
+        )
         self._check_ttl(ttl, "ttl_seconds")
         return ttl, None
 
@@ -450,7 +501,9 @@ class KeychainService:
         waiting for the fill (one of them takes the lease over)."""
         check_cache_key(cache_key)
         if await self.repository.end_fill_lease(cache_key, lease_id) is None:
-            raise EntryNotFound("no such fill lease on this key: it ran out, or was released", reason="absent")
+            raise EntryNotFound(
+                "no such fill lease on this key: it ran out, or was released", reason="absent"
+            )
         await self._invalidate(Invalidation(keys=[cache_key]))
 
     async def check_ready(self) -> None:
@@ -469,8 +522,12 @@ class KeychainService:
         self.metrics.execution_cleanup(deleted)
         return deleted
 
-    async def mint_execution_token(self, issuer: Principal, request: ExecutionTokenRequest) -> ExecutionToken:
-        return await mint_execution_token(self.repository, self.process.execution_tokens, issuer, request)
+    async def mint_execution_token(
+        self, issuer: Principal, request: ExecutionTokenRequest
+    ) -> ExecutionToken:
+        return await mint_execution_token(
+            self.repository, self.process.execution_tokens, issuer, request
+        )
 
     async def list_meta(self, query: EntryQuery) -> EntryPage:
         if query.credential_name is not None:
@@ -498,9 +555,13 @@ async def mint_execution_token(
 ) -> ExecutionToken:
     """The rules of minting, shared by the API and `keychain mint-token`."""
     if execution_tokens is None:
-        raise FeatureDisabled("execution tokens are not enabled on this server: set KEYCHAIN_TOKEN_SIGNING_KEYS")
+        raise FeatureDisabled(
+            "execution tokens are not enabled on this server: set KEYCHAIN_TOKEN_SIGNING_KEYS"
+        )
     try:
-        grants = Grants(read=check_patterns(request.read, "read"), write=check_patterns(request.write, "write"))
+        grants = Grants(
+            read=check_patterns(request.read, "read"), write=check_patterns(request.write, "write")
+        )
     except ConfigurationError as exc:
         raise InvalidEntry(str(exc)) from None
     ttl = request.ttl_seconds or execution_tokens.max_ttl_seconds
@@ -513,8 +574,12 @@ async def mint_execution_token(
     ended = await repository.ended_among(ids)
     if ended is not None:
         raise ExecutionEnded(f"execution {ended} has ended; no token is minted for it")
-    minted = execution_tokens.mint(issuer.name, request.execution_id, request.parent_execution_id, grants, ttl)
-    log.info("execution token minted", extra={"execution_id": request.execution_id, "actor": issuer.name})
+    minted = execution_tokens.mint(
+        issuer.name, request.execution_id, request.parent_execution_id, grants, ttl
+    )
+    log.info(
+        "execution token minted", extra={"execution_id": request.execution_id, "actor": issuer.name}
+    )
     return ExecutionToken(
         token=minted.token,
         execution_id=request.execution_id,
@@ -534,7 +599,10 @@ def _scope(body: EntryPut) -> tuple[str, int | None]:
     execution_id = body.execution_id
     scope_type = body.scope_type
     if scope_type == "local":
-        scope_type, execution_id = "execution", execution_id if execution_id is not None else body.parent_execution_id
+        scope_type, execution_id = (
+            "execution",
+            execution_id if execution_id is not None else body.parent_execution_id,
+        )
     elif scope_type == "shared" or scope_type is None:
         scope_type = "execution" if execution_id is not None else "global"
     if scope_type == "execution" and execution_id is None:
@@ -558,13 +626,20 @@ async def purge_credentials(
         await repository.announce(message)
     log.info(
         "credential purge",
-        extra={"credential_names": list(names), "prefixes": list(prefixes), "scope_type": scope_type, "deleted": len(keys)},
+        extra={
+            "credential_names": list(names),
+            "prefixes": list(prefixes),
+            "scope_type": scope_type,
+            "deleted": len(keys),
+        },
     )
     return messages
 
 
 def _execution_ids(principal: Principal) -> tuple[int, ...]:
-    return tuple(e for e in (principal.execution_id, principal.parent_execution_id) if e is not None)
+    return tuple(
+        e for e in (principal.execution_id, principal.parent_execution_id) if e is not None
+    )
 
 
 _META_FIELDS = EntryMeta.__struct_fields__

@@ -80,7 +80,13 @@ async def run_sweeper(
     while True:
         await asyncio.sleep(interval)
         try:
-            await sweep_once(database, table, batch_size, metrics, ended_retention_seconds=ended_retention_seconds)
+            await sweep_once(
+                database,
+                table,
+                batch_size,
+                metrics,
+                ended_retention_seconds=ended_retention_seconds,
+            )
         except DatabaseUnavailable:
             log.warning("sweep skipped: the database is unreachable")
         except Exception:

@@ -32,7 +32,9 @@ class CachedEntry:
 
 
 def cached_entry(row: Mapping[str, Any]) -> CachedEntry:
-    size = len(row["data"]) + len(row["cache_key"]) + len(row["credential_name"]) + _ROW_OVERHEAD_BYTES
+    size = (
+        len(row["data"]) + len(row["cache_key"]) + len(row["credential_name"]) + _ROW_OVERHEAD_BYTES
+    )
     return CachedEntry(row=row, expires_at=row["expires_at"].timestamp(), size=size)
 
 
@@ -83,7 +85,12 @@ class MemoryTier:
         try:
             row = await read()
             entry = None if row is None else cached_entry(row)
-            if entry is not None and self.serving and generation == self._generation and epoch == self._epoch:
+            if (
+                entry is not None
+                and self.serving
+                and generation == self._generation
+                and epoch == self._epoch
+            ):
                 self._put(cache_key, entry)
             future.set_result(entry)
             return entry
@@ -131,7 +138,9 @@ class MemoryTier:
             for cache_key in list(self._by_execution.get(message.ended_execution_id, ())):
                 self._remove(cache_key)
         if message.expired_before is not None:
-            for cache_key in [k for k, e in self._entries.items() if e.expires_at <= message.expired_before]:
+            for cache_key in [
+                k for k, e in self._entries.items() if e.expires_at <= message.expired_before
+            ]:
                 self._remove(cache_key)
 
     def clear(self) -> None:

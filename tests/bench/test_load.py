@@ -59,9 +59,13 @@ def generator(request: pytest.FixtureRequest, tmp_path: Path) -> LoadGenerator:
     return Wrk(wrk, tmp_path / "bench.lua", threads=1)
 
 
-async def test_random_keys_token_and_body_arrive(recorder: tuple[Recorder, str], generator: LoadGenerator) -> None:
+async def test_random_keys_token_and_body_arrive(
+    recorder: tuple[Recorder, str], generator: LoadGenerator
+) -> None:
     server, url = recorder
-    result = await generator.run(Load(url, "/api/k{i}/end", keys=20, method="POST", body=BODY, token=TOKEN), 1)
+    result = await generator.run(
+        Load(url, "/api/k{i}/end", keys=20, method="POST", body=BODY, token=TOKEN), 1
+    )
     assert result.requests > 20 and result.p50_ms <= result.p99_ms
     keys = {int(re.fullmatch(r"/api/k(\d+)/end", path)[1]) for _, path, _, _ in server.requests}  # type: ignore[index]
     assert keys <= set(range(20)) and len(keys) > 10
@@ -69,10 +73,12 @@ async def test_random_keys_token_and_body_arrive(recorder: tuple[Recorder, str],
         assert method == "POST" and body == BODY
         assert f"\r\nAuthorization: Bearer {TOKEN}\r\n".encode() in head
     missing = sum(path.endswith(f"/k{MISSING_KEY}/end") for _, path, _, _ in server.requests)
-    assert 0 < result.errors and abs(result.errors - missing) <= 32  # answers in flight at the end
+    assert result.errors > 0 and abs(result.errors - missing) <= 32  # answers in flight at the end
 
 
-async def test_a_fixed_path_and_an_early_stop(recorder: tuple[Recorder, str], generator: LoadGenerator) -> None:
+async def test_a_fixed_path_and_an_early_stop(
+    recorder: tuple[Recorder, str], generator: LoadGenerator
+) -> None:
     server, url = recorder
     stop = asyncio.Event()
     asyncio.get_running_loop().call_later(0.5, stop.set)

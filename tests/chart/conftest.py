@@ -86,7 +86,12 @@ class Helm:
 
     def template(self, *values: dict | Path) -> HelmResult:
         return self.run(
-            "template", RELEASE, str(CHART), "--namespace", NAMESPACE, *self.value_args(list(values))
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            *self.value_args(list(values)),
         )
 
     def notes(self, *values: dict | Path) -> HelmResult:

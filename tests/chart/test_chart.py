@@ -21,6 +21,8 @@ PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
 
 # Obvious placeholders, distinctive enough to search for in rendered output.
 DATABASE_URL = "postgresql+asyncpg://keychain:not-a-password@db.example.internal:5432/keychain"
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -30,7 +32,8 @@ ENCRYPTION_KEYS = f"k2:{b64(bytes(range(32)))},k1:{b64(bytes(range(32, 64)))}"
 OTHER_KEY = b64(bytes(range(64, 96)))
 SIGNING_KEYS = f"s2:{b64(bytes(range(96, 128)))},s1:{b64(bytes(range(128, 160)))}"
 API_TOKENS = (
-    "ci:worker:not-a-real-worker-token,engine:issuer:not-a-real-engine-token,ops:admin:sha256:" + "0" * 64
+    "ci:worker:not-a-real-worker-token,engine:issuer:not-a-real-engine-token,ops:admin:sha256:"
+    + "0" * 64
 )
 SECRETS = {
     "secrets": {
@@ -42,7 +45,16 @@ SECRETS = {
 }
 
 DEFAULT_KINDS = sorted(
-    ["ConfigMap", "Deployment", "Job", "PodDisruptionBudget", "Secret", "Secret", "Service", "ServiceAccount"]
+    [
+        "ConfigMap",
+        "Deployment",
+        "Job",
+        "PodDisruptionBudget",
+        "Secret",
+        "Secret",
+        "Service",
+        "ServiceAccount",
+    ]
 )
 # The production example keeps its secrets in existing Secrets: the chart makes none.
 PRODUCTION_KINDS = sorted(
@@ -200,17 +212,37 @@ SHORT_KEY = base64.b64encode(b"short").decode()
             'key "k1" is not the standard base64 of exactly 32 bytes',
             SHORT_KEY,
         ),
-        ({"encryptionKeys": ENCRYPTION_KEYS + ",k1:" + OTHER_KEY}, 'lists key id "k1" twice', OTHER_KEY),
+        (
+            {"encryptionKeys": ENCRYPTION_KEYS + ",k1:" + OTHER_KEY},
+            'lists key id "k1" twice',
+            OTHER_KEY,
+        ),
         # Placeholders copied from an example must not reach a cluster.
-        ({"encryptionKeys": "k1:" + b64(bytes(32))}, 'key "k1" is a placeholder', b64(bytes(32))[:40]),
+        (
+            {"encryptionKeys": "k1:" + b64(bytes(32))},
+            'key "k1" is a placeholder',
+            b64(bytes(32))[:40],
+        ),
         (
             {"encryptionKeys": ENCRYPTION_KEYS + ",k3:" + b64(b"\x01" * 32)},
             'key "k3" is a placeholder',
             b64(b"\x01" * 32)[:40],
         ),
-        ({"apiTokens": "ci:worker:CHANGE-ME-worker-token"}, 'token "ci" is a placeholder', "worker-token"),
-        ({"apiTokens": API_TOKENS + ",ops2:admin:changeme"}, 'token "ops2" is a placeholder', "changeme"),
-        ({"apiTokens": "ci:worker:Replace_Me_123"}, 'token "ci" is a placeholder', "Replace_Me_123"),
+        (
+            {"apiTokens": "ci:worker:CHANGE-ME-worker-token"},
+            'token "ci" is a placeholder',
+            "worker-token",
+        ),
+        (
+            {"apiTokens": API_TOKENS + ",ops2:admin:changeme"},
+            'token "ops2" is a placeholder',
+            "changeme",
+        ),
+        (
+            {"apiTokens": "ci:worker:Replace_Me_123"},
+            'token "ci" is a placeholder',
+            "Replace_Me_123",
+        ),
         ({"apiTokens": "ci:worker:<worker-token>"}, 'token "ci" is a placeholder', "worker-token"),
         ({"apiTokens": "ci:worker:" + "ab" * 12}, 'token "ci" is a placeholder', "ab" * 12),
         # verify-full needs a CA file; asyncpg would refuse to connect at start.
@@ -246,14 +278,26 @@ SHORT_KEY = base64.b64encode(b"short").decode()
             'secrets.tokenSigningKeys lists key id "s1" twice',
             OTHER_KEY,
         ),
-        ({"tokenSigningKeys": OTHER_KEY}, "secrets.tokenSigningKeys entry 1 must look like", OTHER_KEY),
+        (
+            {"tokenSigningKeys": OTHER_KEY},
+            "secrets.tokenSigningKeys entry 1 must look like",
+            OTHER_KEY,
+        ),
         (
             {"apiTokens": "ci:not-a-real-token"},
             "secrets.apiTokens entry 1 must look like",
             "not-a-real-token",
         ),
-        ({"databaseUrl": "mysql://keychain:hunter2@db/keychain"}, "must start with postgresql://", "hunter2"),
-        ({"databaseUrl": "postgresql+psycopg://keychain:hunter2@db/keychain"}, "postgres://", "hunter2"),
+        (
+            {"databaseUrl": "mysql://keychain:hunter2@db/keychain"},
+            "must start with postgresql://",
+            "hunter2",
+        ),
+        (
+            {"databaseUrl": "postgresql+psycopg://keychain:hunter2@db/keychain"},
+            "postgres://",
+            "hunter2",
+        ),
     ],
 )
 def test_validation_fails_fast_with_a_clear_message(helm, secrets, message, hidden):
@@ -326,7 +370,9 @@ def test_extra_env_database_url_wins_over_the_existing_secret(helm):
         "name": "KEYCHAIN_DATABASE_URL",
         "valueFrom": {"secretKeyRef": {"name": "pg-app", "key": "uri"}},
     }
-    docs = helm.render({"secrets": {"existingSecret": "keychain-credentials"}, "extraEnv": [from_operator]})
+    docs = helm.render(
+        {"secrets": {"existingSecret": "keychain-credentials"}, "extraEnv": [from_operator]}
+    )
     # One definition only: a duplicate env name would leave the winner to the kubelet.
     assert env_named(one(docs, "Job"), "KEYCHAIN_DATABASE_URL") == [from_operator]
 
@@ -338,7 +384,10 @@ def test_server_pods_run_hardened(default_docs):
     pod = one(default_docs, "Deployment")["spec"]["template"]["spec"]
     security = container(one(default_docs, "Deployment"))["securityContext"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert isinstance(pod["securityContext"]["runAsUser"], int) and pod["securityContext"]["runAsUser"] > 0
+    assert (
+        isinstance(pod["securityContext"]["runAsUser"], int)
+        and pod["securityContext"]["runAsUser"] > 0
+    )
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert security["readOnlyRootFilesystem"] is True
     assert security["allowPrivilegeEscalation"] is False
@@ -375,7 +424,10 @@ def test_migration_runs_as_a_hook_before_install_and_upgrade(default_docs):
     job = one(default_docs, "Job")
     hook = annotations(job)
     assert set(hook["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"}
-    assert set(hook["helm.sh/hook-delete-policy"].split(",")) == {"before-hook-creation", "hook-succeeded"}
+    assert set(hook["helm.sh/hook-delete-policy"].split(",")) == {
+        "before-hook-creation",
+        "hook-succeeded",
+    }
     migrate = container(job)
     assert migrate["command"] + migrate["args"] == ["keychain", "migrate"]
     assert job["spec"]["activeDeadlineSeconds"] > 0
@@ -396,7 +448,9 @@ def test_migration_hook_only_uses_what_exists_before_install(default_docs):
     assert (secret["metadata"]["name"], key) == (secret_name, "KEYCHAIN_DATABASE_URL")
     assert secret_name != plain_secret(default_docs)["metadata"]["name"]
     assert "pre-install" in annotations(secret)["helm.sh/hook"]
-    assert int(annotations(secret)["helm.sh/hook-weight"]) < int(annotations(job)["helm.sh/hook-weight"])
+    assert int(annotations(secret)["helm.sh/hook-weight"]) < int(
+        annotations(job)["helm.sh/hook-weight"]
+    )
     config = one(default_docs, "ConfigMap")["data"]
     assert {e["name"]: e["value"] for e in migrate["env"] if "value" in e} == config
     assert (
@@ -415,7 +469,11 @@ def test_migration_sees_only_the_database_url(default_docs):
     job = one(default_docs, "Job")
     names = [e["name"] for e in container(job)["env"]]
     assert len(names) == len(set(names))
-    assert not {"KEYCHAIN_ENCRYPTION_KEYS", "KEYCHAIN_API_TOKENS", "KEYCHAIN_TOKEN_SIGNING_KEYS"} & set(names)
+    assert not {
+        "KEYCHAIN_ENCRYPTION_KEYS",
+        "KEYCHAIN_API_TOKENS",
+        "KEYCHAIN_TOKEN_SIGNING_KEYS",
+    } & set(names)
 
 
 def test_hook_secret_is_deleted_whatever_the_migration_outcome(default_docs):
@@ -456,7 +514,9 @@ def test_settings_split_between_configmap_and_secret(default_docs):
     # Large numbers must stay integers (Helm turns them into 2.592e+06 unless told).
     assert config["KEYCHAIN_MAX_TTL_SECONDS"] == "2592000"
     assert config["KEYCHAIN_MAX_BODY_BYTES"] == "1048576"
-    decoded = {k: base64.b64decode(v).decode() for k, v in plain_secret(default_docs)["data"].items()}
+    decoded = {
+        k: base64.b64decode(v).decode() for k, v in plain_secret(default_docs)["data"].items()
+    }
     assert decoded == {
         "KEYCHAIN_DATABASE_URL": DATABASE_URL,
         "KEYCHAIN_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
@@ -497,7 +557,9 @@ def test_every_configmap_key_is_a_setting_the_app_reads(default_docs, helm):
 
 def test_least_privilege_settings_render_into_the_configmap(helm, default_docs):
     config = one(default_docs, "ConfigMap")["data"]
-    assert {name: config[name] for name in config if name in LEAST_PRIVILEGE_DEFAULTS} == LEAST_PRIVILEGE_DEFAULTS
+    assert {
+        name: config[name] for name in config if name in LEAST_PRIVILEGE_DEFAULTS
+    } == LEAST_PRIVILEGE_DEFAULTS
     # No limits unless asked for: an empty one would only hide a mistake.
     assert "KEYCHAIN_API_TOKEN_LIMITS" not in config
     limits = "ci:read:projects/1/secrets/ci-*,ci:write:ci-cache"
@@ -545,7 +607,9 @@ def test_every_role_the_app_knows_is_accepted(helm):
     docs = helm.render(secrets_with(apiTokens=tokens))
     assert base64.b64decode(plain_secret(docs)["data"]["KEYCHAIN_API_TOKENS"]).decode() == tokens
     # Without an issuer the signing keys are optional, and then left out of the Secret.
-    docs = helm.render(secrets_with(apiTokens="w:worker:not-a-real-worker-token", tokenSigningKeys=""))
+    docs = helm.render(
+        secrets_with(apiTokens="w:worker:not-a-real-worker-token", tokenSigningKeys="")
+    )
     assert "KEYCHAIN_TOKEN_SIGNING_KEYS" not in plain_secret(docs)["data"]
 
 
@@ -565,7 +629,7 @@ def test_signing_keys_may_come_from_extra_env(helm):
         ("ci:readwrite:ci-*", 'config.apiTokenLimits entry 1 ("ci:readwrite:ci-*") must look like'),
         ("ci:read:*", "'*' alone would grant everything"),
         ("ci:read:ci-*,ci:write:a*b", 'entry 2 ("ci:write:a*b") must look like'),
-        ("ci:read:", "entry 1 (\"ci:read:\") must look like"),
+        ("ci:read:", 'entry 1 ("ci:read:") must look like'),
         ("nobody:read:ci-*", 'names the token "nobody", which secrets.apiTokens does not have'),
     ],
 )
@@ -595,7 +659,9 @@ def test_pods_roll_when_settings_change(helm, default_docs):
     config, secret = checksums(default_docs)
     assert checksums(helm.render(SECRETS, {"config": {"logLevel": "DEBUG"}})) != (config, secret)
     assert checksums(helm.render(SECRETS, {"config": {"logLevel": "DEBUG"}}))[1] == secret
-    assert checksums(helm.render(secrets_with(apiTokens="ci:worker:another-fake-token")))[1] != secret
+    assert (
+        checksums(helm.render(secrets_with(apiTokens="ci:worker:another-fake-token")))[1] != secret
+    )
 
 
 def test_autoscaler_owns_the_replica_count(default_docs, production_docs):
@@ -615,7 +681,10 @@ def test_disruption_budget_covers_the_server_pods(default_docs, production_docs)
     pdb = one(default_docs, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     production_pdb = one(production_docs, "PodDisruptionBudget")
-    assert production_pdb["spec"]["minAvailable"] == 2 and "maxUnavailable" not in production_pdb["spec"]
+    assert (
+        production_pdb["spec"]["minAvailable"] == 2
+        and "maxUnavailable" not in production_pdb["spec"]
+    )
     labels = one(production_docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert matches(production_pdb["spec"]["selector"]["matchLabels"], labels)
 
@@ -633,7 +702,8 @@ def test_service_monitor_scrapes_metrics(production_docs):
         "serverName": "kc-keychain.keychain.svc",
     }
     assert matches(
-        monitor["spec"]["selector"]["matchLabels"], one(production_docs, "Service")["metadata"]["labels"]
+        monitor["spec"]["selector"]["matchLabels"],
+        one(production_docs, "Service")["metadata"]["labels"],
     )
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
 
@@ -660,7 +730,12 @@ def test_network_policy_allows_callers_dns_and_the_database(production_docs):
 
 def test_optional_objects_are_off_by_default(default_docs):
     kinds = {doc["kind"] for doc in default_docs}
-    assert not kinds & {"HorizontalPodAutoscaler", "ServiceMonitor", "NetworkPolicy", "PrometheusRule"}
+    assert not kinds & {
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "NetworkPolicy",
+        "PrometheusRule",
+    }
     assert by_kind(default_docs, "ConfigMap") == [settings_config_map(default_docs)]
 
 
@@ -672,7 +747,10 @@ def test_topology_spread_gets_the_server_selector(production_docs):
         "kubernetes.io/hostname",
     }
     for constraint in constraints:
-        assert constraint["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+        assert (
+            constraint["labelSelector"]["matchLabels"]
+            == deployment["spec"]["selector"]["matchLabels"]
+        )
 
 
 def test_image_defaults_to_the_app_version(default_docs, helm):
@@ -713,7 +791,9 @@ def test_notes_list_what_an_existing_secret_must_hold(helm):
         "name": "KEYCHAIN_DATABASE_URL",
         "valueFrom": {"secretKeyRef": {"name": "pg", "key": "uri"}},
     }
-    notes = helm.notes({"secrets": {"existingSecret": "keychain-credentials"}, "extraEnv": [from_operator]})
+    notes = helm.notes(
+        {"secrets": {"existingSecret": "keychain-credentials"}, "extraEnv": [from_operator]}
+    )
     text = notes.stdout.split("NOTES:", 1)[1]
     assert "KEYCHAIN_DATABASE_URL" not in text and "KEYCHAIN_API_TOKENS" in text
 
@@ -807,11 +887,16 @@ def test_alerts_query_what_the_service_monitor_scrapes(production_docs):
 
 
 def test_server_error_threshold_follows_the_values(helm):
-    docs = helm.render(SECRETS, {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}})
+    docs = helm.render(
+        SECRETS, {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    )
     assert alerts(docs)["KeychainServerErrors"]["expr"].rstrip().endswith("> 5")
     docs = helm.render(
         SECRETS,
-        {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True, "serverErrorPercent": 0.5}},
+        {
+            "serviceMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True, "serverErrorPercent": 0.5},
+        },
     )
     assert alerts(docs)["KeychainServerErrors"]["expr"].rstrip().endswith("> 0.5")
 
@@ -820,7 +905,9 @@ def test_alerts_without_the_service_monitor_fail_with_a_clear_message(helm):
     # Nothing would scrape the job the alerts select: they could never fire.
     result = helm.template(SECRETS, {"prometheusRule": {"enabled": True}})
     assert result.returncode != 0
-    assert "keychain: prometheusRule.enabled needs serviceMonitor.enabled" in result.stderr, result.stderr
+    assert "keychain: prometheusRule.enabled needs serviceMonitor.enabled" in result.stderr, (
+        result.stderr
+    )
 
 
 def test_dashboard_is_json_the_grafana_sidecar_loads(production_docs):
@@ -841,7 +928,9 @@ def test_dashboard_is_json_the_grafana_sidecar_loads(production_docs):
 
 def test_dashboard_shows_every_metric_the_server_exports_and_no_other(production_docs):
     _, board = dashboard(production_docs)
-    queried = set().union(*(queried_metric_names(t["expr"]) for p in board["panels"] for t in p["targets"]))
+    queried = set().union(
+        *(queried_metric_names(t["expr"]) for p in board["panels"] for t in p["targets"])
+    )
     exported = exported_metric_names()
     assert queried <= exported, queried - exported
     # A histogram counts as shown through any of its series.
@@ -852,7 +941,8 @@ def test_dashboard_shows_every_metric_the_server_exports_and_no_other(production
 
 def test_dashboard_label_follows_the_values(helm):
     docs = helm.render(
-        SECRETS, {"grafanaDashboard": {"enabled": True, "label": "dashboards", "labelValue": "keychain"}}
+        SECRETS,
+        {"grafanaDashboard": {"enabled": True, "label": "dashboards", "labelValue": "keychain"}},
     )
     config_map, _ = dashboard(docs)
     assert config_map["metadata"]["labels"]["dashboards"] == "keychain"
@@ -874,7 +964,11 @@ def shutdown_timings(docs: list[dict]) -> tuple[int, int, int]:
     command = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
     assert command[0] == "sleep"
     drain = int(settings_config_map(docs)["data"]["KEYCHAIN_DRAIN_SECONDS"])
-    return int(command[1]), drain, deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    return (
+        int(command[1]),
+        drain,
+        deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"],
+    )
 
 
 @pytest.mark.parametrize("which", ["default", "production"])
@@ -888,7 +982,11 @@ def test_shutdown_fits_in_the_grace_period(request, which):
 
 def test_shutdown_timings_follow_the_values(helm):
     # Exactly enough is enough.
-    values = {"preStopSleepSeconds": 8, "config": {"drainSeconds": 20}, "terminationGracePeriodSeconds": 33}
+    values = {
+        "preStopSleepSeconds": 8,
+        "config": {"drainSeconds": 20},
+        "terminationGracePeriodSeconds": 33,
+    }
     assert shutdown_timings(helm.render(SECRETS, values)) == (8, 20, 33)
     # 0 drops the hook: SIGTERM comes at once.
     docs = helm.render(SECRETS, {"preStopSleepSeconds": 0})
@@ -912,8 +1010,12 @@ TLS = {"tls": {"enabled": True, "existingSecret": "keychain-tls"}}
 
 def mounted_file(workload: dict, path: str) -> tuple[dict, dict]:
     """The (volumeMount, volume) that serves `path` in the workload's container."""
-    mount = next(m for m in container(workload)["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
-    volume = next(v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    mount = next(
+        m for m in container(workload)["volumeMounts"] if path.startswith(m["mountPath"] + "/")
+    )
+    volume = next(
+        v for v in workload["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    )
     return mount, volume
 
 
@@ -926,7 +1028,10 @@ def test_tls_mounts_the_certificate_and_serves_https(helm):
     docs = helm.render(SECRETS, TLS)
     deployment = one(docs, "Deployment")
     server = container(deployment)
-    for setting, key in (("KEYCHAIN_TLS_CERT_FILE", "tls.crt"), ("KEYCHAIN_TLS_KEY_FILE", "tls.key")):
+    for setting, key in (
+        ("KEYCHAIN_TLS_CERT_FILE", "tls.crt"),
+        ("KEYCHAIN_TLS_KEY_FILE", "tls.key"),
+    ):
         path = env_value(deployment, setting)
         mount, volume = mounted_file(deployment, path)
         assert mount["readOnly"] is True
@@ -942,7 +1047,11 @@ def test_tls_mounts_the_certificate_and_serves_https(helm):
     # The migration serves nothing: the private key stays out of its pod.
     job = one(docs, "Job")
     assert not env_named(job, "KEYCHAIN_TLS_KEY_FILE")
-    job_secrets = [v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    job_secrets = [
+        v["secret"]["secretName"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "secret" in v
+    ]
     assert "keychain-tls" not in job_secrets
     kubernetes_validate.validate(deployment, kubernetes_validate.latest_version(), strict=True)
 
@@ -965,7 +1074,9 @@ def test_tls_without_a_secret_fails_with_a_clear_message(helm):
 
 def test_database_ca_is_mounted_for_verify_full(helm):
     url = DATABASE_URL + "?sslmode=verify-full"
-    docs = helm.render(secrets_with(databaseUrl=url), {"databaseCA": {"existingSecret": "keychain-db-ca"}})
+    docs = helm.render(
+        secrets_with(databaseUrl=url), {"databaseCA": {"existingSecret": "keychain-db-ca"}}
+    )
     # Both connect: the server, and the migration before it.
     for workload in (one(docs, "Deployment"), one(docs, "Job")):
         path = env_value(workload, "PGSSLROOTCERT")

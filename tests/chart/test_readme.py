@@ -69,7 +69,13 @@ def test_readme_gives_the_true_defaults():
     values = defaults()
     for name, cell in documented().items():
         if name not in values:
-            assert cell == UNSET, f"{name} is not in values.yaml, so its default cell says {UNSET!r}, not {cell}"
+            assert cell == UNSET, (
+                f"{name} is not in values.yaml, so its default cell says {UNSET!r}, not {cell}"
+            )
             continue
-        assert cell.startswith("`") and cell.endswith("`"), f"{name}: the default is not code: {cell}"
-        assert yaml.safe_load(cell[1:-1]) == values[name], f"{name}: README {cell}, values.yaml {values[name]!r}"
+        assert cell.startswith("`") and cell.endswith("`"), (
+            f"{name}: the default is not code: {cell}"
+        )
+        assert yaml.safe_load(cell[1:-1]) == values[name], (
+            f"{name}: README {cell}, values.yaml {values[name]!r}"
+        )

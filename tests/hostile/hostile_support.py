@@ -31,5 +31,3 @@ def tally(attack: str, answer: object) -> None:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-

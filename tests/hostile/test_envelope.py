@@ -38,7 +38,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=25,
 )
 payloads = st.dictionaries(st.text(), json_values, max_size=6)  # token_data is an object
@@ -100,7 +102,10 @@ def test_another_cache_key_as_associated_data_fails_closed(payload, cache_key, o
     if other_key == cache_key:
         other_key += "x"
     tally("envelope: wrong associated data", "UnreadableEntry")
-    assert fails_closed(sealed(payload, cache_key), other_key) == "stored entry failed its integrity check"
+    assert (
+        fails_closed(sealed(payload, cache_key), other_key)
+        == "stored entry failed its integrity check"
+    )
 
 
 @envelope_settings
@@ -113,7 +118,9 @@ def test_a_wrong_key_id_or_wrong_key_fails_closed(payload, cache_key, key_id):
     envelope = sealed(payload, cache_key)
     tally("envelope: wrong key id / key", "UnreadableEntry")
     # Same id, other key material: the integrity check fails.
-    assert fails_closed(envelope, cache_key, OTHER_RING) == "stored entry failed its integrity check"
+    assert (
+        fails_closed(envelope, cache_key, OTHER_RING) == "stored entry failed its integrity check"
+    )
     # The envelope relabelled with another id: unknown ids are named, known ones fail the check.
     relabelled = bytes([1, len(key_id)]) + key_id.encode() + envelope[2 + envelope[1] :]
     message = fails_closed(relabelled, cache_key)
@@ -160,10 +167,14 @@ async def tamper(connection, expression: str, key: str = KEY) -> None:
 
 
 @pytest.mark.parametrize("expression", TAMPERING.values(), ids=TAMPERING.keys())
-async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(client, connection, caplog, expression):
+async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(
+    client, connection, caplog, expression
+):
     caplog.set_level(logging.WARNING, logger="app.keychain.service")
     await client.post(f"/api/auth-cache/{KEY}", json=BODY)
-    await client.post("/api/auth-cache/bystander:global", json={**BODY, "token_data": {"v": "fine"}})
+    await client.post(
+        "/api/auth-cache/bystander:global", json={**BODY, "token_data": {"v": "fine"}}
+    )
     await tamper(connection, expression)
 
     answer = await client.get(f"/api/auth-cache/{KEY}")
@@ -178,7 +189,11 @@ async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(client, 
     assert SECRET not in caplog.text
 
     # The failed read did not count as a hit, the row stays for inspection, the rest still work.
-    row = (await connection.execute(text("SELECT access_count FROM noetl.keychain WHERE cache_key = :k"), {"k": KEY})).one()
+    row = (
+        await connection.execute(
+            text("SELECT access_count FROM noetl.keychain WHERE cache_key = :k"), {"k": KEY}
+        )
+    ).one()
     assert row.access_count == 0
     assert (await client.get("/api/auth-cache/bystander:global")).json()["data"] == {"v": "fine"}
     # Writing the entry again heals it.
@@ -196,7 +211,9 @@ async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(client, 
 async def test_any_flipped_byte_in_the_table_is_a_409_never_a_500(client, connection, data):
     if (await client.get(f"/api/auth-cache/{KEY}")).status_code == 404:
         await client.post(f"/api/auth-cache/{KEY}", json=BODY)
-    original = await connection.scalar(text("SELECT data FROM noetl.keychain WHERE cache_key = :k"), {"k": KEY})
+    original = await connection.scalar(
+        text("SELECT data FROM noetl.keychain WHERE cache_key = :k"), {"k": KEY}
+    )
     position = data.draw(st.integers(0, len(original) - 1), label="position")
     mask = data.draw(st.integers(1, 255), label="mask")
     await tamper(connection, f"set_byte(data, {position}, get_byte(data, {position}) # {mask})")
@@ -208,5 +225,6 @@ async def test_any_flipped_byte_in_the_table_is_a_409_never_a_500(client, connec
         assert SECRET not in answer.text
     finally:
         await connection.execute(
-            text("UPDATE noetl.keychain SET data = :data WHERE cache_key = :k"), {"data": original, "k": KEY}
+            text("UPDATE noetl.keychain SET data = :data WHERE cache_key = :k"),
+            {"data": original, "k": KEY},
         )

@@ -48,7 +48,9 @@ async def test_a_body_over_the_limit_is_413_naming_the_limit_and_nothing_is_stor
     payload = json.dumps(body).encode()
     async with asgi_client(make_app(max_body_bytes=1024)) as client:
         content = payload if framing == "content-length" else _chunks(payload)
-        answer = await client.post(url("big"), content=content, headers={"content-type": "application/json"})
+        answer = await client.post(
+            url("big"), content=content, headers={"content-type": "application/json"}
+        )
         tally(f"body over limit ({framing})", answer.status_code)
         assert answer.status_code == 413
         assert answer.json() == {
@@ -65,7 +67,9 @@ async def test_a_body_over_the_limit_is_413_naming_the_limit_and_nothing_is_stor
 # --- key length and characters ----------------------------------------------------------------
 
 
-async def test_a_512_character_key_is_stored_and_513_is_refused_saying_the_limit(client, connection):
+async def test_a_512_character_key_is_stored_and_513_is_refused_saying_the_limit(
+    client, connection
+):
     longest = "k" * 511 + "é"
     assert (await client.post(url(longest), json=BODY)).status_code == 200
     hit = await client.get(url(longest))
@@ -73,14 +77,18 @@ async def test_a_512_character_key_is_stored_and_513_is_refused_saying_the_limit
 
     too_long = "k" * 513
     for method in ("POST", "GET", "DELETE"):
-        answer = await client.request(method, url(too_long), json=BODY if method == "POST" else None)
+        answer = await client.request(
+            method, url(too_long), json=BODY if method == "POST" else None
+        )
         tally("key of 513 characters", answer.status_code)
         assert answer.status_code == 400
         assert answer.json()["detail"] == "cache key is 513 characters long; the limit is 512"
     assert await row_count(connection) == 1
 
 
-@pytest.mark.parametrize("encoded", ["%00", "%1f", "%7f", "%0a", "%0d%0a", "%09", "%c2%85", "%1b[31m"])
+@pytest.mark.parametrize(
+    "encoded", ["%00", "%1f", "%7f", "%0a", "%0d%0a", "%09", "%c2%85", "%1b[31m"]
+)
 async def test_control_characters_in_a_key_are_400_for_every_method(client, connection, encoded):
     path = f"/api/auth-cache/before{encoded}after:global"
     for method in ("POST", "GET", "DELETE"):
@@ -178,9 +186,21 @@ REFUSED_BODIES = [
     ("not JSON at all", SECRET.encode(), ["malformed"]),
     # Not a word about a parameter called `data` (Litestar's own): what the body must be.
     ("empty body", b"", ["body is empty", "JSON object with token_data and credential_type"]),
-    ("a blank body", b" \r\n", ["body is empty", "JSON object with token_data and credential_type"]),
-    ("a JSON array", b"[]", ["body is an array", "JSON object with token_data and credential_type"]),
-    ("a JSON string", b'"' + SECRET.encode() + b'"', ["body is a string", "JSON object with token_data"]),
+    (
+        "a blank body",
+        b" \r\n",
+        ["body is empty", "JSON object with token_data and credential_type"],
+    ),
+    (
+        "a JSON array",
+        b"[]",
+        ["body is an array", "JSON object with token_data and credential_type"],
+    ),
+    (
+        "a JSON string",
+        b'"' + SECRET.encode() + b'"',
+        ["body is a string", "JSON object with token_data"],
+    ),
     ("JSON null", b"null", ["body is null", "JSON object with token_data"]),
     ("a JSON number", b"42", ["body is a number", "JSON object with token_data"]),
     ("JSON true", b"true", ["body is a boolean", "JSON object with token_data"]),
@@ -190,9 +210,17 @@ REFUSED_BODIES = [
     ("token_data null", {**BODY, "token_data": None}, ["token_data"]),
     ("credential_type missing", {"token_data": {"api_key": SECRET}}, ["credential_type"]),
     ("credential_type empty", {**BODY, "credential_type": ""}, ["credential_type"]),
-    ("credential_type too long", {**BODY, "credential_type": "t" * 129}, ["credential_type", "128"]),
+    (
+        "credential_type too long",
+        {**BODY, "credential_type": "t" * 129},
+        ["credential_type", "128"],
+    ),
     ("credential_type a number", {**BODY, "credential_type": 7}, ["credential_type", "str"]),
-    ("credential_name too long", {**BODY, "credential_name": "n" * 513}, ["credential_name", "512"]),
+    (
+        "credential_name too long",
+        {**BODY, "credential_name": "n" * 513},
+        ["credential_name", "512"],
+    ),
     ("unknown field", {**BODY, "ttl": 60}, ["unknown field", "ttl"]),
     ("unknown enum cache_type", {**BODY, "cache_type": "password"}, ["cache_type"]),
     ("unknown enum scope_type", {**BODY, "scope_type": "world"}, ["scope_type"]),
@@ -207,12 +235,24 @@ REFUSED_BODIES = [
     ("ttl_seconds negative", {**BODY, "ttl_seconds": -60}, ["ttl_seconds", "positive"]),
     ("ttl_seconds '0'", {**BODY, "ttl_seconds": "0"}, ["ttl_seconds", "positive"]),
     ("ttl_seconds '-60'", {**BODY, "ttl_seconds": "-60"}, ["ttl_seconds", "positive"]),
-    ("ttl_seconds over the maximum", {**BODY, "ttl_seconds": 30 * 86400 + 1}, ["ttl_seconds", "maximum"]),
+    (
+        "ttl_seconds over the maximum",
+        {**BODY, "ttl_seconds": 30 * 86400 + 1},
+        ["ttl_seconds", "maximum"],
+    ),
     ("ttl_seconds huge", {**BODY, "ttl_seconds": 2**63}, ["ttl_seconds"]),
     ("ttl_seconds huge string", {**BODY, "ttl_seconds": "9" * 40}, ["ttl_seconds", "whole number"]),
     ("ttl_seconds a float", {**BODY, "ttl_seconds": 60.5}, ["ttl_seconds"]),
-    ("ttl_seconds a float string", {**BODY, "ttl_seconds": "60.5"}, ["ttl_seconds", "whole number"]),
-    ("ttl_seconds non-numeric", {**BODY, "ttl_seconds": "an hour"}, ["ttl_seconds", "whole number"]),
+    (
+        "ttl_seconds a float string",
+        {**BODY, "ttl_seconds": "60.5"},
+        ["ttl_seconds", "whole number"],
+    ),
+    (
+        "ttl_seconds non-numeric",
+        {**BODY, "ttl_seconds": "an hour"},
+        ["ttl_seconds", "whole number"],
+    ),
     ("ttl_seconds empty string", {**BODY, "ttl_seconds": ""}, ["ttl_seconds", "whole number"]),
     ("ttl_seconds exponent", {**BODY, "ttl_seconds": "1e3"}, ["ttl_seconds", "whole number"]),
     ("ttl_seconds a boolean", {**BODY, "ttl_seconds": True}, ["ttl_seconds"]),
@@ -220,18 +260,32 @@ REFUSED_BODIES = [
     ("expires_at naive", {**BODY, "expires_at": NAIVE}, ["expires_at", "timezone"]),
     ("expires_at in the past", {**BODY, "expires_at": PAST}, ["expires_at", "past"]),
     ("expires_at not a date", {**BODY, "expires_at": "tomorrow"}, ["expires_at"]),
-    ("expires_at past the maximum", {**BODY, "expires_at": "2999-01-01T00:00:00Z"}, ["expires_at", "maximum"]),
-    ("expires_at with a bad ttl", {**BODY, "expires_at": FUTURE, "ttl_seconds": "soon"}, ["ttl_seconds"]),
+    (
+        "expires_at past the maximum",
+        {**BODY, "expires_at": "2999-01-01T00:00:00Z"},
+        ["expires_at", "maximum"],
+    ),
+    (
+        "expires_at with a bad ttl",
+        {**BODY, "expires_at": FUTURE, "ttl_seconds": "soon"},
+        ["ttl_seconds"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("raw", "words"), [case[1:] for case in REFUSED_BODIES], ids=[case[0] for case in REFUSED_BODIES]
+    ("raw", "words"),
+    [case[1:] for case in REFUSED_BODIES],
+    ids=[case[0] for case in REFUSED_BODIES],
 )
-async def test_a_bad_body_is_400_saying_what_to_fix_and_nothing_is_written(client, connection, raw, words):
+async def test_a_bad_body_is_400_saying_what_to_fix_and_nothing_is_written(
+    client, connection, raw, words
+):
     key = "refused:global"
     if isinstance(raw, bytes):
-        answer = await client.post(url(key), content=raw, headers={"content-type": "application/json"})
+        answer = await client.post(
+            url(key), content=raw, headers={"content-type": "application/json"}
+        )
     else:
         answer = await client.post(url(key), json=raw)
     tally(f"bad body ({len(REFUSED_BODIES)} kinds)", answer.status_code)
@@ -245,14 +299,20 @@ async def test_a_bad_body_is_400_saying_what_to_fix_and_nothing_is_written(clien
 
 
 @pytest.mark.parametrize(
-    ("raw", "words"), [case[1:] for case in REFUSED_BODIES], ids=[case[0] for case in REFUSED_BODIES]
+    ("raw", "words"),
+    [case[1:] for case in REFUSED_BODIES],
+    ids=[case[0] for case in REFUSED_BODIES],
 )
 async def test_a_refused_replace_keeps_the_previous_value(client, raw, words):
     key = "kept:global"
-    first = await client.post(url(key), json={**BODY, "token_data": {"v": "previous"}, "ttl_seconds": 600})
+    first = await client.post(
+        url(key), json={**BODY, "token_data": {"v": "previous"}, "ttl_seconds": 600}
+    )
     assert first.status_code == 200
     if isinstance(raw, bytes):
-        answer = await client.post(url(key), content=raw, headers={"content-type": "application/json"})
+        answer = await client.post(
+            url(key), content=raw, headers={"content-type": "application/json"}
+        )
     else:
         answer = await client.post(url(key), json=raw)
     tally("refused replace", f"{answer.status_code}, previous value kept")
@@ -288,6 +348,8 @@ async def test_bad_query_and_path_numbers_are_400_naming_the_parameter(client, m
 
 @pytest.mark.parametrize("raw", [b"", b"[]", b"[{}]"])
 async def test_an_execution_token_request_that_is_no_object_says_what_it_must_be(client, raw):
-    answer = await client.post("/api/execution-tokens", content=raw, headers={"content-type": "application/json"})
+    answer = await client.post(
+        "/api/execution-tokens", content=raw, headers={"content-type": "application/json"}
+    )
     assert answer.status_code == 400
     assert answer.json()["detail"].endswith("; send a JSON object with execution_id")

@@ -19,7 +19,9 @@ BODY = {"token_data": {"api_key": "sk-name-test-31d0"}, "credential_type": "bear
         ("credential_type", "\x1b[31mred"),
     ],
 )
-async def test_control_characters_in_names_are_400_and_nothing_is_stored(client, connection, field, value):
+async def test_control_characters_in_names_are_400_and_nothing_is_stored(
+    client, connection, field, value
+):
     answer = await client.post("/api/auth-cache/names:global", json={**BODY, field: value})
     tally("control character in a name", answer.status_code)
     assert answer.status_code == 400, answer.text

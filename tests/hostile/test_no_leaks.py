@@ -42,7 +42,11 @@ def all_logs() -> Iterator[Capture]:
     are opened up too, so every statement and its parameters are in the capture (requested
     before `connection`: SQLAlchemy decides per connection whether to log)."""
     capture = Capture()
-    loggers = [logging.getLogger(), logging.getLogger("keychain.audit"), logging.getLogger("sqlalchemy")]
+    loggers = [
+        logging.getLogger(),
+        logging.getLogger("keychain.audit"),
+        logging.getLogger("sqlalchemy"),
+    ]
     saved = [(logger, logger.level) for logger in loggers]
     for logger in loggers:
         logger.addHandler(capture)
@@ -96,7 +100,9 @@ async def test_a_full_request_cycle_logs_no_secret_and_no_token(all_logs, make_a
         await call("GET", "/api/auth-cache/never-written", headers=worker, expect=404)
         await call("POST", "/api/auth-cache/soon-old", json=body, headers=worker, expect=200)
         await connection.execute(
-            text("UPDATE noetl.keychain SET expires_at = now() - interval '1 s' WHERE cache_key = 'soon-old'")
+            text(
+                "UPDATE noetl.keychain SET expires_at = now() - interval '1 s' WHERE cache_key = 'soon-old'"
+            )
         )
         await call("GET", "/api/auth-cache/soon-old", headers=worker, expect=404)
         # Validation errors with the secret in the body.
@@ -111,11 +117,30 @@ async def test_a_full_request_cycle_logs_no_secret_and_no_token(all_logs, make_a
         ):
             await call("POST", key, json=bad, headers=worker, expect=400)
         malformed = json.dumps(body).encode()[:-5]
-        await call("POST", key, content=malformed, headers={**worker, "content-type": "application/json"}, expect=400)
+        await call(
+            "POST",
+            key,
+            content=malformed,
+            headers={**worker, "content-type": "application/json"},
+            expect=400,
+        )
         too_big = {**body, "token_data": {**body["token_data"], "padding": "p" * 5000}}
         await call("POST", key, json=too_big, headers=worker, expect=413)
-        deep = b'{"token_data": {"t": "' + SECRET.encode() + b'", "d": ' + b"[" * 1500 + b"]" * 1500 + b"}}"
-        await call("POST", key, content=deep, headers={**worker, "content-type": "application/json"}, expect=400)
+        deep = (
+            b'{"token_data": {"t": "'
+            + SECRET.encode()
+            + b'", "d": '
+            + b"[" * 1500
+            + b"]" * 1500
+            + b"}}"
+        )
+        await call(
+            "POST",
+            key,
+            content=deep,
+            headers={**worker, "content-type": "application/json"},
+            expect=400,
+        )
         # Auth failures: a wrong token, no token, a token sent without the scheme, the wrong role.
         await call("GET", key, headers=bearer(WRONG_TOKEN), expect=401)
         await call("POST", key, json=body, headers=bearer(WRONG_TOKEN), expect=401)
@@ -131,7 +156,9 @@ async def test_a_full_request_cycle_logs_no_secret_and_no_token(all_logs, make_a
         )
         await call("GET", key, headers=worker, expect=409)
         # Admin calls, a delete, a cleanup.
-        listed = await call("GET", "/api/auth-cache", params={"include_expired": "true"}, headers=admin, expect=200)
+        listed = await call(
+            "GET", "/api/auth-cache", params={"include_expired": "true"}, headers=admin, expect=200
+        )
         assert not leaks(listed.text)
         await call("DELETE", key, headers=worker, expect=204)
         await call("DELETE", "/api/executions/7/auth-cache", headers=admin, expect=200)
@@ -149,12 +176,23 @@ async def test_a_full_request_cycle_logs_no_secret_and_no_token(all_logs, make_a
 
     # The capture saw the whole cycle (a test that captured nothing would pass, too).
     messages = [record.getMessage() for record in records]
-    for expected in ("cache write", "cache hit", "cache miss", "unreadable entry", "cache delete", "audit"):
+    for expected in (
+        "cache write",
+        "cache hit",
+        "cache miss",
+        "unreadable entry",
+        "cache delete",
+        "audit",
+    ):
         assert expected in messages, expected
-    assert any(record.levelno == logging.DEBUG for record in records), "DEBUG records were not captured"
+    assert any(record.levelno == logging.DEBUG for record in records), (
+        "DEBUG records were not captured"
+    )
     audit = [r for r in records if r.name == "keychain.audit"]
     assert {r.outcome for r in audit} == {"ok", "failed", "denied"}
-    assert any(r.name.startswith("sqlalchemy.engine") for r in records), "SQL statement logging was off"
+    assert any(r.name.startswith("sqlalchemy.engine") for r in records), (
+        "SQL statement logging was off"
+    )
 
 
 async def test_the_openapi_document_holds_no_real_looking_secret(secured):
@@ -165,7 +203,9 @@ async def test_the_openapi_document_holds_no_real_looking_secret(secured):
     def example_strings(node, inside=False):
         if isinstance(node, dict):
             for name, value in node.items():
-                yield from example_strings(value, inside or name in ("example", "examples", "default"))
+                yield from example_strings(
+                    value, inside or name in ("example", "examples", "default")
+                )
         elif isinstance(node, list):
             for value in node:
                 yield from example_strings(value, inside)

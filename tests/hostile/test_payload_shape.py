@@ -16,7 +16,12 @@ JSON = {"content-type": "application/json"}
 
 
 def nested_body(depth: int) -> bytes:
-    return b'{"token_data": {"deep": ' + b"[" * depth + b"]" * depth + b'}, "credential_type": "bearer"}'
+    return (
+        b'{"token_data": {"deep": '
+        + b"[" * depth
+        + b"]" * depth
+        + b'}, "credential_type": "bearer"}'
+    )
 
 
 async def test_reasonably_nested_token_data_is_stored_and_read_back(client):
@@ -33,7 +38,9 @@ async def test_reasonably_nested_token_data_is_stored_and_read_back(client):
 @pytest.mark.parametrize("depth", [32, 5_000])
 async def test_token_data_deeper_than_the_cap_is_400_naming_the_setting(client, depth):
     # {"deep": [...]} nests one level more than its arrays: 32 arrays are 33 levels.
-    answer = await client.post("/api/auth-cache/deep:global", content=nested_body(depth), headers=JSON)
+    answer = await client.post(
+        "/api/auth-cache/deep:global", content=nested_body(depth), headers=JSON
+    )
     tally("deeply nested token_data", answer.status_code)
     assert answer.status_code == 400, answer.text
     assert answer.json() == {
@@ -53,7 +60,11 @@ def _max_rss_mib() -> float:
 
 
 async def test_a_megabyte_of_empty_objects_is_refused_before_it_is_decoded(client):
-    flood = b'{"token_data": {"x": [' + b",".join([b"{}"] * 349_000) + b']}, "credential_type": "bearer"}'
+    flood = (
+        b'{"token_data": {"x": ['
+        + b",".join([b"{}"] * 349_000)
+        + b']}, "credential_type": "bearer"}'
+    )
     assert len(flood) < 1024 * 1024  # under the body limit: only the item cap stops it
     before = _max_rss_mib()
     for _ in range(8):
@@ -80,7 +91,9 @@ async def test_the_caps_are_settings(make_app):
     async with asgi_client(strict) as client:
         ok = await client.post("/api/auth-cache/s:global", content=nested_body(1), headers=JSON)
         assert ok.status_code == 200
-        too_deep = await client.post("/api/auth-cache/s:global", content=nested_body(2), headers=JSON)
+        too_deep = await client.post(
+            "/api/auth-cache/s:global", content=nested_body(2), headers=JSON
+        )
         assert "the limit is 2" in too_deep.json()["detail"]
         many = {"token_data": {"a": [1, 2, 3, 4, 5, 6]}, "credential_type": "bearer"}
         assert (await client.post("/api/auth-cache/s:global", json=many)).status_code == 400

@@ -63,7 +63,9 @@ OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
 def _can_break(operation) -> bool:
     """Negative cases need a rule to break: /health and /ready take no input, and a cache key
     is documented as any string (the app's own key rules are checked in test_http_input.py)."""
-    constrained_path = any(p.definition["schema"].get("type") != "string" for p in operation.path_parameters)
+    constrained_path = any(
+        p.definition["schema"].get("type") != "string" for p in operation.path_parameters
+    )
     return bool(operation.body or list(operation.query)) or constrained_path
 
 
@@ -126,7 +128,11 @@ async def _send(client, case, headers: dict[str, str] | None):
         client.cookies.set(name, value)
     try:
         return await client.request(
-            kwargs["method"], kwargs["url"], headers=sent_headers, params=kwargs.get("params"), **body
+            kwargs["method"],
+            kwargs["url"],
+            headers=sent_headers,
+            params=kwargs.get("params"),
+            **body,
         )
     finally:
         client.cookies.clear()
@@ -136,7 +142,9 @@ async def _exercise(client, operation, mode, data, *, auth: str, caller: str | N
     case = data.draw(operation.as_strategy(generation_mode=mode), label="case")
     response = await _send(client, case, CALLER_HEADERS[caller] if caller else None)
     tally(f"schemathesis {auth:<6} {mode.value:<8} {operation.label}", response.status_code)
-    checks = RESPONSE_CHECKS + ([negative_data_rejection] if mode is GenerationMode.NEGATIVE else [])
+    checks = RESPONSE_CHECKS + (
+        [negative_data_rejection] if mode is GenerationMode.NEGATIVE else []
+    )
     case.validate_response(response, checks=checks, headers=dict(response.request.headers))
     if (
         operation.path == "/api/auth-cache/{cache_key}"
@@ -152,7 +160,9 @@ async def _read_back(client, case, written) -> None:
     auth = {k: v for k, v in written.request.headers.items() if k == "authorization"}
     read = await client.get(written.request.url, headers=auth)
     get_operation = SCHEMA[case.operation.path]["GET"]
-    get_operation.Case(path_parameters=case.path_parameters).validate_response(read, checks=RESPONSE_CHECKS)
+    get_operation.Case(path_parameters=case.path_parameters).validate_response(
+        read, checks=RESPONSE_CHECKS
+    )
     assert read.status_code == 200, read.text
     # schemathesis keeps path parameters percent-encoded; one leading '/' belongs to the route.
     sent_key = unquote(case.path_parameters["cache_key"]).removeprefix("/")

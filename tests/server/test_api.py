@@ -78,13 +78,17 @@ async def test_absent_key_is_404_with_a_reason(client):
 async def test_expired_entry_is_404_before_it_is_swept(client, connection):
     await client.post("/api/auth-cache/old", json=GLOBAL_TOKEN)
     await connection.execute(
-        text("UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = 'old'")
+        text(
+            "UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = 'old'"
+        )
     )
     miss = await client.get("/api/auth-cache/old")
     assert miss.status_code == 404
     assert "expired" in miss.json()["detail"]
     # The miss did not count as a hit.
-    count = await connection.scalar(text("SELECT access_count FROM noetl.keychain WHERE cache_key = 'old'"))
+    count = await connection.scalar(
+        text("SELECT access_count FROM noetl.keychain WHERE cache_key = 'old'")
+    )
     assert count == 0
 
 
@@ -94,7 +98,9 @@ async def test_ttl_accepts_integers_and_numeric_strings(client, ttl):
     assert answer.status_code == 200
     meta = answer.json()
     assert meta["ttl_seconds"] == 3300
-    lifetime = datetime.fromisoformat(meta["expires_at"]) - datetime.fromisoformat(meta["created_at"])
+    lifetime = datetime.fromisoformat(meta["expires_at"]) - datetime.fromisoformat(
+        meta["created_at"]
+    )
     assert lifetime == timedelta(seconds=3300)
 
 
@@ -146,17 +152,23 @@ async def test_execution_cleanup_drops_the_execution_and_its_sub_executions_only
 
 async def test_list_returns_metadata_only_with_filters_and_paging(client):
     for execution_id in (1, 2, 3):
-        await client.post(f"/api/auth-cache/{SECRET_PATH}:{execution_id}", json=secret_body(execution_id))
+        await client.post(
+            f"/api/auth-cache/{SECRET_PATH}:{execution_id}", json=secret_body(execution_id)
+        )
     await client.post("/api/auth-cache/test_token:global", json=GLOBAL_TOKEN)
 
     everything = (await client.get("/api/auth-cache")).json()
     assert everything["total"] == 4
     assert all("data" not in item for item in everything["items"])
 
-    scoped = (await client.get("/api/auth-cache", params={"scope_type": "execution", "limit": 2})).json()
+    scoped = (
+        await client.get("/api/auth-cache", params={"scope_type": "execution", "limit": 2})
+    ).json()
     assert scoped["total"] == 3 and len(scoped["items"]) == 2
     rest = (
-        await client.get("/api/auth-cache", params={"scope_type": "execution", "limit": 2, "offset": 2})
+        await client.get(
+            "/api/auth-cache", params={"scope_type": "execution", "limit": 2, "offset": 2}
+        )
     ).json()
     assert [i["execution_id"] for i in scoped["items"] + rest["items"]] == [1, 2, 3]
 
@@ -168,9 +180,13 @@ async def test_list_returns_metadata_only_with_filters_and_paging(client):
 
 async def test_list_hides_expired_entries_unless_asked(client, connection):
     await client.post("/api/auth-cache/old", json=GLOBAL_TOKEN)
-    await connection.execute(text("UPDATE noetl.keychain SET expires_at = now() - interval '1 hour'"))
+    await connection.execute(
+        text("UPDATE noetl.keychain SET expires_at = now() - interval '1 hour'")
+    )
     assert (await client.get("/api/auth-cache")).json()["total"] == 0
-    assert (await client.get("/api/auth-cache", params={"include_expired": "true"})).json()["total"] == 1
+    assert (await client.get("/api/auth-cache", params={"include_expired": "true"})).json()[
+        "total"
+    ] == 1
 
 
 async def test_health_does_no_io_and_ready_checks_the_database(client):
@@ -188,7 +204,9 @@ async def test_keys_that_url_routing_would_fold_are_refused(client, key):
 
 
 async def test_a_bad_ttl_is_explained_without_echoing_it(client):
-    answer = await client.post("/api/auth-cache/k", json={**GLOBAL_TOKEN, "ttl_seconds": "ya29.token-by-mistake"})
+    answer = await client.post(
+        "/api/auth-cache/k", json={**GLOBAL_TOKEN, "ttl_seconds": "ya29.token-by-mistake"}
+    )
     assert answer.status_code == 400
     assert "whole number of seconds" in answer.json()["detail"]
     assert "ya29" not in answer.text

@@ -29,7 +29,9 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.mark.parametrize("headers", [{}, bearer("wrong-token-0123456789"), {"Authorization": WORKER_TOKEN}])
+@pytest.mark.parametrize(
+    "headers", [{}, bearer("wrong-token-0123456789"), {"Authorization": WORKER_TOKEN}]
+)
 async def test_missing_or_wrong_token_is_401_with_a_challenge(secured, headers):
     answer = await secured.get("/api/auth-cache/k", headers=headers)
     assert answer.status_code == 401
@@ -50,9 +52,13 @@ async def test_refusals_carry_the_request_id_and_are_counted_as_refusals(secured
 
 
 async def test_worker_reads_writes_and_deletes_single_entries(secured):
-    assert (await secured.post("/api/auth-cache/k", json=BODY, headers=bearer(WORKER_TOKEN))).status_code == 200
+    assert (
+        await secured.post("/api/auth-cache/k", json=BODY, headers=bearer(WORKER_TOKEN))
+    ).status_code == 200
     assert (await secured.get("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))).status_code == 200
-    assert (await secured.delete("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))).status_code == 204
+    assert (
+        await secured.delete("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))
+    ).status_code == 204
 
 
 @pytest.mark.parametrize(
@@ -73,14 +79,21 @@ async def test_health_ready_and_the_openapi_ui_stay_open(secured):
 
 async def test_the_openapi_document_declares_the_bearer_scheme(secured):
     document = (await secured.get("/schema/openapi.json")).json()
-    assert document["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert document["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+    }
     assert document["paths"]["/api/auth-cache/{cache_key}"]["get"]["security"] == [{"bearer": []}]
 
 
 async def test_writes_deletes_and_denials_are_audited_without_data_or_tokens(secured, caplog):
     caplog.set_level(logging.INFO, logger="keychain.audit")
     await secured.post("/api/auth-cache/k", json=BODY, headers=bearer(WORKER_TOKEN))
-    await secured.post("/api/auth-cache/k", json={"token_data": 1, "credential_type": "x"}, headers=bearer(WORKER_TOKEN))
+    await secured.post(
+        "/api/auth-cache/k",
+        json={"token_data": 1, "credential_type": "x"},
+        headers=bearer(WORKER_TOKEN),
+    )
     await secured.delete("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))
     await secured.delete("/api/executions/9/auth-cache", headers=bearer(ADMIN_TOKEN))
     await secured.get("/api/auth-cache", headers=bearer(WORKER_TOKEN))
@@ -132,4 +145,6 @@ async def test_a_shared_database_requires_tokens_and_keys(make_app, test_setting
     with pytest.raises(ConfigurationError, match="KEYCHAIN_ENCRYPTION_KEYS is required"):
         make_app(encryption_keys="")
     # Local mode (the embedded database) may run open, with a generated key.
-    assert make_app(database_url=None, encryption_keys="", allow_open_api=False).state.runtime.tokens.is_open
+    assert make_app(
+        database_url=None, encryption_keys="", allow_open_api=False
+    ).state.runtime.tokens.is_open

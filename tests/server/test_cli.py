@@ -65,7 +65,9 @@ async def _fill(url: str, test_settings) -> None:
                     assert (await client.get(f"/api/auth-cache/{key}")).status_code == 200
         async with database.engine.begin() as conn:
             await conn.execute(
-                text("UPDATE noetl.keychain SET expires_at = now() - interval '1 minute' WHERE cache_key = :k"),
+                text(
+                    "UPDATE noetl.keychain SET expires_at = now() - interval '1 minute' WHERE cache_key = :k"
+                ),
                 {"k": "cfg:global"},
             )
     finally:
@@ -110,7 +112,9 @@ async def test_stats_text_is_a_readable_summary(repo_root, own_database, test_se
     assert "tok:global:bearer" in done.stdout and SECRET not in done.stdout
     # Tables with a header, a row per group and per key, each on one line.
     assert re.search(r"^scope\s+cache_type\s+live\s+expired\s+hits$", done.stdout, re.M)
-    assert re.search(r"^\s*5\s+global\s+token\s+live\s+\S+\s+tok:global:bearer\s*$", done.stdout, re.M)
+    assert re.search(
+        r"^\s*5\s+global\s+token\s+live\s+\S+\s+tok:global:bearer\s*$", done.stdout, re.M
+    )
 
 
 @pytest.mark.parametrize("command", ["migrate", "sweep", "stats", "rotate-keys"])
@@ -134,8 +138,14 @@ def test_a_database_that_was_never_migrated_says_to_migrate(repo_root, make_empt
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"KEYCHAIN_DATABASE_URL": "mysql://root:pw@db/keychain"}, "unsupported database URL scheme"),
-        ({"KEYCHAIN_DATABASE_URL": "not a url :pw-not-for-logs"}, "KEYCHAIN_DATABASE_URL is not a URL"),
+        (
+            {"KEYCHAIN_DATABASE_URL": "mysql://root:pw@db/keychain"},
+            "unsupported database URL scheme",
+        ),
+        (
+            {"KEYCHAIN_DATABASE_URL": "not a url :pw-not-for-logs"},
+            "KEYCHAIN_DATABASE_URL is not a URL",
+        ),
         ({"KEYCHAIN_SWEEP_BATCH_SIZE": "many"}, "sweep_batch_size"),
     ],
 )
@@ -149,8 +159,16 @@ def test_bad_configuration_is_one_line_and_exit_code_1(repo_root, env, message):
 @pytest.mark.parametrize(
     "command",
     [
-        [], ["serve"], ["migrate"], ["sweep"], ["stats"], ["rotate-keys"], ["mint-token"], ["purge"],
-        ["keys", "new"], ["tokens", "new"],
+        [],
+        ["serve"],
+        ["migrate"],
+        ["sweep"],
+        ["stats"],
+        ["rotate-keys"],
+        ["mint-token"],
+        ["purge"],
+        ["keys", "new"],
+        ["tokens", "new"],
     ],
 )
 def test_every_command_has_help(command, capsys):
@@ -167,8 +185,15 @@ def test_every_command_has_help(command, capsys):
 @pytest.mark.parametrize(
     "args",
     [
-        ["stats", "--top", "-1"], ["stats", "--top", "x"], ["nonsense"], [], ["keys"], ["keys", "new", "a b"],
-        ["tokens", "new", "ci-worker"], ["tokens", "new", "ci worker", "worker"], ["tokens", "new", "ci", "root"],
+        ["stats", "--top", "-1"],
+        ["stats", "--top", "x"],
+        ["nonsense"],
+        [],
+        ["keys"],
+        ["keys", "new", "a b"],
+        ["tokens", "new", "ci-worker"],
+        ["tokens", "new", "ci worker", "worker"],
+        ["tokens", "new", "ci", "root"],
     ],
 )
 def test_bad_usage_is_exit_code_2(args, capsys):
@@ -181,8 +206,14 @@ def test_bad_usage_is_exit_code_2(args, capsys):
 @pytest.mark.parametrize(
     ("env", "missing"),
     [
-        ({"KEYCHAIN_API_TOKENS": "ops:admin:ops-admin-token-0123456789"}, "KEYCHAIN_ENCRYPTION_KEYS"),
-        ({"KEYCHAIN_ENCRYPTION_KEYS": "k1:" + base64.b64encode(bytes(range(32))).decode()}, "KEYCHAIN_API_TOKENS"),
+        (
+            {"KEYCHAIN_API_TOKENS": "ops:admin:ops-admin-token-0123456789"},
+            "KEYCHAIN_ENCRYPTION_KEYS",
+        ),
+        (
+            {"KEYCHAIN_ENCRYPTION_KEYS": "k1:" + base64.b64encode(bytes(range(32))).decode()},
+            "KEYCHAIN_API_TOKENS",
+        ),
     ],
 )
 def test_serve_refuses_a_shared_database_without_keys_or_tokens(repo_root, env, missing):
@@ -195,8 +226,16 @@ def test_serve_refuses_a_shared_database_without_keys_or_tokens(repo_root, env, 
 
 async def test_mint_token_prints_a_token_the_server_accepts(repo_root, own_database, test_settings):
     done = keychain(
-        repo_root, "mint-token", "--execution-id", "42", "--read", "crm", "--ttl", "600",
-        KEYCHAIN_DATABASE_URL=own_database, KEYCHAIN_TOKEN_SIGNING_KEYS=test_settings.token_signing_keys,
+        repo_root,
+        "mint-token",
+        "--execution-id",
+        "42",
+        "--read",
+        "crm",
+        "--ttl",
+        "600",
+        KEYCHAIN_DATABASE_URL=own_database,
+        KEYCHAIN_TOKEN_SIGNING_KEYS=test_settings.token_signing_keys,
     )
     assert done.returncode == EXIT_OK, done.stderr
     token = done.stdout.strip()
@@ -207,14 +246,22 @@ async def test_mint_token_prints_a_token_the_server_accepts(repo_root, own_datab
         async with asgi_client(create_app(settings, database=database)) as client:
             headers = {"Authorization": f"Bearer {token}"}
             body = {"token_data": {"v": 1}, "credential_type": "bearer", "execution_id": 42}
-            assert (await client.post("/api/auth-cache/k:42", json=body, headers=headers)).status_code == 200
-            assert (await client.post("/api/auth-cache/k:43", json={**body, "execution_id": 43}, headers=headers)).status_code == 403
+            assert (
+                await client.post("/api/auth-cache/k:42", json=body, headers=headers)
+            ).status_code == 200
+            assert (
+                await client.post(
+                    "/api/auth-cache/k:43", json={**body, "execution_id": 43}, headers=headers
+                )
+            ).status_code == 403
     finally:
         await database.dispose()
 
 
 def test_mint_token_without_a_signing_key_says_what_to_set(repo_root, own_database):
-    done = keychain(repo_root, "mint-token", "--execution-id", "1", KEYCHAIN_DATABASE_URL=own_database)
+    done = keychain(
+        repo_root, "mint-token", "--execution-id", "1", KEYCHAIN_DATABASE_URL=own_database
+    )
     assert done.returncode == EXIT_FAILED
     assert done.stderr == (
         "keychain mint-token: execution tokens are not enabled on this server: set KEYCHAIN_TOKEN_SIGNING_KEYS\n"
@@ -227,13 +274,19 @@ def unprivileged_url(own_database, postgres_server_url) -> Iterator[str]:
     role = f"keychain_noaccess_{uuid.uuid4().hex[:8]}"
     asyncio.run(_admin(postgres_server_url, f'CREATE ROLE "{role}" LOGIN'))
     try:
-        yield make_url(own_database).set(username=role, password=None).render_as_string(hide_password=False)
+        yield (
+            make_url(own_database)
+            .set(username=role, password=None)
+            .render_as_string(hide_password=False)
+        )
     finally:
         asyncio.run(_admin(own_database, f'DROP OWNED BY "{role}"'))
         asyncio.run(_admin(postgres_server_url, f'DROP ROLE IF EXISTS "{role}"'))
 
 
-def test_an_error_of_the_database_that_is_no_outage_is_one_line_not_a_hang(repo_root, unprivileged_url):
+def test_an_error_of_the_database_that_is_no_outage_is_one_line_not_a_hang(
+    repo_root, unprivileged_url
+):
     # Permission denied (42501) is neither an outage nor a caller's mistake: it used to become its
     # own __cause__, and the error printer, following causes, never returned.
     done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=unprivileged_url)
@@ -273,7 +326,10 @@ async def test_keys_new_prints_an_entry_the_server_seals_with(tmp_path, make_app
     assert entry not in first.stderr
     # As the newest key, in front of the one that sealed the old rows.
     async with asgi_client(make_app(encryption_keys=f"{entry},{TEST_KEY_ID}:{TEST_KEY}")) as client:
-        written = await client.post("/api/auth-cache/fresh:global", json={"token_data": {"v": 1}, "credential_type": "bearer"})
+        written = await client.post(
+            "/api/auth-cache/fresh:global",
+            json={"token_data": {"v": 1}, "credential_type": "bearer"},
+        )
         assert written.status_code == 200 and written.json()["key_id"] == "k9"
         assert (await client.get("/api/auth-cache/fresh:global")).json()["data"] == {"v": 1}
     assert list(tmp_path.iterdir()) == []  # nothing stored
@@ -304,9 +360,17 @@ async def test_tokens_new_prints_a_token_and_the_entry_that_lets_it_in(tmp_path,
 
 @pytest.mark.parametrize(
     "command",
-    [["stats"], ["sweep"], ["rotate-keys"], ["mint-token", "--execution-id", "1"], ["purge", "openai"]],
+    [
+        ["stats"],
+        ["sweep"],
+        ["rotate-keys"],
+        ["mint-token", "--execution-id", "1"],
+        ["purge", "openai"],
+    ],
 )
-def test_commands_on_existing_data_say_no_embedded_database_is_there_and_create_none(tmp_path, command):
+def test_commands_on_existing_data_say_no_embedded_database_is_there_and_create_none(
+    tmp_path, command
+):
     done = keychain(tmp_path, *command)
     assert done.returncode == EXIT_FAILED
     assert done.stderr.count("\n") == 1, done.stderr

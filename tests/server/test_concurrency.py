@@ -49,23 +49,31 @@ async def test_concurrent_hits_on_separate_connections_all_count(committed):
 async def test_rotation_under_load_reseals_every_row_and_reads_never_fail(committed):
     settings, database = committed
     table = create_app(settings, database=database).state.runtime.table
-    async with asgi_client(create_app(msgspec.structs.replace(settings, encryption_keys=K1), database=database)) as old:
+    async with asgi_client(
+        create_app(msgspec.structs.replace(settings, encryption_keys=K1), database=database)
+    ) as old:
         for i in range(60):
             await old.post(f"/api/auth-cache/entry-{i}", json={**BODY, "token_data": {"v": i}})
 
     rotated = msgspec.structs.replace(settings, encryption_keys=f"{K2},{K1}")
     async with asgi_client(create_app(rotated, database=database)) as client:
-        rotation = asyncio.create_task(reseal_all(database, table, KeyRing.parse(f"{K2},{K1}"), batch_size=5))
+        rotation = asyncio.create_task(
+            reseal_all(database, table, KeyRing.parse(f"{K2},{K1}"), batch_size=5)
+        )
         statuses = []
         while not rotation.done():
-            reads = await asyncio.gather(*(client.get(f"/api/auth-cache/entry-{i}") for i in range(0, 60, 7)))
+            reads = await asyncio.gather(
+                *(client.get(f"/api/auth-cache/entry-{i}") for i in range(0, 60, 7))
+            )
             statuses += [r.status_code for r in reads]
         result = await rotation
     assert set(statuses) == {200}
     assert (result.resealed, result.unreadable) == (60, 0)
     assert await count_to_reseal(database, table, KeyRing.parse(f"{K2},{K1}")) == 0
 
-    async with asgi_client(create_app(msgspec.structs.replace(settings, encryption_keys=K2), database=database)) as new:
+    async with asgi_client(
+        create_app(msgspec.structs.replace(settings, encryption_keys=K2), database=database)
+    ) as new:
         for i in range(60):
             assert (await new.get(f"/api/auth-cache/entry-{i}")).json()["data"] == {"v": i}
 

@@ -26,13 +26,17 @@ async def test_the_data_column_never_holds_the_plaintext(client, connection):
     assert PLAINTEXT_SECRET.encode() not in raw
     assert b"api_key" not in raw
     assert key_id == "test-k1"
-    assert (await client.get("/api/auth-cache/openai:global")).json()["data"]["api_key"] == PLAINTEXT_SECRET
+    assert (await client.get("/api/auth-cache/openai:global")).json()["data"][
+        "api_key"
+    ] == PLAINTEXT_SECRET
 
 
 async def test_a_ciphertext_copied_to_another_row_does_not_open(client, connection):
     body = {"token_data": {"api_key": PLAINTEXT_SECRET}, "credential_type": "bearer"}
     await client.post("/api/auth-cache/victim:global", json=body)
-    await client.post("/api/auth-cache/attacker:global", json={**body, "token_data": {"api_key": "mine"}})
+    await client.post(
+        "/api/auth-cache/attacker:global", json={**body, "token_data": {"api_key": "mine"}}
+    )
     await connection.execute(
         text(
             "UPDATE noetl.keychain SET data = (SELECT data FROM noetl.keychain WHERE cache_key = 'victim:global')"
@@ -69,7 +73,10 @@ def test_a_key_no_longer_in_the_ring_fails_closed_with_its_id():
         ("k1:not-base64!", "not valid base64"),
         (f"k1:{base64.b64encode(b'short').decode()}", "5 bytes; it must be 32"),
         (base64.b64encode(bytes(range(32))).decode(), "entry 1 must look like"),
-        (f"k1:{base64.b64encode(os.urandom(32)).decode()},k1:{base64.b64encode(os.urandom(32)).decode()}", "twice"),
+        (
+            f"k1:{base64.b64encode(os.urandom(32)).decode()},k1:{base64.b64encode(os.urandom(32)).decode()}",
+            "twice",
+        ),
         # Copied from an example and never replaced: all zeros, a repeated pattern.
         (f"k1:{base64.b64encode(bytes(32)).decode()}", "looks like a placeholder"),
         (f"k1:{base64.b64encode(b'0123' * 8).decode()}", "looks like a placeholder"),
@@ -95,9 +102,13 @@ async def test_an_older_ciphertext_replayed_onto_its_row_does_not_open(client, c
     """The review: the associated data bound only the cache key, so someone with write access
     to the table could put back yesterday's ciphertext of the same key."""
     key = "/api/auth-cache/crm:global:oauth2"
-    await client.post(key, json={"token_data": {"access_token": "revoked-yesterday"}, "credential_type": "bearer"})
+    await client.post(
+        key, json={"token_data": {"access_token": "revoked-yesterday"}, "credential_type": "bearer"}
+    )
     old = (await connection.execute(text("SELECT data FROM noetl.keychain"))).scalar_one()
-    await client.post(key, json={"token_data": {"access_token": "current"}, "credential_type": "bearer"})
+    await client.post(
+        key, json={"token_data": {"access_token": "current"}, "credential_type": "bearer"}
+    )
     await connection.execute(text("UPDATE noetl.keychain SET data = :old"), {"old": old})
     answer = await client.get(key)
     assert answer.status_code == 409

@@ -13,26 +13,37 @@ from tests.server.replicas import replica
 
 KEY = "projects/1/secrets/burst/versions/1:42"
 URL = f"/api/auth-cache/{KEY}"
-BODY = {"token_data": {"value": "sk-filled-once"}, "credential_type": "secret_manager", "execution_id": 42}
+BODY = {
+    "token_data": {"value": "sk-filled-once"},
+    "credential_type": "secret_manager",
+    "execution_id": 42,
+}
 LEASE = "keychain-fill-lease"
 
 
 async def replicas(stack: AsyncExitStack, test_settings, url: str, count: int = 3, **settings):
-    return [await stack.enter_async_context(replica(test_settings, url, **settings)) for _ in range(count)]
+    return [
+        await stack.enter_async_context(replica(test_settings, url, **settings))
+        for _ in range(count)
+    ]
 
 
 def counted(server, name: str, **labels: str) -> float:
     return server.process.metrics.registry.get_sample_value(name, labels or None) or 0.0
 
 
-async def test_the_first_reader_fills_and_the_others_on_every_replica_get_its_write(test_settings, own_database):
+async def test_the_first_reader_fills_and_the_others_on_every_replica_get_its_write(
+    test_settings, own_database
+):
     async with AsyncExitStack() as stack:
         a, b, c = await replicas(stack, test_settings, own_database)
         first = await a.client.get(URL, params={"fill_wait": 5})
         assert first.status_code == 404 and first.headers[LEASE]
         assert "holds its fill lease" in first.json()["detail"]
 
-        waiting = [asyncio.ensure_future(s.client.get(URL, params={"fill_wait": 5})) for s in (b, c, c, a)]
+        waiting = [
+            asyncio.ensure_future(s.client.get(URL, params={"fill_wait": 5})) for s in (b, c, c, a)
+        ]
         await asyncio.sleep(0.3)  # the fetch from the provider
         assert not any(w.done() for w in waiting)  # held on the server, not answered a miss
         written_at = time.monotonic()
@@ -49,7 +60,9 @@ async def test_the_first_reader_fills_and_the_others_on_every_replica_get_its_wr
         assert counted(a, "keychain_fill_seconds_count") == 1
 
 
-async def test_a_holder_that_gives_up_hands_the_lease_to_a_waiter_at_once(test_settings, own_database, caplog):
+async def test_a_holder_that_gives_up_hands_the_lease_to_a_waiter_at_once(
+    test_settings, own_database, caplog
+):
     async with AsyncExitStack() as stack:
         a, b = await replicas(stack, test_settings, own_database, count=2, fill_lease_seconds=30.0)
         lease = (await a.client.get(URL, params={"fill_wait": 5})).headers[LEASE]
@@ -70,7 +83,9 @@ async def test_a_holder_that_gives_up_hands_the_lease_to_a_waiter_at_once(test_s
     assert released_events == [("ok", 204, KEY), ("failed", 404, KEY)]
 
 
-async def test_a_holder_that_vanished_is_replaced_when_its_lease_runs_out(test_settings, own_database):
+async def test_a_holder_that_vanished_is_replaced_when_its_lease_runs_out(
+    test_settings, own_database
+):
     async with AsyncExitStack() as stack:
         a, b = await replicas(stack, test_settings, own_database, count=2, fill_lease_seconds=0.5)
         assert (await a.client.get(URL, params={"fill_wait": 5})).headers[LEASE]  # and never writes
@@ -95,9 +110,13 @@ async def test_a_waiter_is_never_held_past_its_own_wait(test_settings, own_datab
 async def test_waiters_hold_no_connection_and_past_the_cap_none_waits(test_settings, own_database):
     # One connection in the pool and many waiters: had they held it, the write could not commit.
     async with AsyncExitStack() as stack:
-        (a,) = await replicas(stack, test_settings, own_database, count=1, db_pool_size=1, fill_max_waiters=5)
+        (a,) = await replicas(
+            stack, test_settings, own_database, count=1, db_pool_size=1, fill_max_waiters=5
+        )
         lease = (await a.client.get(URL, params={"fill_wait": 5})).headers[LEASE]
-        waiting = [asyncio.ensure_future(a.client.get(URL, params={"fill_wait": 5})) for _ in range(5)]
+        waiting = [
+            asyncio.ensure_future(a.client.get(URL, params={"fill_wait": 5})) for _ in range(5)
+        ]
         await asyncio.sleep(0.2)
         over_cap = await a.client.get(URL, params={"fill_wait": 5})
         assert (over_cap.status_code, over_cap.headers["keychain-fill"]) == (404, "busy")

@@ -15,7 +15,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.db.engine import Database, make_engine
-from app.invalidation import LISTENER_APPLICATION_NAME, Invalidation, InvalidationListener, channel_name
+from app.invalidation import (
+    LISTENER_APPLICATION_NAME,
+    Invalidation,
+    InvalidationListener,
+    channel_name,
+)
 from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
 from demo.local_server import LocalKeychainServer
@@ -38,10 +43,14 @@ async def test_a_cleanup_is_announced_only_when_it_commits(own_database, test_se
     try:
         with pytest.raises(RuntimeError):
             async with database.transaction() as conn:
-                await KeychainRepository(conn, _table(test_settings)).announce(Invalidation(ended_execution_id=1))
+                await KeychainRepository(conn, _table(test_settings)).announce(
+                    Invalidation(ended_execution_id=1)
+                )
                 raise RuntimeError("roll back")
         async with database.transaction() as conn:
-            await KeychainRepository(conn, _table(test_settings)).announce(Invalidation(ended_execution_id=2))
+            await KeychainRepository(conn, _table(test_settings)).announce(
+                Invalidation(ended_execution_id=2)
+            )
         assert await asyncio.wait_for(heard.get(), 5) == '{"ended_execution_id":2}'
         await asyncio.sleep(0.2)
         assert heard.empty()  # the rolled-back one never came
@@ -60,7 +69,9 @@ def _table(settings):
 def replicas(own_database, tmp_path):
     """Two real `keychain serve` processes on one database."""
     settings = dict(token_signing_keys=TEST_SIGNING_KEYS, sweep_interval_seconds="0")
-    with cluster.replicas(own_database, tmp_path, 2, api_tokens=f"engine:issuer:{ISSUER}", **settings) as servers:
+    with cluster.replicas(
+        own_database, tmp_path, 2, api_tokens=f"engine:issuer:{ISSUER}", **settings
+    ) as servers:
         yield servers
 
 
@@ -119,7 +130,8 @@ def _write_and_read(server: LocalKeychainServer, token: str, execution_id: int) 
 
 def _cleanup(server: LocalKeychainServer, execution_id: int) -> None:
     answer = httpx.delete(
-        f"{server.url}/api/executions/{execution_id}/auth-cache", headers={"Authorization": f"Bearer {ISSUER}"}
+        f"{server.url}/api/executions/{execution_id}/auth-cache",
+        headers={"Authorization": f"Bearer {ISSUER}"},
     )
     assert answer.status_code == 200, answer.text
 
@@ -127,7 +139,10 @@ def _cleanup(server: LocalKeychainServer, execution_id: int) -> None:
 def _seconds_until_refused(server: LocalKeychainServer, token: str, execution_id: int) -> float:
     started = time.monotonic()
     while time.monotonic() - started < 5:
-        answer = httpx.get(f"{server.url}/api/auth-cache/k:{execution_id}", headers={"Authorization": f"Bearer {token}"})
+        answer = httpx.get(
+            f"{server.url}/api/auth-cache/k:{execution_id}",
+            headers={"Authorization": f"Bearer {token}"},
+        )
         if answer.status_code == 401:
             assert "has ended" in answer.json()["detail"]
             return time.monotonic() - started
@@ -145,7 +160,9 @@ def test_a_cleanup_on_one_replica_ends_the_token_on_the_other(replicas, own_data
     assert _seconds_until_refused(a, token, 42) < 1.0
 
 
-def test_a_replica_whose_listener_is_cut_reconnects_and_hears_the_next_cleanup(replicas, own_database):
+def test_a_replica_whose_listener_is_cut_reconnects_and_hears_the_next_cleanup(
+    replicas, own_database
+):
     a, b = replicas
     first = _wait_for_listeners(own_database, 2)
     token = _mint(a, 7)
@@ -158,7 +175,9 @@ def test_a_replica_whose_listener_is_cut_reconnects_and_hears_the_next_cleanup(r
     assert answer.status_code == 401, answer.text
 
 
-async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(own_database, test_settings):
+async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(
+    own_database, test_settings
+):
     """A notification missed while the listener was away (here: an end recorded without one)
     must not leave a token working: after the reconnect the database is asked again."""
     database = Database(make_engine(test_settings, own_database))
@@ -183,7 +202,9 @@ async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(own_dat
         assert await ended.first_ended((9,), ask) == 9
         # Heard on the channel (announced only, so the table would say otherwise): known from memory.
         async with database.transaction() as conn:
-            await KeychainRepository(conn, _table(test_settings)).announce(Invalidation(ended_execution_id=10))
+            await KeychainRepository(conn, _table(test_settings)).announce(
+                Invalidation(ended_execution_id=10)
+            )
         deadline = time.monotonic() + 5
         while await ended.first_ended((10,), ask) != 10:
             assert time.monotonic() < deadline, "the notification never arrived"

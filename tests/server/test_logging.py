@@ -108,7 +108,10 @@ async def test_log_level_warning_quiets_the_hit_lines_but_never_the_audit_trail(
     err = capsys.readouterr().err
     assert "cache hit" not in err and "cache write" not in err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
-    assert {(e["audit_action"], e["outcome"]) for e in events} == {("putEntry", "ok"), ("getEntry", "hit")}
+    assert {(e["audit_action"], e["outcome"]) for e in events} == {
+        ("putEntry", "ok"),
+        ("getEntry", "hit"),
+    }
 
 
 async def test_the_line_per_read_can_be_turned_off_and_reads_stay_audited(make_app, caplog):
@@ -116,7 +119,10 @@ async def test_the_line_per_read_can_be_turned_off_and_reads_stay_audited(make_a
 
     app = make_app(log_reads=False)
     async with asgi_client(app) as client:
-        await client.post("/api/auth-cache/quiet:global", json={"token_data": {"v": 1}, "credential_type": "bearer"})
+        await client.post(
+            "/api/auth-cache/quiet:global",
+            json={"token_data": {"v": 1}, "credential_type": "bearer"},
+        )
         with caplog.at_level(logging.INFO):
             assert (await client.get("/api/auth-cache/quiet:global")).status_code == 200
             assert (await client.get("/api/auth-cache/nothing:global")).status_code == 404
@@ -135,7 +141,13 @@ async def test_the_line_per_read_can_be_turned_off_and_reads_stay_audited(make_a
 def test_uvicorns_colour_codes_stay_out_of_log_lines(formatter):
     # What uvicorn logs as it starts: the message, and again with ANSI colours as an extra.
     record = logging.getLogger("uvicorn.error").makeRecord(
-        "uvicorn.error", logging.INFO, __file__, 1, "Started server process [%d]", (4242,), None,
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        "Started server process [%d]",
+        (4242,),
+        None,
         extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]", "port": 8082},
     )
     line = formatter.format(record)

@@ -26,13 +26,18 @@ async def _row(url: str, key: str):
         await conn.close()
 
 
-async def test_hits_come_from_memory_and_their_counts_are_written_at_shutdown(test_settings, own_database):
+async def test_hits_come_from_memory_and_their_counts_are_written_at_shutdown(
+    test_settings, own_database
+):
     async with replica(test_settings, own_database) as a:
         assert (await a.client.post("/api/auth-cache/k:global", json=BODY)).status_code == 200
         await read_into_memory(a, "k:global")  # one read or more: each one counts
         checkouts: list[object] = []
         event.listen(a.engine.sync_engine.pool, "checkout", lambda *args: checkouts.append(args))
-        counts = [(await a.client.get("/api/auth-cache/k:global")).json()["access_count"] for _ in range(5)]
+        counts = [
+            (await a.client.get("/api/auth-cache/k:global")).json()["access_count"]
+            for _ in range(5)
+        ]
         assert counts == list(range(counts[0], counts[0] + 5)) and counts[0] >= 2
         assert checkouts == []  # not one connection taken for those five hits
         assert (await _row(own_database, "k:global"))["access_count"] == 0  # not flushed yet
@@ -60,7 +65,9 @@ async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, 
         await a.client.post("/api/auth-cache/k:global", json=replaced)
 
         async def b_sees_the_new_value():
-            return (await b.client.get("/api/auth-cache/k:global")).json()["data"] == {"value": "sk-rotated"}
+            return (await b.client.get("/api/auth-cache/k:global")).json()["data"] == {
+                "value": "sk-rotated"
+            }
 
         assert await until(b_sees_the_new_value) < 0.5
 
@@ -91,8 +98,12 @@ class _SkewedClock:
         return time.time() + self.skew
 
 
-@pytest.mark.parametrize("skew", [-30.0, 0.0, 30.0], ids=["clock-behind", "clock-in-step", "clock-ahead"])
-async def test_an_entry_is_never_served_from_memory_past_its_expiry(test_settings, own_database, monkeypatch, skew):
+@pytest.mark.parametrize(
+    "skew", [-30.0, 0.0, 30.0], ids=["clock-behind", "clock-in-step", "clock-ahead"]
+)
+async def test_an_entry_is_never_served_from_memory_past_its_expiry(
+    test_settings, own_database, monkeypatch, skew
+):
     # The replica's clock is off by `skew`; the database's (on this machine) is the real one, so
     # time.time() below is the database's time. Behind, an uncorrected replica would serve the
     # entry 30 s too long; ahead, it would take it for expired and read the database on every hit.
@@ -111,7 +122,10 @@ async def test_an_entry_is_never_served_from_memory_past_its_expiry(test_setting
         await asyncio.sleep(max(0.0, expires - time.time()) + 0.05)
         assert a.process.tier.get("short:global") is not None
         answer = await a.client.get("/api/auth-cache/short:global")
-        assert (answer.status_code, answer.json()["detail"]) == (404, "no live entry for this key (expired)")
+        assert (answer.status_code, answer.json()["detail"]) == (
+            404,
+            "no live entry for this key (expired)",
+        )
 
 
 async def test_a_replace_starts_the_count_again_even_with_hits_pending(test_settings, own_database):
@@ -119,7 +133,9 @@ async def test_a_replace_starts_the_count_again_even_with_hits_pending(test_sett
         await a.client.post("/api/auth-cache/k:global", json=BODY)
         for _ in range(3):
             await a.client.get("/api/auth-cache/k:global")
-        await a.client.post("/api/auth-cache/k:global", json=BODY)  # hits on the old version pending
+        await a.client.post(
+            "/api/auth-cache/k:global", json=BODY
+        )  # hits on the old version pending
         await a.client.get("/api/auth-cache/k:global")
     assert (await _row(own_database, "k:global"))["access_count"] == 1
 
@@ -147,7 +163,9 @@ async def test_what_memory_held_before_a_gap_in_listening_is_dropped(test_settin
         assert (await a.client.get("/api/auth-cache/k:global")).status_code == 404
 
 
-async def test_a_hit_from_memory_answers_exactly_as_the_handler_does(test_settings, own_database, monkeypatch):
+async def test_a_hit_from_memory_answers_exactly_as_the_handler_does(
+    test_settings, own_database, monkeypatch
+):
     # getEntry has a fast lane for hits memory alone can serve; the full handler answers the
     # first read (a miss of the tier). The two answers differ only in the count and its time.
     handled: list[str] = []
@@ -169,7 +187,8 @@ async def test_a_hit_from_memory_answers_exactly_as_the_handler_does(test_settin
     assert by_handler.status_code == from_memory.status_code == 200
     for answer in (by_handler, from_memory):
         assert [name for name in answer.headers if name != "content-length"] == [
-            "content-type", "x-request-id"
+            "content-type",
+            "x-request-id",
         ]
         assert answer.headers["content-type"] == "application/json"
     first, second = by_handler.json(), from_memory.json()
@@ -180,25 +199,38 @@ async def test_a_hit_from_memory_answers_exactly_as_the_handler_does(test_settin
 
 async def test_memory_serves_no_one_the_database_would_refuse(test_settings, own_database):
     tokens = "w1:worker:w1-worker-token-0123456789,engine:issuer:engine-issuer-token-0123456789"
-    w1, engine = ({"Authorization": f"Bearer {t}"} for t in tokens.split(",") for t in [t.split(":")[2]])
+    w1, engine = (
+        {"Authorization": f"Bearer {t}"} for t in tokens.split(",") for t in [t.split(":")[2]]
+    )
     async with replica(test_settings, own_database, api_tokens=tokens, allow_open_api=False) as a:
         minted = await a.client.post(
             "/api/execution-tokens", json={"execution_id": 7, "read": ["shared"]}, headers=engine
         )
         execution = {"Authorization": f"Bearer {minted.json()['token']}"}
-        for key, fields in (("shared:global", {}), ("private:global", {}), ("other:8", {"execution_id": 8})):
-            answer = await a.client.post(f"/api/auth-cache/{key}", json={**BODY, **fields}, headers=w1)
+        for key, fields in (
+            ("shared:global", {}),
+            ("private:global", {}),
+            ("other:8", {"execution_id": 8}),
+        ):
+            answer = await a.client.post(
+                f"/api/auth-cache/{key}", json={**BODY, **fields}, headers=w1
+            )
             assert answer.status_code == 200, answer.text
             async with asyncio.timeout(2):
                 while a.process.tier.get(key) is None:
-                    assert (await a.client.get(f"/api/auth-cache/{key}", headers=w1)).status_code == 200
-        assert (await a.client.get("/api/auth-cache/shared:global", headers=execution)).status_code == 200
+                    assert (
+                        await a.client.get(f"/api/auth-cache/{key}", headers=w1)
+                    ).status_code == 200
+        assert (
+            await a.client.get("/api/auth-cache/shared:global", headers=execution)
+        ).status_code == 200
         for key in ("private:global", "other:8"):
             answer = await a.client.get(f"/api/auth-cache/{key}", headers=execution)
             assert answer.status_code == 403, answer.text
         await a.client.delete("/api/executions/7/auth-cache", headers=engine)
         answer = await a.client.get("/api/auth-cache/shared:global", headers=execution)
         assert (answer.status_code, answer.json()["detail"]) == (
-            401, "execution 7 has ended; its execution tokens no longer work"
+            401,
+            "execution 7 has ended; its execution tokens no longer work",
         )
         assert a.process.tier.get("shared:global") is not None  # refused, though memory holds it

@@ -39,7 +39,9 @@ def value(samples, name: str, **labels: str) -> float | None:
 
 async def _expire(connection, key: str) -> None:
     await connection.execute(
-        text("UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = :k"),
+        text(
+            "UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = :k"
+        ),
         {"k": key},
     )
 
@@ -90,13 +92,27 @@ async def test_sweeps_count_passes_by_result_and_rows(
 
     # Skipped first: once this test's transaction sweeps, it holds the lock until rollback.
     async with engine.connect() as other_replica, other_replica.begin():
-        await other_replica.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID})
-        assert not (await sweep_once(database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600)).swept
-    assert (await sweep_once(database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600)).deleted == 3
-    unreachable = Database(make_engine(test_settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"))
+        await other_replica.execute(
+            text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID}
+        )
+        assert not (
+            await sweep_once(
+                database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600
+            )
+        ).swept
+    assert (
+        await sweep_once(
+            database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600
+        )
+    ).deleted == 3
+    unreachable = Database(
+        make_engine(test_settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    )
     try:
         with pytest.raises(DatabaseUnavailable):
-            await sweep_once(unreachable, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600)
+            await sweep_once(
+                unreachable, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600
+            )
     finally:
         await unreachable.dispose()
 

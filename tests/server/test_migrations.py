@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
@@ -17,6 +16,7 @@ from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from alembic import command
 from app.cli import alembic_ini
 from app.db.tables import build_metadata
 
@@ -42,7 +42,9 @@ def _inspect(url: str, fn):
 
 
 def test_there_is_a_single_head(repo_root):
-    assert len(ScriptDirectory.from_config(_config("postgresql+asyncpg://unused/db")).get_heads()) == 1
+    assert (
+        len(ScriptDirectory.from_config(_config("postgresql+asyncpg://unused/db")).get_heads()) == 1
+    )
 
 
 def test_upgrade_matches_the_tables_and_downgrade_removes_them(make_empty_database):
@@ -67,7 +69,9 @@ def test_upgrade_matches_the_tables_and_downgrade_removes_them(make_empty_databa
     def shape(sync_conn):
         inspector = inspect(sync_conn)
         return {
-            "checks": sorted(c["name"] for c in inspector.get_check_constraints("keychain", schema=SCHEMA)),
+            "checks": sorted(
+                c["name"] for c in inspector.get_check_constraints("keychain", schema=SCHEMA)
+            ),
             "indexes": sorted(i["name"] for i in inspector.get_indexes("keychain", schema=SCHEMA)),
         }
 
@@ -77,7 +81,11 @@ def test_upgrade_matches_the_tables_and_downgrade_removes_them(make_empty_databa
             "keychain_execution_scope_has_id_check",
             "keychain_scope_type_check",
         ],
-        "indexes": ["ix_keychain_execution_id", "ix_keychain_expires_at", "ix_keychain_parent_execution_id"],
+        "indexes": [
+            "ix_keychain_execution_id",
+            "ix_keychain_expires_at",
+            "ix_keychain_parent_execution_id",
+        ],
     }
 
     command.downgrade(config, "base")
@@ -130,4 +138,10 @@ def test_rows_from_before_0002_are_attributed_to_unknown_writers(make_empty_data
 
     assert _inspect(url, writers) == (False, [("unknown", None)])
     command.downgrade(config, "0001")
-    assert _inspect(url, lambda c: "written_by" not in {x["name"] for x in inspect(c).get_columns("keychain", schema=SCHEMA)})
+    assert _inspect(
+        url,
+        lambda c: (
+            "written_by"
+            not in {x["name"] for x in inspect(c).get_columns("keychain", schema=SCHEMA)}
+        ),
+    )

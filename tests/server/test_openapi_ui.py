@@ -83,7 +83,9 @@ def _rendered_dom(url: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)"
+)
 def test_swagger_ui_renders_the_auth_cache_operations_in_chromium(served):
     # One retry: on a loaded 2-core machine Chromium has been seen to dump before running
     # the page's scripts. A real breakage (a missing asset) fails both attempts.
@@ -95,7 +97,11 @@ def test_swagger_ui_renders_the_auth_cache_operations_in_chromium(served):
             break
     # Swagger UI builds these nodes in JavaScript: present only if the bundle loaded and ran.
     assert 'class="swagger-ui' in dom, chromium.stderr[-2000:]
-    for summary in ("Read an entry (counts a hit)", "Create or replace an entry", "Invalidate an entry"):
+    for summary in (
+        "Read an entry (counts a hit)",
+        "Create or replace an entry",
+        "Invalidate an entry",
+    ):
         assert summary in dom
     assert "/api/auth-cache/{cache_key}" in dom
     assert "Authorize" in dom

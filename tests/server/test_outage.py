@@ -53,7 +53,10 @@ def test_a_database_outage_keeps_hits_in_memory_and_is_never_a_miss(tmp_path, se
             assert hit.json()["data"] == BODY["token_data"]
         else:
             assert hit.status_code == 503
-        for answer in (httpx.get(f"{url}/never-written:global"), httpx.post(f"{url}/new:global", json=BODY)):
+        for answer in (
+            httpx.get(f"{url}/never-written:global"),
+            httpx.post(f"{url}/new:global", json=BODY),
+        ):
             assert answer.status_code == 503, answer.text
             assert answer.headers["retry-after"] == "1"
         assert httpx.get(f"{server.url}/ready").status_code == 503
@@ -91,7 +94,11 @@ class CountingProvider:
 
 def fetch(server: LocalKeychainServer, provider: CountingProvider) -> str:
     keychain = KeychainClient(server.url, retries=0)
-    return asyncio.run(fetch_secret("projects/1/secrets/s/versions/1", execution_id=9, client=keychain, provider=provider))
+    return asyncio.run(
+        fetch_secret(
+            "projects/1/secrets/s/versions/1", execution_id=9, client=keychain, provider=provider
+        )
+    )
 
 
 def test_a_postgres_restarted_while_nobody_asked_fails_no_request_after_it(tmp_path):
@@ -123,13 +130,17 @@ def postgres(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("outage", [stop_postgres, kill_postgres], ids=["stopped", "killed"])
-def test_three_replicas_under_load_ride_out_a_postgres_outage_and_recover_on_their_own(postgres, tmp_path, outage):
+def test_three_replicas_under_load_ride_out_a_postgres_outage_and_recover_on_their_own(
+    postgres, tmp_path, outage
+):
     pgdata, url = postgres
     provider = CountingProvider()
     committed = {f"k{i}:global": {"value": f"sk-{i}"} for i in range(30)}
     with replicas(url, tmp_path, 3, sweep_interval_seconds="1") as servers:
         for i, (key, data) in enumerate(committed.items()):
-            answer = httpx.post(f"{servers[i % 3].url}/api/auth-cache/{key}", json={**BODY, "token_data": data})
+            answer = httpx.post(
+                f"{servers[i % 3].url}/api/auth-cache/{key}", json={**BODY, "token_data": data}
+            )
             assert answer.status_code == 200
         seen: list[tuple[str, int, str]] = []  # (phase, status, detail) of every read
         phase, stop = ["up"], threading.Event()
@@ -141,7 +152,13 @@ def test_three_replicas_under_load_ride_out_a_postgres_outage_and_recover_on_the
                         return
                     key = f"k{n % len(committed)}:global"
                     answer = http.get(f"{servers[n % 3].url}/api/auth-cache/{key}")
-                    seen.append((phase[0], answer.status_code, answer.text if answer.status_code != 200 else ""))
+                    seen.append(
+                        (
+                            phase[0],
+                            answer.status_code,
+                            answer.text if answer.status_code != 200 else "",
+                        )
+                    )
                     time.sleep(0.005)
 
         readers = [threading.Thread(target=load) for _ in range(3)]

@@ -26,7 +26,8 @@ from tests.conftest import TEST_KEY, TEST_KEY_ID
 BODY = {"token_data": {"value": "sk-pooled"}, "credential_type": "bearer"}
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("pgbouncer") is None, reason="pgbouncer is not installed (Debian package pgbouncer)"
+    shutil.which("pgbouncer") is None,
+    reason="pgbouncer is not installed (Debian package pgbouncer)",
 )
 
 
@@ -86,9 +87,15 @@ def pgbouncer(own_database: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def pooled_replicas(pgbouncer: str, own_database: str, tmp_path: Path) -> Iterator[list[LocalKeychainServer]]:
+def pooled_replicas(
+    pgbouncer: str, own_database: str, tmp_path: Path
+) -> Iterator[list[LocalKeychainServer]]:
     # `keychain migrate` (each server runs it first) goes to PostgreSQL directly.
-    settings = dict(direct_database_url=own_database, database_transaction_pooler="true", sweep_interval_seconds="1")
+    settings = dict(
+        direct_database_url=own_database,
+        database_transaction_pooler="true",
+        sweep_interval_seconds="1",
+    )
     with replicas(pgbouncer, tmp_path, 2, **settings) as servers:
         yield servers
 
@@ -129,11 +136,15 @@ async def test_a_coordinated_fill_works_through_the_pooler(pooled_replicas):
     a, b = pooled_replicas
     async with httpx.AsyncClient(timeout=15) as http:
         key = "/api/auth-cache/filled:7"
-        lease = (await http.get(f"{a.url}{key}", params={"fill_wait": 5})).headers["keychain-fill-lease"]
+        lease = (await http.get(f"{a.url}{key}", params={"fill_wait": 5})).headers[
+            "keychain-fill-lease"
+        ]
         waiter = asyncio.ensure_future(http.get(f"{b.url}{key}", params={"fill_wait": 5}))
         await asyncio.sleep(0.3)
         written = await http.post(
-            f"{a.url}{key}", json={**BODY, "execution_id": 7}, headers={"Keychain-Fill-Lease": lease}
+            f"{a.url}{key}",
+            json={**BODY, "execution_id": 7},
+            headers={"Keychain-Fill-Lease": lease},
         )
         assert written.status_code == 200
         assert (await waiter).status_code == 200
@@ -141,8 +152,11 @@ async def test_a_coordinated_fill_works_through_the_pooler(pooled_replicas):
 
 def test_a_pooler_without_a_direct_url_is_refused_at_start(pgbouncer, tmp_path):
     server = LocalKeychainServer(
-        tmp_path / "server", database_url=pgbouncer, database_transaction_pooler="true",
-        encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}", allow_open_api="true",
+        tmp_path / "server",
+        database_url=pgbouncer,
+        database_transaction_pooler="true",
+        encryption_keys=f"{TEST_KEY_ID}:{TEST_KEY}",
+        allow_open_api="true",
     )
     with pytest.raises(RuntimeError, match="KEYCHAIN_DIRECT_DATABASE_URL"):
         server.start()

@@ -14,14 +14,15 @@ from tests.cluster import NO_KEEPALIVE, RoundRobinProxy, plain_dsn, replicas
 from tests.conftest import TEST_KEY_ID
 
 
-
 def _payload(*ids: int) -> dict[str, object]:
     # A few kilobytes, each part naming the write: a payload mixed from two writes shows.
     tag = ".".join(map(str, ids))
     return {"ids": list(ids), "blob": f"<{tag}>" * 300}
 
 
-async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_whole(own_database, tmp_path):
+async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_whole(
+    own_database, tmp_path
+):
     key = "contended:global"
     writers_per_replica, writes_each = 2, 20
     with (
@@ -40,7 +41,9 @@ async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_w
                     "credential_name": f"writer-{writer_id}",
                 }
                 answer = await http.post(f"/api/auth-cache/{key}", json=body)
-                writes.append((answer.status_code, answer.status_code == 200 and answer.json()["created"]))
+                writes.append(
+                    (answer.status_code, answer.status_code == 200 and answer.json()["created"])
+                )
                 if answer.status_code == 200 and not first_written:
                     first_written.append(time.monotonic())
 
@@ -62,7 +65,9 @@ async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_w
 
         clients = [httpx.AsyncClient(base_url=s.url, timeout=30) for s in servers]
         try:
-            async with httpx.AsyncClient(base_url=proxy.url, limits=NO_KEEPALIVE, timeout=30) as through_proxy:
+            async with httpx.AsyncClient(
+                base_url=proxy.url, limits=NO_KEEPALIVE, timeout=30
+            ) as through_proxy:
                 readers = [asyncio.create_task(reader(through_proxy)) for _ in range(3)]
                 # Every writer starts at once, on a key nobody has written yet.
                 await asyncio.gather(
@@ -74,7 +79,9 @@ async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_w
                 writing = False
                 await asyncio.gather(*readers)
 
-            assert [status for status, _ in writes] == [200] * writers_per_replica * len(servers) * writes_each
+            assert [status for status, _ in writes] == [200] * writers_per_replica * len(
+                servers
+            ) * writes_each
             # The first writers raced to create the key: exactly one did, the others replaced it.
             assert sum(created for _, created in writes) == 1
             assert reads, "no read ran while the writers wrote"
@@ -102,9 +109,9 @@ async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_w
 
     conn = await asyncpg.connect(plain_dsn(own_database))
     try:
-        assert await conn.fetchval("SELECT credential_name FROM noetl.keychain WHERE cache_key = $1", key) == (
-            f"writer-{final[0]}"
-        )
+        assert await conn.fetchval(
+            "SELECT credential_name FROM noetl.keychain WHERE cache_key = $1", key
+        ) == (f"writer-{final[0]}")
     finally:
         await conn.close()
 
@@ -145,7 +152,9 @@ async def test_a_replica_killed_mid_burst_leaves_only_whole_rows(own_database, t
         async def write(http: httpx.AsyncClient) -> None:
             for n, version in jobs:  # shared: each job is taken by one task
                 try:
-                    answer = await http.post(f"/api/auth-cache/{_crash_key(n)}", json=_crash_body(n, version))
+                    answer = await http.post(
+                        f"/api/auth-cache/{_crash_key(n)}", json=_crash_body(n, version)
+                    )
                 except httpx.TransportError as exc:
                     cut_off.append(exc)
                     return
@@ -179,17 +188,33 @@ async def test_a_replica_killed_mid_burst_leaves_only_whole_rows(own_database, t
                 version = int(row["credential_name"].rsplit("-v", 1)[1])
                 written = _crash_body(n, version)
                 # The row is one write, whole: every column as that write sent it.
-                assert row["cache_key"] == _crash_key(n) and row["credential_name"] == f"cred-{n}-v{version}"
-                assert (row["scope_type"], row["execution_id"], row["parent_execution_id"], row["ttl_seconds"]) == (
-                    "execution", 10_000 + n, 20_000 + version, 600 + version
-                ), dict(row)
-                assert (row["credential_type"], row["cache_type"], row["key_id"]) == ("bearer", "secret", TEST_KEY_ID)
+                assert (
+                    row["cache_key"] == _crash_key(n)
+                    and row["credential_name"] == f"cred-{n}-v{version}"
+                )
+                assert (
+                    row["scope_type"],
+                    row["execution_id"],
+                    row["parent_execution_id"],
+                    row["ttl_seconds"],
+                ) == ("execution", 10_000 + n, 20_000 + version, 600 + version), dict(row)
+                assert (row["credential_type"], row["cache_type"], row["key_id"]) == (
+                    "bearer",
+                    "secret",
+                    TEST_KEY_ID,
+                )
                 # And it opens, with that same write's payload.
                 answer = await http.get(f"/api/auth-cache/{row['cache_key']}")
                 assert answer.status_code == 200, answer.text
                 entry = answer.json()
                 assert entry["data"] == written["token_data"]
-                assert (entry["credential_name"], entry["execution_id"]) == (f"cred-{n}-v{version}", 10_000 + n)
+                assert (entry["credential_name"], entry["execution_id"]) == (
+                    f"cred-{n}-v{version}",
+                    10_000 + n,
+                )
                 found[n] = version
         # Nothing acknowledged was lost: each key holds its acknowledged write or a later one.
-        assert all(found.get(n, 0) >= version for n, version in acknowledged.items()), (acknowledged, found)
+        assert all(found.get(n, 0) >= version for n, version in acknowledged.items()), (
+            acknowledged,
+            found,
+        )

@@ -46,14 +46,18 @@ async def _until(check, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_one_replica_sweeps_at_a_time_and_each_expired_row_is_swept_once(own_database, tmp_path):
+async def test_one_replica_sweeps_at_a_time_and_each_expired_row_is_swept_once(
+    own_database, tmp_path
+):
     with replicas(own_database, tmp_path, REPLICAS, sweep_interval_seconds="0.2") as servers:
         urls = [server.url for server in servers]
         conn = await asyncpg.connect(plain_dsn(own_database))
         try:
             async with httpx.AsyncClient(base_url=urls[0]) as http:
                 for i in range(20):
-                    answer = await http.post(f"/api/auth-cache/short-{i}:global", json=_body(i, ttl_seconds=1))
+                    answer = await http.post(
+                        f"/api/auth-cache/short-{i}:global", json=_body(i, ttl_seconds=1)
+                    )
                     assert answer.status_code == 200, answer.text
 
             async def all_swept() -> bool:
@@ -85,24 +89,35 @@ async def test_one_replica_sweeps_at_a_time_and_each_expired_row_is_swept_once(o
                 )
                 return waiting == 1 and held == 1
 
-            await _until(a_sweep_is_stalled, 10, "exactly one sweep waits on the table, holding the sweep lock")
+            await _until(
+                a_sweep_is_stalled,
+                10,
+                "exactly one sweep waits on the table, holding the sweep lock",
+            )
             before = await _sweeps(urls)
 
             async def others_skipped_thrice() -> bool:
                 now = await _sweeps(urls)
-                moved = sorted(n["skipped"] - b["skipped"] for n, b in zip(now, before, strict=True))
+                moved = sorted(
+                    n["skipped"] - b["skipped"] for n, b in zip(now, before, strict=True)
+                )
                 return all(m >= 3 for m in moved[1:])
 
             await _until(others_skipped_thrice, 10, "the other replicas skipped three passes each")
             during = await _sweeps(urls)
             moved = [
-                (d["swept"] - b["swept"], d["skipped"] - b["skipped"]) for d, b in zip(during, before, strict=True)
+                (d["swept"] - b["swept"], d["skipped"] - b["skipped"])
+                for d, b in zip(during, before, strict=True)
             ]
             # Exactly one replica is sweeping: its pass has neither finished nor been skipped;
             # every pass of the others was skipped, and none of them swept.
             stalled = [i for i, (swept, skipped) in enumerate(moved) if (swept, skipped) == (0, 0)]
             assert len(stalled) == 1, moved
-            assert all(swept == 0 and skipped >= 3 for i, (swept, skipped) in enumerate(moved) if i not in stalled)
+            assert all(
+                swept == 0 and skipped >= 3
+                for i, (swept, skipped) in enumerate(moved)
+                if i not in stalled
+            )
 
             await locker.rollback()
             (holder,) = stalled
@@ -131,7 +146,9 @@ async def test_an_entry_expired_on_one_replica_is_served_by_none(own_database, t
     ):
         key = "expiring:global"
         async with httpx.AsyncClient(base_url=servers[0].url) as http:
-            written = await http.post(f"/api/auth-cache/{key}", json=_body("sk-short", ttl_seconds=2))
+            written = await http.post(
+                f"/api/auth-cache/{key}", json=_body("sk-short", ttl_seconds=2)
+            )
         assert written.status_code == 200, written.text
         expires_at = datetime.fromisoformat(written.json()["expires_at"]).timestamp()
 
@@ -163,19 +180,36 @@ async def test_an_entry_expired_on_one_replica_is_served_by_none(own_database, t
 async def test_hits_on_every_replica_add_up_in_the_table(own_database, tmp_path):
     hits = 30
     # Counts reach the table only when the servers stop, which must write them all.
-    with replicas(own_database, tmp_path, REPLICAS, sweep_interval_seconds="0", hit_flush_seconds="3600") as servers:
+    with replicas(
+        own_database, tmp_path, REPLICAS, sweep_interval_seconds="0", hit_flush_seconds="3600"
+    ) as servers:
         with RoundRobinProxy([s.url for s in servers]) as proxy:
             async with httpx.AsyncClient(base_url=proxy.url, limits=NO_KEEPALIVE) as http:
-                assert (await http.post("/api/auth-cache/counted:global", json=_body("sk-count"))).status_code == 200
-                answers = [(await http.get("/api/auth-cache/counted:global")).status_code for _ in range(hits)]
+                assert (
+                    await http.post("/api/auth-cache/counted:global", json=_body("sk-count"))
+                ).status_code == 200
+                answers = [
+                    (await http.get("/api/auth-cache/counted:global")).status_code
+                    for _ in range(hits)
+                ]
             assert answers == [200] * hits
             # The write went to one replica, then every replica served a third of the reads.
-            assert sorted(proxy.connections) == [hits // REPLICAS] * (REPLICAS - 1) + [hits // REPLICAS + 1]
-        served = [sample(await asyncio.to_thread(scrape, s.url), "keychain_cache_hits_total") for s in servers]
+            assert sorted(proxy.connections) == [hits // REPLICAS] * (REPLICAS - 1) + [
+                hits // REPLICAS + 1
+            ]
+        served = [
+            sample(await asyncio.to_thread(scrape, s.url), "keychain_cache_hits_total")
+            for s in servers
+        ]
         assert served == [hits // REPLICAS] * REPLICAS
     assert [server.returncode for server in servers] == [0] * REPLICAS
     conn = await asyncpg.connect(plain_dsn(own_database))
     try:
-        assert await conn.fetchval("SELECT access_count FROM noetl.keychain WHERE cache_key = 'counted:global'") == hits
+        assert (
+            await conn.fetchval(
+                "SELECT access_count FROM noetl.keychain WHERE cache_key = 'counted:global'"
+            )
+            == hits
+        )
     finally:
         await conn.close()

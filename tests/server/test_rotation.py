@@ -35,7 +35,9 @@ async def _rows(connection) -> dict[str, tuple]:
     return {row.cache_key: tuple(row) for row in result}
 
 
-async def test_rotate_k1_to_k2_then_drop_k1_and_read_everything(make_app, connection, database, table):
+async def test_rotate_k1_to_k2_then_drop_k1_and_read_everything(
+    make_app, connection, database, table
+):
     async with client_for(make_app, K1) as old:
         for i in range(7):
             await _write(old, f"entry-{i}", f"value-{i}")
@@ -95,8 +97,13 @@ async def test_the_rotate_keys_command_reseals_committed_rows(make_empty_databas
 
     env = {**os.environ, "KEYCHAIN_DATABASE_URL": url, "KEYCHAIN_ENCRYPTION_KEYS": f"{K2},{K1}"}
     process = await asyncio.create_subprocess_exec(
-        os.path.join(os.path.dirname(sys.executable), "keychain"), "rotate-keys", "--batch-size", "2",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        os.path.join(os.path.dirname(sys.executable), "keychain"),
+        "rotate-keys",
+        "--batch-size",
+        "2",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
@@ -105,7 +112,9 @@ async def test_the_rotate_keys_command_reseals_committed_rows(make_empty_databas
     database, client = await committed_client(K2)
     async with client:
         for i in range(3):
-            assert (await client.get(f"/api/auth-cache/entry-{i}")).json()["data"] == {"value": f"value-{i}"}
+            assert (await client.get(f"/api/auth-cache/entry-{i}")).json()["data"] == {
+                "value": f"value-{i}"
+            }
     await database.dispose()
 
 
@@ -131,6 +140,8 @@ async def test_rows_sealed_before_writes_were_bound_still_open_and_rotation_bind
         assert await count_to_reseal(database, table, ring) == 1
         assert (await reseal_all(database, table, ring, batch_size=10)).resealed == 1
         assert await count_to_reseal(database, table, ring) == 0
-        assert (await app.get("/api/auth-cache/legacy:global")).json()["data"] == {"value": "from-before"}
+        assert (await app.get("/api/auth-cache/legacy:global")).json()["data"] == {
+            "value": "from-before"
+        }
     write_id = (await connection.execute(text("SELECT write_id FROM noetl.keychain"))).scalar_one()
     assert write_id is not None

@@ -35,7 +35,9 @@ async def test_get_with_an_empty_key_is_400_not_the_list(client, path, detail):
 
 
 async def test_a_worker_asking_for_an_empty_key_hears_about_the_key_not_the_admin_role(make_app):
-    async with asgi_client(make_app(api_tokens=f"ci:worker:{WORKER_TOKEN}", allow_open_api=False)) as client:
+    async with asgi_client(
+        make_app(api_tokens=f"ci:worker:{WORKER_TOKEN}", allow_open_api=False)
+    ) as client:
         headers = {"Authorization": f"Bearer {WORKER_TOKEN}"}
         answer = await client.get("/api/auth-cache/", headers=headers)
         assert answer.json() == {"status_code": 400, "detail": "cache key is empty"}
@@ -43,7 +45,9 @@ async def test_a_worker_asking_for_an_empty_key_hears_about_the_key_not_the_admi
         assert (await client.get("/api/auth-cache", headers=headers)).status_code == 403
 
 
-@pytest.mark.parametrize("path", ["/nope", "/api/nope", "/api/auth-cachex/k", "/schema/redoc", "/schema/nope.json"])
+@pytest.mark.parametrize(
+    "path", ["/nope", "/api/nope", "/api/auth-cachex/k", "/schema/redoc", "/schema/nope.json"]
+)
 async def test_an_unknown_path_is_the_json_404_pointing_at_the_route_list(client, path):
     answer = await client.get(path, headers={"Accept": "text/html"})  # as a browser asks
     assert answer.status_code == 404

@@ -44,7 +44,9 @@ async def _wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_exits_0(server, own_database):
+async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_exits_0(
+    server, own_database
+):
     with httpx.Client(base_url=server.url) as http:
         for key in ("held:global", "counted:global", "fresh:global"):
             assert http.post(f"/api/auth-cache/{key}", json=BODY).status_code == 200
@@ -58,12 +60,19 @@ async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_ex
         # fresh:global (not in memory yet) waiting for that connection.
         locker = conn.transaction()
         await locker.start()
-        await conn.execute("SELECT 1 FROM noetl.keychain WHERE cache_key = 'held:global' FOR UPDATE")
+        await conn.execute(
+            "SELECT 1 FROM noetl.keychain WHERE cache_key = 'held:global' FOR UPDATE"
+        )
         answers: dict[str, httpx.Response] = {}
 
         def send(method: str, key: str) -> threading.Thread:
             def call() -> None:
-                answers[method] = httpx.request(method, f"{server.url}/api/auth-cache/{key}", json=BODY if method == "POST" else None, timeout=30)
+                answers[method] = httpx.request(
+                    method,
+                    f"{server.url}/api/auth-cache/{key}",
+                    json=BODY if method == "POST" else None,
+                    timeout=30,
+                )
 
             thread = threading.Thread(target=call)
             thread.start()

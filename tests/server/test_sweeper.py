@@ -15,13 +15,17 @@ RETENTION = 3600  # how long ended executions are remembered
 
 async def _expire(connection, *keys: str) -> None:
     await connection.execute(
-        text("UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = ANY(:k)"),
+        text(
+            "UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = ANY(:k)"
+        ),
         {"k": list(keys)},
     )
 
 
 async def _keys(connection) -> list[str]:
-    return list((await connection.scalars(text("SELECT cache_key FROM noetl.keychain ORDER BY 1"))).all())
+    return list(
+        (await connection.scalars(text("SELECT cache_key FROM noetl.keychain ORDER BY 1"))).all()
+    )
 
 
 async def test_a_sweep_deletes_only_expired_rows_in_batches(client, connection, database, table):
@@ -41,16 +45,24 @@ async def test_only_one_replica_sweeps_at_a_time(client, connection, database, t
     await client.post("/api/auth-cache/old", json=BODY)
     await _expire(connection, "old")
     async with engine.connect() as other_replica, other_replica.begin():
-        await other_replica.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID})
+        await other_replica.execute(
+            text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID}
+        )
         result = await sweep_once(database, table, batch_size=10, ended_retention_seconds=RETENTION)
     assert not result.swept
     assert await _keys(connection) == ["old"]
 
 
-async def test_the_background_task_sweeps_and_is_cancelled_cleanly(client, connection, database, table):
+async def test_the_background_task_sweeps_and_is_cancelled_cleanly(
+    client, connection, database, table
+):
     await client.post("/api/auth-cache/old", json=BODY)
     await _expire(connection, "old")
-    task = asyncio.create_task(run_sweeper(database, table, interval=0.01, batch_size=10, ended_retention_seconds=RETENTION))
+    task = asyncio.create_task(
+        run_sweeper(
+            database, table, interval=0.01, batch_size=10, ended_retention_seconds=RETENTION
+        )
+    )
     for _ in range(200):
         async with database.transaction() as conn:  # the sweeper shares this connection
             if not await _keys(conn):

@@ -38,9 +38,13 @@ def _name(common_name: str) -> x509.Name:
 
 def _key_pem(key: ec.EllipticCurvePrivateKey, password: bytes | None = None) -> bytes:
     encryption = (
-        serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
     )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
 
 
 @dataclass
@@ -81,7 +85,9 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
@@ -141,13 +147,20 @@ class TlsServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _wait_ready(process: subprocess.Popen[bytes], server: TlsServer, verify: ssl.SSLContext) -> None:
+def _wait_ready(
+    process: subprocess.Popen[bytes], server: TlsServer, verify: ssl.SSLContext
+) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"keychain serve exited with {process.returncode}:\n{server.log_tail()}")
+            raise RuntimeError(
+                f"keychain serve exited with {process.returncode}:\n{server.log_tail()}"
+            )
         try:
-            if httpx.get(f"{server.https_url}/ready", verify=verify, timeout=2.0).status_code == 200:
+            if (
+                httpx.get(f"{server.https_url}/ready", verify=verify, timeout=2.0).status_code
+                == 200
+            ):
                 return
         except httpx.TransportError:
             pass
@@ -184,7 +197,10 @@ def tls_server(
     with server.log.open("wb") as log:
         # A file, not a pipe: nobody drains a pipe, and a full one would stall the server.
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         _wait_ready(process, server, trusting(certificates))
@@ -239,7 +255,11 @@ def serve_once(**settings: str) -> subprocess.CompletedProcess[str]:
         **settings,
     )
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", "serve"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "app.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -250,12 +270,17 @@ def serve_once(**settings: str) -> subprocess.CompletedProcess[str]:
         ({"key": "key"}, "KEYCHAIN_TLS_KEY_FILE is set but KEYCHAIN_TLS_CERT_FILE is not"),
         ({"cert": "cert", "key": "missing"}, "KEYCHAIN_TLS_KEY_FILE: cannot read "),
         ({"cert": "missing", "key": "key"}, "KEYCHAIN_TLS_CERT_FILE: cannot read "),
-        ({"cert": "cert", "key": "other_key"}, "are not a PEM certificate and its private key (KEY_VALUES_"),
+        (
+            {"cert": "cert", "key": "other_key"},
+            "are not a PEM certificate and its private key (KEY_VALUES_",
+        ),
         ({"cert": "key", "key": "key"}, "are not a PEM certificate and its private key"),
         ({"cert": "cert", "key": "encrypted_key"}, "is encrypted; give the key unencrypted"),
     ],
 )
-def test_a_bad_tls_configuration_is_one_line_and_exit_code_1(certificates, tmp_path, files, message):
+def test_a_bad_tls_configuration_is_one_line_and_exit_code_1(
+    certificates, tmp_path, files, message
+):
     settings = {
         f"KEYCHAIN_TLS_{setting.upper()}_FILE": str(
             tmp_path / "absent.pem" if file == "missing" else getattr(certificates, file)
@@ -285,7 +310,10 @@ def test_without_tls_settings_the_server_says_it_serves_plain_http(tmp_path):
     log = tmp_path / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "app.cli", "serve"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -315,15 +343,22 @@ async def test_workerlib_reads_over_https_with_the_ca_it_is_given(tls_server, ce
     assert entry is not None and entry.data == data
     # Or given in code.
     verify = str(certificates.ca)
-    async with KeychainClient(tls_server.https_url, tls_server.token, verify=verify, environ={}) as client:
+    async with KeychainClient(
+        tls_server.https_url, tls_server.token, verify=verify, environ={}
+    ) as client:
         assert (await client.get("tls-worker-secret:8")) is not None
 
 
 async def test_workerlib_refuses_a_server_its_cas_do_not_vouch_for(tls_server, caplog):
     from workerlib import KeychainClient, KeychainUnavailable
 
-    async with KeychainClient(tls_server.https_url, tls_server.token, environ={}, retries=2) as client:
-        with caplog.at_level(logging.INFO, logger="workerlib"), pytest.raises(KeychainUnavailable) as refused:
+    async with KeychainClient(
+        tls_server.https_url, tls_server.token, environ={}, retries=2
+    ) as client:
+        with (
+            caplog.at_level(logging.INFO, logger="workerlib"),
+            pytest.raises(KeychainUnavailable) as refused,
+        ):
             await client.get("tls-worker-secret:8")
     # The certificate, not the network: said so, with the setting to fix it, and not retried.
     assert "did not verify; trust its CA with KEYCHAIN_CA_FILE" in str(refused.value)

@@ -70,7 +70,9 @@ async def test_a_connection_lost_mid_request_is_503_and_the_next_request_recover
     await healthy.dispose()
 
 
-async def test_a_database_without_the_table_is_503_saying_to_migrate(test_settings, make_empty_database):
+async def test_a_database_without_the_table_is_503_saying_to_migrate(
+    test_settings, make_empty_database
+):
     url = await asyncio.to_thread(make_empty_database)
     database = Database(make_engine(test_settings, url))
     async with asgi_client(create_app(test_settings, database=database)) as client:

@@ -67,14 +67,22 @@ async def test_shared_with_an_execution_id_is_the_execution_s(client):
 
 
 async def test_local_without_any_execution_id_is_refused_with_a_reason(client):
-    answer = await client.post("/api/auth-cache/pg_main:global", json=upstream_payload("local", 3600))
+    answer = await client.post(
+        "/api/auth-cache/pg_main:global", json=upstream_payload("local", 3600)
+    )
     assert answer.status_code == 400
     assert answer.json()["detail"] == "scope_type 'execution' needs an execution_id"
 
 
 async def test_a_miss_is_404_and_deleting_nothing_is_404(client):
     assert (await client.get("/api/auth-cache/pg_main:99")).status_code == 404  # get_cached: None
-    await client.post("/api/auth-cache/pg_main:99", json=upstream_payload("local", 3600, execution_id=99))
-    assert (await client.delete("/api/auth-cache/pg_main:99")).status_code == 204  # delete_cached: True
-    assert (await client.delete("/api/auth-cache/pg_main:99")).status_code == 404  # also True for it
+    await client.post(
+        "/api/auth-cache/pg_main:99", json=upstream_payload("local", 3600, execution_id=99)
+    )
+    assert (
+        await client.delete("/api/auth-cache/pg_main:99")
+    ).status_code == 204  # delete_cached: True
+    assert (
+        await client.delete("/api/auth-cache/pg_main:99")
+    ).status_code == 404  # also True for it
     assert (await client.get("/api/auth-cache/pg_main:99")).status_code == 404

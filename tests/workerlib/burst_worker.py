@@ -24,10 +24,18 @@ async def main(kind: str, name: str, start_at: float, token_url: str | None) -> 
     else:
         assert token_url is not None
         value = await client_credentials_token(
-            name, token_url=token_url, client_id="burst", client_secret="burst-secret", insecure_hosts=["127.0.0.1"]
+            name,
+            token_url=token_url,
+            client_id="burst",
+            client_secret="burst-secret",
+            insecure_hosts=["127.0.0.1"],
         )
     print(json.dumps({"value": value, "seconds": time.perf_counter() - started}), flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))
+    asyncio.run(
+        main(
+            sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None
+        )
+    )

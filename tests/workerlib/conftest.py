@@ -84,7 +84,9 @@ def silent_port() -> Iterator[int]:
 @pytest_asyncio.fixture(loop_scope="session")
 async def down_keychain(closed_port: int) -> AsyncIterator[KeychainClient]:
     """A client whose server is not running; quick retries keep the tests short."""
-    async with KeychainClient(base_url=f"http://127.0.0.1:{closed_port}", retries=1, backoff=0.01) as keychain:
+    async with KeychainClient(
+        base_url=f"http://127.0.0.1:{closed_port}", retries=1, backoff=0.01
+    ) as keychain:
         yield keychain
 
 
@@ -95,7 +97,9 @@ def _no_process_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     Each test gets its own table of per-loop default clients, so one built from a test's
     environment is not handed to the next test on the same loop (it still closes with its loop).
     """
-    monkeypatch.setattr(client_module, "_default_clients", PerLoop(KeychainClient, KeychainClient.close))
+    monkeypatch.setattr(
+        client_module, "_default_clients", PerLoop(KeychainClient, KeychainClient.close)
+    )
     saved = (client_module._injected_client, providers_module._default_provider)
     yield
     client_module._injected_client, providers_module._default_provider = saved

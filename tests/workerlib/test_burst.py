@@ -30,7 +30,9 @@ START_DELAY_S = 6.0
 
 @pytest.fixture
 def cluster(own_database: str, tmp_path: Path) -> Iterator[list[LocalKeychainServer]]:
-    with replicas(own_database, tmp_path, 3, sweep_interval_seconds="0", fill_lease_seconds="2") as servers:
+    with replicas(
+        own_database, tmp_path, 3, sweep_interval_seconds="0", fill_lease_seconds="2"
+    ) as servers:
         yield servers
 
 
@@ -71,8 +73,18 @@ async def start_workers(
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYCHAIN_")}
     return [
         await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.workerlib.burst_worker", kind, name, str(start_at), *extra,
-            env={**env, "KEYCHAIN_SERVER_URL": servers[i % len(servers)].url, "SECRET_MANAGER_EMULATOR_HOST": emulator},
+            sys.executable,
+            "-m",
+            "tests.workerlib.burst_worker",
+            kind,
+            name,
+            str(start_at),
+            *extra,
+            env={
+                **env,
+                "KEYCHAIN_SERVER_URL": servers[i % len(servers)].url,
+                "SECRET_MANAGER_EMULATOR_HOST": emulator,
+            },
             cwd=Path(__file__).resolve().parents[2],
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -88,18 +100,24 @@ async def results(workers: list[asyncio.subprocess.Process]) -> list[dict[str, o
     return [json.loads(out.decode().splitlines()[-1]) for out, _ in outputs]
 
 
-async def test_eight_workers_on_three_replicas_make_one_secret_manager_call(cluster, slow_secret_manager):
+async def test_eight_workers_on_three_replicas_make_one_secret_manager_call(
+    cluster, slow_secret_manager
+):
     workers = await start_workers(cluster, "secret", SECRET, emulator=slow_secret_manager.address)
     got = await results(workers)
-    print(f"burst: {WORKERS} workers, {slow_secret_manager.calls[SECRET]} Secret Manager call(s), "
-          f"slowest {max(g['seconds'] for g in got):.3f} s")  # the figures, with pytest -s
+    print(
+        f"burst: {WORKERS} workers, {slow_secret_manager.calls[SECRET]} Secret Manager call(s), "
+        f"slowest {max(g['seconds'] for g in got):.3f} s"
+    )  # the figures, with pytest -s
     assert [g["value"] for g in got] == ["sk-burst"] * WORKERS
     assert slow_secret_manager.calls[SECRET] == 1
     # Nobody waited for more than the one fetch and some slack, let alone its whole fill_wait.
     assert max(g["seconds"] for g in got) < 3.0
 
 
-async def test_eight_workers_on_three_replicas_get_one_token_from_one_request(cluster, token_endpoint):
+async def test_eight_workers_on_three_replicas_get_one_token_from_one_request(
+    cluster, token_endpoint
+):
     url, issued = token_endpoint
     got = await results(await start_workers(cluster, "oauth", "crm", url))
     assert issued == ["at-1"]
@@ -115,8 +133,12 @@ async def test_a_lease_holder_killed_mid_fetch_is_replaced_and_nobody_waits_past
     slow_secret_manager.latency = 30.0
     start_at = time.time() + START_DELAY_S
     emulator = slow_secret_manager.address
-    (holder,) = await start_workers(cluster[:1], "secret", SECRET, emulator=emulator, count=1, start_at=start_at)
-    others = await start_workers(cluster, "secret", SECRET, emulator=emulator, start_at=start_at + 0.5)
+    (holder,) = await start_workers(
+        cluster[:1], "secret", SECRET, emulator=emulator, count=1, start_at=start_at
+    )
+    others = await start_workers(
+        cluster, "secret", SECRET, emulator=emulator, start_at=start_at + 0.5
+    )
     async with asyncio.timeout(30):
         while slow_secret_manager.calls[SECRET] < 1:  # the holder is fetching
             await asyncio.sleep(0.02)

@@ -28,7 +28,12 @@ def _use(keychain: KeychainClient) -> None:
 
 async def test_global_token_round_trip_with_the_original_shapes(keychain: KeychainClient) -> None:
     stored = await CredentialCache.set_cached(
-        "test_token", "oauth2_client_credentials", TOKEN, cache_type="token", token_type="bearer", ttl_seconds="3300"
+        "test_token",
+        "oauth2_client_credentials",
+        TOKEN,
+        cache_type="token",
+        token_type="bearer",
+        ttl_seconds="3300",
     )
     assert stored is True
 
@@ -52,15 +57,28 @@ async def test_global_token_round_trip_with_the_original_shapes(keychain: Keycha
 
 async def test_execution_scoped_key_is_name_colon_execution_id(keychain: KeychainClient) -> None:
     assert await CredentialCache.set_cached(
-        "projects/1/secrets/db/versions/3", "secret_manager", {"value": "pw"}, execution_id=555, parent_execution_id=500
+        "projects/1/secrets/db/versions/3",
+        "secret_manager",
+        {"value": "pw"},
+        execution_id=555,
+        parent_execution_id=500,
     )
     entry = await keychain.get("projects/1/secrets/db/versions/3:555")
     assert entry is not None
-    assert (entry.scope_type, entry.execution_id, entry.parent_execution_id) == ("execution", 555, 500)
+    assert (entry.scope_type, entry.execution_id, entry.parent_execution_id) == (
+        "execution",
+        555,
+        500,
+    )
     assert entry.ttl_seconds == 3600  # the default
 
-    assert (await CredentialCache.get_cached("projects/1/secrets/db/versions/3", execution_id=555))["data"] == {"value": "pw"}
-    assert await CredentialCache.get_cached("projects/1/secrets/db/versions/3", execution_id=556) is None
+    assert (await CredentialCache.get_cached("projects/1/secrets/db/versions/3", execution_id=555))[
+        "data"
+    ] == {"value": "pw"}
+    assert (
+        await CredentialCache.get_cached("projects/1/secrets/db/versions/3", execution_id=556)
+        is None
+    )
     assert await keychain.cleanup_execution(500) == 1  # found through its parent
 
 
@@ -71,16 +89,23 @@ async def test_global_without_token_type_is_name_colon_global(keychain: Keychain
 
 
 async def test_a_refused_write_is_false_not_an_exception() -> None:
-    assert await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, ttl_seconds=-5) is False
+    assert (
+        await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, ttl_seconds=-5) is False
+    )
 
 
-async def test_an_answer_nested_too_deep_to_decode_is_a_miss_and_false(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_answer_nested_too_deep_to_decode_is_a_miss_and_false(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Decoding it raises RecursionError; the caller sees the cache degrade, never that error."""
     server = ScriptedServer((200, {}, too_deep_entry()))
     async with server.http_client() as http:
         CredentialCache.use_client(KeychainClient(BASE_URL, http_client=http))
         assert await CredentialCache.get_cached("svc", execution_id=1) is None
-        assert await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1) is False
+        assert (
+            await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1)
+            is False
+        )
     assert [r["method"] for r in server.requests] == ["GET", "POST"]
     assert_logged_degraded(caplog, 200, "KeychainError", "maximum recursion depth", "hush-123")
 
@@ -90,18 +115,25 @@ async def test_an_unavailable_server_is_a_miss_and_false(
 ) -> None:
     CredentialCache.use_client(down_keychain)
     assert await CredentialCache.get_cached("svc", execution_id=1) is None
-    assert await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1) is False
+    assert (
+        await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1)
+        is False
+    )
     assert await CredentialCache.delete_cached("svc", execution_id=1) is False
     assert "credential cache" in caplog.text and "hush-123" not in caplog.text
 
 
-async def test_a_name_that_would_spell_another_entrys_key_is_refused(keychain: KeychainClient) -> None:
+async def test_a_name_that_would_spell_another_entrys_key_is_refused(
+    keychain: KeychainClient,
+) -> None:
     """("a:global", execution 7) used to be the key of ("a", token type "7"): reading one read the other."""
     assert await CredentialCache.set_cached("a", "oauth2_client_credentials", TOKEN, token_type="7")
     with pytest.raises(InvalidKey, match="'global' segment"):
         await CredentialCache.get_cached("a:global", execution_id=7)
     with pytest.raises(InvalidKey):
-        await CredentialCache.set_cached("a:global", "secret_manager", {"value": "x"}, execution_id=7)
+        await CredentialCache.set_cached(
+            "a:global", "secret_manager", {"value": "x"}, execution_id=7
+        )
     with pytest.raises(InvalidKey, match="contains ':'"):
         await CredentialCache.delete_cached("a", token_type="global:7")
     assert (await CredentialCache.get_cached("a", token_type="7"))["data"] == TOKEN
@@ -115,6 +147,8 @@ async def test_an_unusable_client_configuration_is_a_miss_and_false(
     CredentialCache.use_client(None)
     client_module.set_default_client(None)
     assert await CredentialCache.get_cached("svc", execution_id=1) is None
-    assert await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, execution_id=1) is False
+    assert (
+        await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, execution_id=1) is False
+    )
     assert await CredentialCache.delete_cached("svc", execution_id=1) is False
     assert_logged_unusable_configuration(caplog, variable, value)

@@ -81,7 +81,9 @@ def test_threads_with_loops_of_their_own_get_one_default_client_each(
     clients = {id(c): c for c in seen}
     assert len(clients) == 2  # one per loop
     assert all(c._http.is_closed for c in clients.values())  # each closed as its loop ended
-    assert not client_module._default_clients._values  # and forgotten: nothing keeps the loops alive
+    assert (
+        not client_module._default_clients._values
+    )  # and forgotten: nothing keeps the loops alive
 
 
 def test_the_providers_channel_is_closed_as_its_loop_ends() -> None:

@@ -10,7 +10,13 @@ import pytest_asyncio
 
 from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, asgi_client
-from workerlib import Forbidden, GoogleSecretManagerProvider, KeychainClient, Unauthorized, fetch_secret
+from workerlib import (
+    Forbidden,
+    GoogleSecretManagerProvider,
+    KeychainClient,
+    Unauthorized,
+    fetch_secret,
+)
 
 ENGINE_TOKEN = "engine-issuer-token-0123456789"
 NAME = "projects/123/secrets/openai-api-key/versions/1"
@@ -21,12 +27,17 @@ VALUE = "sk-live-execution-bound"
 async def engine(make_app):
     """The engine's client: an issuer token on the real app (on the test transaction)."""
     app = make_app(api_tokens=f"engine:issuer:{ENGINE_TOKEN}")
-    async with asgi_client(app) as http, KeychainClient(BASE_URL, ENGINE_TOKEN, http_client=http) as client:
+    async with (
+        asgi_client(app) as http,
+        KeychainClient(BASE_URL, ENGINE_TOKEN, http_client=http) as client,
+    ):
         yield client
 
 
 async def test_a_worker_with_its_executions_token_reads_through_its_own_entries(
-    engine: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+    engine: KeychainClient,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(NAME, VALUE)
     minted = await engine.mint_execution_token(42)

@@ -40,7 +40,9 @@ VALUE = "sk-live-0000-very-secret"
 
 
 async def test_a_miss_reads_the_provider_and_caches_execution_scoped(
-    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+    keychain: KeychainClient,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(NAME, VALUE)
 
@@ -52,14 +54,20 @@ async def test_a_miss_reads_the_provider_and_caches_execution_scoped(
     assert entry is not None
     assert entry.data == {"value": VALUE}
     assert entry.credential_name == NAME
-    assert (entry.credential_type, entry.cache_type, entry.scope_type) == ("secret_manager", "secret", "execution")
+    assert (entry.credential_type, entry.cache_type, entry.scope_type) == (
+        "secret_manager",
+        "secret",
+        "execution",
+    )
     assert entry.execution_id == 42
     assert entry.ttl_seconds == 3600
     assert entry.access_count == 2  # the second fetch_secret, then this read
 
 
 async def test_25_concurrent_misses_make_one_provider_call(
-    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+    keychain: KeychainClient,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(NAME, VALUE)
     values = await asyncio.gather(
@@ -83,13 +91,18 @@ async def test_concurrent_misses_asking_different_providers_each_get_their_own(
         (tmp_path / team / "openai-api-key").write_text(value)
         providers[team] = FileProvider(tmp_path / team)
     got = await asyncio.gather(
-        *(fetch_secret(NAME, execution_id=8, client=keychain, provider=providers[team]) for team in values)
+        *(
+            fetch_secret(NAME, execution_id=8, client=keychain, provider=providers[team])
+            for team in values
+        )
     )
     assert got == list(values.values())
 
 
 async def test_another_execution_does_not_see_the_entry(
-    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+    keychain: KeychainClient,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(NAME, VALUE)
     await fetch_secret(NAME, execution_id=1, client=keychain, provider=provider)
@@ -102,7 +115,9 @@ async def test_another_execution_does_not_see_the_entry(
 
 
 async def test_without_an_execution_the_secret_is_cached_globally(
-    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+    keychain: KeychainClient,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(NAME, VALUE)
     await fetch_secret(NAME, client=keychain, provider=provider)
@@ -118,9 +133,14 @@ async def test_server_down_still_returns_the_secret_and_logs_degraded_without_it
 ) -> None:
     secret_manager.add(NAME, VALUE)
     with caplog.at_level(logging.INFO):
-        assert await fetch_secret(NAME, execution_id=3, client=down_keychain, provider=provider) == VALUE
+        assert (
+            await fetch_secret(NAME, execution_id=3, client=down_keychain, provider=provider)
+            == VALUE
+        )
 
-    degraded = [r for r in caplog.records if r.name.startswith("workerlib") and r.levelno == logging.WARNING]
+    degraded = [
+        r for r in caplog.records if r.name.startswith("workerlib") and r.levelno == logging.WARNING
+    ]
     assert degraded and "degraded" in degraded[0].getMessage()
     assert NAME in degraded[0].getMessage()
     assert VALUE not in caplog.text
@@ -128,10 +148,14 @@ async def test_server_down_still_returns_the_secret_and_logs_degraded_without_it
 
 
 async def test_a_failing_server_5xx_still_returns_the_secret(
-    provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator, caplog: pytest.LogCaptureFixture
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret_manager.add(NAME, VALUE)
-    server = ScriptedServer((500, {}, {"status_code": 500, "detail": "internal error; see the server log"}))
+    server = ScriptedServer(
+        (500, {}, {"status_code": 500, "detail": "internal error; see the server log"})
+    )
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)
         assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
@@ -139,7 +163,9 @@ async def test_a_failing_server_5xx_still_returns_the_secret(
 
 
 async def test_a_missing_secret_raises_an_error_that_names_it(
-    keychain: KeychainClient, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator
+    keychain: KeychainClient,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
 ) -> None:
     missing = "projects/123/secrets/does-not-exist/versions/4"
     with pytest.raises(SecretNotFound) as caught:
@@ -150,7 +176,9 @@ async def test_a_missing_secret_raises_an_error_that_names_it(
 
 
 async def test_an_unreadable_entry_is_a_miss_and_is_overwritten(
-    make_app, provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator  # type: ignore[no-untyped-def]
+    make_app,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,  # type: ignore[no-untyped-def]
 ) -> None:
     secret_manager.add(NAME, VALUE)
     other_key = base64.b64encode(bytes(range(100, 132))).decode()
@@ -184,8 +212,12 @@ async def test_with_nothing_given_it_builds_client_and_provider_from_the_environ
 
 @pytest.mark.parametrize(("variable", "value"), UNUSABLE_SETTINGS, ids=UNUSABLE_SETTING_IDS)
 async def test_an_unusable_client_configuration_degrades_to_the_provider(
-    provider: GoogleSecretManagerProvider, secret_manager: SecretManagerEmulator,
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
+    provider: GoogleSecretManagerProvider,
+    secret_manager: SecretManagerEmulator,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    variable: str,
+    value: str,
 ) -> None:
     secret_manager.add(NAME, VALUE)
     monkeypatch.setenv(variable, value)
@@ -197,14 +229,18 @@ async def test_an_unusable_client_configuration_degrades_to_the_provider(
 async def test_a_hit_never_builds_the_default_provider(
     keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await keychain.put(f"{NAME}:12", {"value": VALUE}, credential_type="secret_manager", execution_id=12)
+    await keychain.put(
+        f"{NAME}:12", {"value": VALUE}, credential_type="secret_manager", execution_id=12
+    )
     monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "vault")  # building it would fail
     providers_module.set_default_provider(None)
     assert await fetch_secret(NAME, execution_id=12, client=keychain) == VALUE
     assert providers_module._default_provider is None
 
 
-async def test_env_provider_reads_the_secret_id_as_a_prefixed_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_provider_reads_the_secret_id_as_a_prefixed_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("KEYCHAIN_SECRET_OPENAI_API_KEY", VALUE)
     monkeypatch.setenv("OPENAI_API_KEY", "not-this-one")
     assert await EnvProvider().access(NAME) == VALUE
@@ -212,10 +248,18 @@ async def test_env_provider_reads_the_secret_id_as_a_prefixed_variable(monkeypat
         await EnvProvider().access("projects/123/secrets/nope/versions/1")
 
 
-async def test_env_provider_never_reaches_the_workers_own_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_provider_never_reaches_the_workers_own_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("KEYCHAIN_API_TOKEN", VALUE)
-    for name in ("KEYCHAIN_API_TOKEN", "keychain-api-token", "projects/1/secrets/KEYCHAIN_API_TOKEN/versions/1"):
-        with pytest.raises(SecretNotFound, match="KEYCHAIN_SECRET_KEYCHAIN_API_TOKEN is not set") as caught:
+    for name in (
+        "KEYCHAIN_API_TOKEN",
+        "keychain-api-token",
+        "projects/1/secrets/KEYCHAIN_API_TOKEN/versions/1",
+    ):
+        with pytest.raises(
+            SecretNotFound, match="KEYCHAIN_SECRET_KEYCHAIN_API_TOKEN is not set"
+        ) as caught:
             await EnvProvider().access(name)
         assert VALUE not in str(caught.value)
 
@@ -258,22 +302,35 @@ async def test_file_provider_refuses_a_link_out_of_its_directory(tmp_path: Path)
         await FileProvider(secrets_dir).access("loop")
 
 
-@pytest.mark.parametrize(("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS)
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "error_class", "detail"), CACHE_FAILURES, ids=CACHE_FAILURE_IDS
+)
 @pytest.mark.parametrize("failing", ["read", "write"])
 async def test_a_failing_cache_never_fails_the_step(
     provider: GoogleSecretManagerProvider,
     secret_manager: SecretManagerEmulator,
     caplog: pytest.LogCaptureFixture,
-    failing: str, status: int, headers: dict, body: object, error_class: str, detail: str,
+    failing: str,
+    status: int,
+    headers: dict,
+    body: object,
+    error_class: str,
+    detail: str,
 ) -> None:
     secret_manager.add(NAME, VALUE)
-    server = ScriptedServer((status, headers, body)) if failing == "read" else ScriptedServer(MISS, (status, headers, body))
+    server = (
+        ScriptedServer((status, headers, body))
+        if failing == "read"
+        else ScriptedServer(MISS, (status, headers, body))
+    )
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)
         assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
     assert secret_manager.calls[NAME] == 1
     # A read that failed is not followed by a write-back to the cache that just failed.
-    assert [r["method"] for r in server.requests] == (["GET"] if failing == "read" else ["GET", "POST"])
+    assert [r["method"] for r in server.requests] == (
+        ["GET"] if failing == "read" else ["GET", "POST"]
+    )
     assert_logged_degraded(caplog, status, error_class, detail, VALUE)
 
 
@@ -283,7 +340,12 @@ async def test_the_providers_own_errors_still_reach_the_caller(
     server = ScriptedServer((401, {}, {"status_code": 401, "detail": "a bearer token is required"}))
     async with server.http_client() as http:
         with pytest.raises(SecretNotFound):
-            await fetch_secret(NAME, execution_id=3, client=KeychainClient(BASE_URL, http_client=http), provider=provider)
+            await fetch_secret(
+                NAME,
+                execution_id=3,
+                client=KeychainClient(BASE_URL, http_client=http),
+                provider=provider,
+            )
 
 
 async def test_the_servers_retry_after_1_on_503_is_waited_for_with_the_default_settings(
@@ -292,13 +354,22 @@ async def test_the_servers_retry_after_1_on_503_is_waited_for_with_the_default_s
     """The server answers 503 with Retry-After: 1 while its database is away; a blip that
     short must be ridden out (and the cache used), not turned straight into a degraded step."""
     secret_manager.add(NAME, VALUE)
-    unavailable = (503, {"Retry-After": "1"}, {"status_code": 503, "detail": "the database is unreachable"})
-    hit = entry_body(f"{NAME}:3", {"value": "from-the-cache"}, execution_id=3, credential_type="secret_manager")
+    unavailable = (
+        503,
+        {"Retry-After": "1"},
+        {"status_code": 503, "detail": "the database is unreachable"},
+    )
+    hit = entry_body(
+        f"{NAME}:3", {"value": "from-the-cache"}, execution_id=3, credential_type="secret_manager"
+    )
     server = ScriptedServer(unavailable, unavailable, (200, {}, hit))
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)  # the defaults a worker gets
         started = time.monotonic()
-        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == "from-the-cache"
+        assert (
+            await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider)
+            == "from-the-cache"
+        )
         elapsed = time.monotonic() - started
     assert len(server.requests) == 3
     assert elapsed >= 2.0  # each retry waited the second the server asked for
@@ -311,7 +382,9 @@ async def test_a_silent_server_falls_back_to_the_provider_in_seconds(
     secret_manager.add(NAME, VALUE)
     async with KeychainClient(f"http://127.0.0.1:{silent_port}") as keychain:  # a worker's defaults
         started = time.monotonic()
-        value = await asyncio.wait_for(fetch_secret(NAME, execution_id=3, client=keychain, provider=provider), 10)
+        value = await asyncio.wait_for(
+            fetch_secret(NAME, execution_id=3, client=keychain, provider=provider), 10
+        )
         elapsed = time.monotonic() - started
     assert value == VALUE
     assert elapsed < 4.0  # three 0.5 s connects, jittered backoff, the provider; not ~15 s

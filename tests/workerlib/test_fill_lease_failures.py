@@ -28,14 +28,20 @@ class FlakyProvider:
         return "sk-second-try"
 
 
-async def test_a_failed_fetch_hands_the_fill_to_a_waiting_worker_at_once(test_settings, own_database):
+async def test_a_failed_fetch_hands_the_fill_to_a_waiting_worker_at_once(
+    test_settings, own_database
+):
     provider = FlakyProvider()
     async with replica(test_settings, own_database, fill_lease_seconds=30.0) as server:
         first, second = (KeychainClient(http_client=server.client) for _ in range(2))
         started = time.monotonic()
-        holder = asyncio.ensure_future(fetch_secret(NAME, execution_id=5, client=first, provider=provider))
+        holder = asyncio.ensure_future(
+            fetch_secret(NAME, execution_id=5, client=first, provider=provider)
+        )
         await asyncio.sleep(0.05)  # the holder has the lease; the second worker waits for it
-        waiter = asyncio.ensure_future(fetch_secret(NAME, execution_id=5, client=second, provider=provider))
+        waiter = asyncio.ensure_future(
+            fetch_secret(NAME, execution_id=5, client=second, provider=provider)
+        )
         with pytest.raises(SecretError):
             await holder  # the provider's error is the caller's, as without the cache
         assert await waiter == "sk-second-try"

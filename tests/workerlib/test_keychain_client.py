@@ -85,7 +85,9 @@ async def test_put_replaces_an_existing_entry(keychain: KeychainClient) -> None:
     assert entry is not None and entry.data == {"v": 2}
 
 
-async def test_cleanup_execution_drops_its_entries_and_sub_executions_only(keychain: KeychainClient) -> None:
+async def test_cleanup_execution_drops_its_entries_and_sub_executions_only(
+    keychain: KeychainClient,
+) -> None:
     await keychain.put("a:7", {"v": 1}, credential_type="t", execution_id=7)
     await keychain.put("b:7", {"v": 1}, credential_type="t", execution_id=7)
     await keychain.put("a:8", {"v": 1}, credential_type="t", execution_id=8, parent_execution_id=7)
@@ -140,7 +142,10 @@ async def test_keys_the_server_router_would_alter_are_refused_before_sending(
 
 async def test_a_4xx_carries_the_server_message_and_is_not_retried(app) -> None:  # type: ignore[no-untyped-def]
     requests: list[httpx.Request] = []
-    async with counting_client(app, requests) as http, KeychainClient(BASE_URL, http_client=http) as keychain:
+    async with (
+        counting_client(app, requests) as http,
+        KeychainClient(BASE_URL, http_client=http) as keychain,
+    ):
         with pytest.raises(BadRequest) as caught:
             await keychain.put("k:global", {"v": 1}, credential_type="t", ttl_seconds="soon")
     assert caught.value.status_code == 400
@@ -149,7 +154,9 @@ async def test_a_4xx_carries_the_server_message_and_is_not_retried(app) -> None:
     assert len(requests) == 1
 
 
-async def test_execution_scope_without_an_execution_id_is_a_bad_request(keychain: KeychainClient) -> None:
+async def test_execution_scope_without_an_execution_id_is_a_bad_request(
+    keychain: KeychainClient,
+) -> None:
     with pytest.raises(BadRequest, match="needs an execution_id"):
         await keychain.put("k:1", {"v": 1}, credential_type="t", scope_type="execution")
 
@@ -158,20 +165,26 @@ async def test_an_entry_sealed_under_a_lost_key_is_unreadable(make_app) -> None:
     other_key = base64.b64encode(bytes(range(100, 132))).decode()
     writer, reader = make_app(), make_app(encryption_keys=f"other:{other_key}")
     async with asgi_client(writer) as w, asgi_client(reader) as r:
-        await KeychainClient(BASE_URL, http_client=w).put("sealed:global", {"v": 1}, credential_type="t")
+        await KeychainClient(BASE_URL, http_client=w).put(
+            "sealed:global", {"v": 1}, credential_type="t"
+        )
         with pytest.raises(UnreadableEntry) as caught:
             await KeychainClient(BASE_URL, http_client=r).get("sealed:global")
     assert caught.value.status_code == 409
 
 
-async def test_connection_errors_are_retried_up_to_the_bound_then_unavailable(closed_port: int) -> None:
+async def test_connection_errors_are_retried_up_to_the_bound_then_unavailable(
+    closed_port: int,
+) -> None:
     requests: list[httpx.Request] = []
 
     async def record(request: httpx.Request) -> None:
         requests.append(request)
 
     async with httpx.AsyncClient(event_hooks={"request": [record]}) as http:
-        keychain = KeychainClient(f"http://127.0.0.1:{closed_port}", http_client=http, retries=3, backoff=0.01)
+        keychain = KeychainClient(
+            f"http://127.0.0.1:{closed_port}", http_client=http, retries=3, backoff=0.01
+        )
         with pytest.raises(KeychainUnavailable) as caught:
             await keychain.get("k:global")
     assert len(requests) == 4  # the first try and three retries
@@ -192,7 +205,9 @@ async def test_503_is_retried_honouring_retry_after_then_succeeds() -> None:
 
 
 async def test_503_after_the_retries_is_unavailable_with_the_server_detail() -> None:
-    server = ScriptedServer((503, {"Retry-After": "0"}, {"status_code": 503, "detail": "the database is unreachable"}))
+    server = ScriptedServer(
+        (503, {"Retry-After": "0"}, {"status_code": 503, "detail": "the database is unreachable"})
+    )
     async with server.http_client() as http:
         with pytest.raises(KeychainUnavailable, match="the database is unreachable") as caught:
             await KeychainClient(BASE_URL, http_client=http, retries=2).get("k:global")
@@ -201,7 +216,9 @@ async def test_503_after_the_retries_is_unavailable_with_the_server_detail() -> 
 
 
 async def test_a_retry_after_longer_than_we_wait_fails_now_instead_of_stalling() -> None:
-    server = ScriptedServer((429, {"Retry-After": "120"}, {"status_code": 429, "detail": "slow down"}))
+    server = ScriptedServer(
+        (429, {"Retry-After": "120"}, {"status_code": 429, "detail": "slow down"})
+    )
     async with server.http_client() as http:
         with pytest.raises(RateLimited):
             await KeychainClient(BASE_URL, http_client=http, retries=5).get("k:global")
@@ -209,7 +226,9 @@ async def test_a_retry_after_longer_than_we_wait_fails_now_instead_of_stalling()
 
 
 async def test_other_5xx_are_not_retried() -> None:
-    server = ScriptedServer((500, {}, {"status_code": 500, "detail": "internal error; see the server log"}))
+    server = ScriptedServer(
+        (500, {}, {"status_code": 500, "detail": "internal error; see the server log"})
+    )
     async with server.http_client() as http:
         with pytest.raises(KeychainUnavailable, match="500"):
             await KeychainClient(BASE_URL, http_client=http, retries=3).get("k:global")
@@ -228,7 +247,9 @@ async def test_configuration_comes_from_the_environment(monkeypatch: pytest.Monk
     assert "tok-from-env" not in repr(keychain)
 
 
-async def test_without_configuration_the_default_server_is_localhost_8082(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_configuration_the_default_server_is_localhost_8082(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("KEYCHAIN_SERVER_URL", raising=False)
     monkeypatch.delenv("KEYCHAIN_API_TOKEN", raising=False)
     async with KeychainClient() as keychain:
@@ -244,7 +265,9 @@ async def test_close_leaves_an_injected_http_client_open(client: httpx.AsyncClie
     assert own._http.is_closed
 
 
-async def test_keychain_api_token_is_sent_and_the_server_enforces_it(make_app, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+async def test_keychain_api_token_is_sent_and_the_server_enforces_it(
+    make_app, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     app = make_app(api_tokens="ci:worker:tok-0123456789abcdef")
     async with asgi_client(app) as http:
         monkeypatch.delenv("KEYCHAIN_API_TOKEN", raising=False)
@@ -252,7 +275,9 @@ async def test_keychain_api_token_is_sent_and_the_server_enforces_it(make_app, m
             await KeychainClient(BASE_URL, http_client=http).get("k:global")
         assert caught.value.status_code == 401 and caught.value.detail
         with pytest.raises(Unauthorized):
-            await KeychainClient(BASE_URL, token="not-the-token-0000", http_client=http).get("k:global")
+            await KeychainClient(BASE_URL, token="not-the-token-0000", http_client=http).get(
+                "k:global"
+            )
 
         monkeypatch.setenv("KEYCHAIN_API_TOKEN", "tok-0123456789abcdef")
         keychain = KeychainClient(BASE_URL, http_client=http)
@@ -270,7 +295,9 @@ async def test_keychain_api_token_is_sent_and_the_server_enforces_it(make_app, m
     assert entry is not None and entry.data == {"v": 1}
 
 
-async def test_a_server_that_drops_packets_fails_within_the_connect_timeouts(silent_port: int) -> None:
+async def test_a_server_that_drops_packets_fails_within_the_connect_timeouts(
+    silent_port: int,
+) -> None:
     """The default client gives each connect 0.5 s, not the whole 5 s timeout: three attempts
     (the first and two retries) fail in about 1.5 s instead of about 15 s."""
     async with KeychainClient(f"http://127.0.0.1:{silent_port}", backoff=0.01) as keychain:
@@ -281,7 +308,9 @@ async def test_a_server_that_drops_packets_fails_within_the_connect_timeouts(sil
     assert 1.4 <= elapsed < 3.0
 
 
-async def test_a_token_mounted_from_a_file_loses_its_trailing_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_token_mounted_from_a_file_loses_its_trailing_newline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("KEYCHAIN_API_TOKEN", " tok-0123456789abcdef\n")
     server = ScriptedServer((404, {}, {"status_code": 404, "detail": "no live entry"}))
     async with server.http_client() as http:
@@ -296,8 +325,13 @@ BAD_TOKENS = ["tök-0123456789", "tok-01234\n56789", "tok-0123\x0056789", "tok\t
 def test_a_token_that_cannot_be_a_header_is_refused_at_construction_without_its_value(
     token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for make, setting in ((lambda: KeychainClient(BASE_URL, token=token), "token"),
-                          (lambda: KeychainClient(BASE_URL, environ={"KEYCHAIN_API_TOKEN": token}), "KEYCHAIN_API_TOKEN")):
+    for make, setting in (
+        (lambda: KeychainClient(BASE_URL, token=token), "token"),
+        (
+            lambda: KeychainClient(BASE_URL, environ={"KEYCHAIN_API_TOKEN": token}),
+            "KEYCHAIN_API_TOKEN",
+        ),
+    ):
         with pytest.raises(KeychainConfigError, match=setting) as caught:
             make()
         assert isinstance(caught.value, KeychainError) and isinstance(caught.value, ValueError)
@@ -319,9 +353,13 @@ def test_a_token_that_cannot_be_a_header_is_refused_at_construction_without_its_
         ("http://keychain.test/a\nb", "control characters"),
     ],
 )
-def test_a_server_url_that_is_not_http_host_is_refused_at_construction(url: str, message: str) -> None:
-    for make, setting in ((lambda: KeychainClient(url), "base_url"),
-                          (lambda: KeychainClient(environ={"KEYCHAIN_SERVER_URL": url}), "KEYCHAIN_SERVER_URL")):
+def test_a_server_url_that_is_not_http_host_is_refused_at_construction(
+    url: str, message: str
+) -> None:
+    for make, setting in (
+        (lambda: KeychainClient(url), "base_url"),
+        (lambda: KeychainClient(environ={"KEYCHAIN_SERVER_URL": url}), "KEYCHAIN_SERVER_URL"),
+    ):
         with pytest.raises(KeychainConfigError, match=message) as caught:
             make()
         assert setting in str(caught.value)
@@ -330,17 +368,24 @@ def test_a_server_url_that_is_not_http_host_is_refused_at_construction(url: str,
 
 
 def test_a_server_url_with_a_path_and_a_trailing_slash_is_fine() -> None:
-    assert KeychainClient("https://gateway.test/keychain/ \n").base_url == "https://gateway.test/keychain"
+    assert (
+        KeychainClient("https://gateway.test/keychain/ \n").base_url
+        == "https://gateway.test/keychain"
+    )
 
 
 def _ca_pem(path: Path, name: str) -> Path:
     """A self-signed CA certificate (what a cluster's private CA hands out) written to `path`."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now)
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
@@ -353,15 +398,25 @@ def _trusted_cas(keychain: KeychainClient) -> list[str]:
     """Common names of the CAs the client's own pool verifies the server against."""
     context: ssl.SSLContext = keychain._http._transport._pool._ssl_context  # type: ignore[attr-defined]
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
-    return [dict(item[0] for item in ca["subject"]).get("commonName", "") for ca in context.get_ca_certs()]
+    return [
+        dict(item[0] for item in ca["subject"]).get("commonName", "")
+        for ca in context.get_ca_certs()
+    ]
 
 
-async def test_tls_is_verified_against_keychain_ca_file_or_the_verify_argument(tmp_path: Path) -> None:
-    env_ca, arg_ca = _ca_pem(tmp_path / "env.pem", "env-ca"), _ca_pem(tmp_path / "arg.pem", "arg-ca")
+async def test_tls_is_verified_against_keychain_ca_file_or_the_verify_argument(
+    tmp_path: Path,
+) -> None:
+    env_ca, arg_ca = (
+        _ca_pem(tmp_path / "env.pem", "env-ca"),
+        _ca_pem(tmp_path / "arg.pem", "arg-ca"),
+    )
     environ = {"KEYCHAIN_CA_FILE": str(env_ca)}
     async with KeychainClient("https://keychain.test", environ=environ) as keychain:
         assert _trusted_cas(keychain) == ["env-ca"]
-    async with KeychainClient("https://keychain.test", verify=str(arg_ca), environ=environ) as keychain:
+    async with KeychainClient(
+        "https://keychain.test", verify=str(arg_ca), environ=environ
+    ) as keychain:
         assert _trusted_cas(keychain) == ["arg-ca"]  # the argument wins over the environment
     context = ssl.create_default_context(cafile=str(arg_ca))
     async with KeychainClient("https://keychain.test", verify=context, environ=environ) as keychain:
@@ -372,9 +427,13 @@ async def test_tls_is_verified_against_keychain_ca_file_or_the_verify_argument(t
         assert keychain._http._transport._pool._ssl_context.verify_mode == ssl.CERT_NONE  # type: ignore[attr-defined]
 
 
-def test_an_unreadable_ca_file_is_refused_at_construction(tmp_path: Path, client: httpx.AsyncClient) -> None:
+def test_an_unreadable_ca_file_is_refused_at_construction(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
     with pytest.raises(KeychainConfigError, match="KEYCHAIN_CA_FILE names .*missing.pem"):
-        KeychainClient("https://keychain.test", environ={"KEYCHAIN_CA_FILE": str(tmp_path / "missing.pem")})
+        KeychainClient(
+            "https://keychain.test", environ={"KEYCHAIN_CA_FILE": str(tmp_path / "missing.pem")}
+        )
     (tmp_path / "garbage.pem").write_text("not a certificate")
     with pytest.raises(KeychainConfigError, match="verify names .*garbage.pem"):
         KeychainClient("https://keychain.test", verify=str(tmp_path / "garbage.pem"))

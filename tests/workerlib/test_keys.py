@@ -62,6 +62,8 @@ def _formats_a_global_key(source: str) -> bool:
     """An f-string with ':global' in it (docstrings that mention the format do not count)."""
     return any(
         isinstance(node, ast.JoinedStr)
-        and any(isinstance(part, ast.Constant) and ":global" in str(part.value) for part in node.values)
+        and any(
+            isinstance(part, ast.Constant) and ":global" in str(part.value) for part in node.values
+        )
         for node in ast.walk(ast.parse(source))
     )

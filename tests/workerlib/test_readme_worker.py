@@ -29,7 +29,9 @@ async def test_the_readme_worker_script_runs_as_written(
     script.write_text(worker_script())
     with replicas(own_database, tmp_path, 1) as (server,):
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYCHAIN_")}
-        env.update(KEYCHAIN_SERVER_URL=server.url, SECRET_MANAGER_EMULATOR_HOST=secret_manager.address)
+        env.update(
+            KEYCHAIN_SERVER_URL=server.url, SECRET_MANAGER_EMULATOR_HOST=secret_manager.address
+        )
         worker = await asyncio.create_subprocess_exec(
             sys.executable, str(script), env=env, cwd=tmp_path, stderr=asyncio.subprocess.PIPE
         )

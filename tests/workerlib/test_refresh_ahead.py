@@ -17,15 +17,21 @@ READERS = 12
 IDP_DELAY_S = 0.5
 
 
-async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(test_settings, own_database):
+async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(
+    test_settings, own_database
+):
     idp = token_endpoint(expires_in=3600, delay=IDP_DELAY_S)
     async with replica(test_settings, own_database) as server, idp.http_client(IDP_URL) as idp_http:
 
         async def token(keychain: KeychainClient) -> tuple[str, float]:
             started = time.perf_counter()
             value = await client_credentials_token(
-                "crm", token_url=TOKEN_URL, client_id="worker", client_secret="s3cret-value",
-                client=keychain, http_client=idp_http,
+                "crm",
+                token_url=TOKEN_URL,
+                client_id="worker",
+                client_secret="s3cret-value",
+                client=keychain,
+                http_client=idp_http,
             )
             return value, time.perf_counter() - started
 
@@ -43,7 +49,9 @@ async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(
 
         await until(refreshed, timeout=5)
     assert len(idp.requests) == 2  # the first fetch, and one refresh for all twelve
-    refreshes = server.process.metrics.registry.get_sample_value("keychain_fill_leases_total", {"purpose": "refresh"})
+    refreshes = server.process.metrics.registry.get_sample_value(
+        "keychain_fill_leases_total", {"purpose": "refresh"}
+    )
     assert refreshes == 1
 
 
@@ -57,6 +65,9 @@ async def age_the_cached_token(url: str, name: str) -> None:
             " WHERE credential_name = $1 RETURNING cache_key",
             name,
         )
-        await conn.execute("SELECT pg_notify('keychain_noetl', json_build_object('keys', json_build_array($1::text))::text)", key)
+        await conn.execute(
+            "SELECT pg_notify('keychain_noetl', json_build_object('keys', json_build_array($1::text))::text)",
+            key,
+        )
     finally:
         await conn.close()

@@ -15,12 +15,23 @@ SECRET = "sk-repr-secret-5f0c2a"
 BODY = {"api_key": SECRET}
 
 
-async def test_an_entry_shows_its_metadata_and_hides_its_data(keychain: KeychainClient, caplog) -> None:
-    written = await keychain.put("openai:global", BODY, credential_type="bearer", scope_type="global")
+async def test_an_entry_shows_its_metadata_and_hides_its_data(
+    keychain: KeychainClient, caplog
+) -> None:
+    written = await keychain.put(
+        "openai:global", BODY, credential_type="bearer", scope_type="global"
+    )
     entry = await keychain.get("openai:global")
     assert entry is not None and entry.data == BODY  # the value itself is all there
 
-    for shown in (repr(entry), str(entry), f"{entry}", pprint.pformat(entry), pretty_repr(entry), repr([entry])):
+    for shown in (
+        repr(entry),
+        str(entry),
+        f"{entry}",
+        pprint.pformat(entry),
+        pretty_repr(entry),
+        repr([entry]),
+    ):
         assert SECRET not in shown
         assert "data=<hidden>" in shown
         assert "cache_key='openai:global'" in shown and "access_count=1" in shown
@@ -33,7 +44,9 @@ async def test_an_entry_shows_its_metadata_and_hides_its_data(keychain: Keychain
         assert SECRET not in str(exc)
 
     # The metadata POST answers holds no payload: its repr is msgspec's own, every field shown.
-    assert repr(written).startswith("EntryMeta(cache_key='openai:global', credential_name='openai', ")
+    assert repr(written).startswith(
+        "EntryMeta(cache_key='openai:global', credential_name='openai', "
+    )
     assert "<hidden>" not in repr(written)
 
 
@@ -43,7 +56,9 @@ def test_a_body_to_write_hides_its_token_data() -> None:
     assert repr(body).startswith("EntryPut(token_data=<hidden>, credential_type='bearer', ")
 
 
-async def test_credential_cache_results_hide_data_and_stay_plain_dicts(keychain: KeychainClient) -> None:
+async def test_credential_cache_results_hide_data_and_stay_plain_dicts(
+    keychain: KeychainClient,
+) -> None:
     CredentialCache.use_client(keychain)
     try:
         assert await CredentialCache.set_cached("crm", "bearer", BODY, execution_id=7)
@@ -51,8 +66,18 @@ async def test_credential_cache_results_hide_data_and_stay_plain_dicts(keychain:
     finally:
         CredentialCache.use_client(None)
     assert cached is not None
-    for shown in (repr(cached), str(cached), pprint.pformat(cached), pretty_repr(cached), repr([cached])):
-        assert SECRET not in shown and "'data': <hidden>" in shown and "'credential_name': 'crm'" in shown
+    for shown in (
+        repr(cached),
+        str(cached),
+        pprint.pformat(cached),
+        pretty_repr(cached),
+        repr([cached]),
+    ):
+        assert (
+            SECRET not in shown
+            and "'data': <hidden>" in shown
+            and "'credential_name': 'crm'" in shown
+        )
     # Everything a caller does with the dict is as before.
     assert isinstance(cached, dict) and cached["data"] == BODY
     assert dict(cached) == {

@@ -21,13 +21,19 @@ async def test_two_workers_warming_one_execution_make_one_call_per_secret(
     for name, value in {**SECRETS, AUTH_KEY: "sk-openai"}.items():
         secret_manager.add(name, value)
     async with AsyncExitStack() as stack:
-        servers = [await stack.enter_async_context(replica(test_settings, own_database)) for _ in range(2)]
+        servers = [
+            await stack.enter_async_context(replica(test_settings, own_database)) for _ in range(2)
+        ]
         workers = [KeychainClient(http_client=s.client) for s in servers]
         providers = {"secret_manager": provider}
         failed = await asyncio.gather(
             *(
                 warm_execution(
-                    secrets=[*SECRETS, MISSING], auth=AUTH, execution_id=7, client=w, provider=provider,
+                    secrets=[*SECRETS, MISSING],
+                    auth=AUTH,
+                    execution_id=7,
+                    client=w,
+                    provider=provider,
                     providers=providers,
                 )
                 for w in workers
@@ -35,9 +41,14 @@ async def test_two_workers_warming_one_execution_make_one_call_per_secret(
         )
         assert [list(f) for f in failed] == [[MISSING], [MISSING]]
         assert "not found" in failed[0][MISSING]
-        assert {name: secret_manager.calls[name] for name in [*SECRETS, AUTH_KEY]} == dict.fromkeys([*SECRETS, AUTH_KEY], 1)
+        assert {name: secret_manager.calls[name] for name in [*SECRETS, AUTH_KEY]} == dict.fromkeys(
+            [*SECRETS, AUTH_KEY], 1
+        )
 
         # The steps that follow read from the cache.
-        got = [await fetch_secret(name, execution_id=7, client=workers[1], provider=provider) for name in SECRETS]
+        got = [
+            await fetch_secret(name, execution_id=7, client=workers[1], provider=provider)
+            for name in SECRETS
+        ]
         assert got == list(SECRETS.values())
         assert secret_manager.total_calls - secret_manager.calls[MISSING] == len(SECRETS) + 1
