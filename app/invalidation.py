@@ -105,7 +105,10 @@ class InvalidationListener:
                 try:
                     await self._listen_until_lost()
                     failures = 0
-                except (TimeoutError, OSError) as exc:  # asyncpg errors are OSErrors or PostgresErrors
+                except (
+                    TimeoutError,
+                    OSError,
+                ) as exc:  # asyncpg errors are OSErrors or PostgresErrors
                     log.warning(
                         "invalidation listener cannot connect (%s); retrying", type(exc).__name__
                     )

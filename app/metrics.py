@@ -61,7 +61,8 @@ class KeychainMetrics:
         )
         self.fill_leases = Counter(
             "keychain_fill_leases",
-            "Fill leases granted: one caller fetches for everyone a missing entry (fill) or a token's successor (refresh)",
+            "Fill leases granted: one caller fetches for everyone a missing entry (fill) or a "
+            "token's successor (refresh)",
             ["purpose"],
             registry=r,
         )
@@ -158,7 +159,8 @@ class KeychainMetrics:
         """Wait until no request is in flight (the server stopped taking new ones), at most
         `timeout` seconds; whether it got there."""
         deadline = time.monotonic() + timeout
-        while self.in_flight > 0 and time.monotonic() < deadline:
+        # Polled, and only at shutdown: an Event would cost every request a check on its way out.
+        while self.in_flight > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return self.in_flight == 0
 

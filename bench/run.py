@@ -643,9 +643,8 @@ def print_result(result: dict[str, object]) -> None:
     for row in result["figures"]:  # type: ignore[attr-defined]
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
         print(f"{row['figure']:<62} {row['value']:>9.2f}  {row['target']:<9} {met}")
-    print(
-        f"\n{'load case (' + str(CONNECTIONS) + ' connections)':<46} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}   req/s per round"
-    )
+    case = f"load case ({CONNECTIONS} connections)"
+    print(f"\n{case:<46} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}   req/s per round")
     for row in result["load_cases"]:  # type: ignore[attr-defined]
         print(
             f"{row['case']:<46} {row['req_per_s']:>7} {row['p50_ms']:>7.2f} {row['p99_ms']:>7.2f} {row['errors']:>6}"

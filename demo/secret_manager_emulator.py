@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import re
 from types import TracebackType
@@ -167,10 +168,8 @@ def main() -> None:
     )
     parser.add_argument("--latency", type=float, default=0.25, help="seconds before each answer")
     parser.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(parser.parse_args()))
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":
