@@ -88,13 +88,17 @@ _ERROR_STATUS: dict[type[KeychainError], int] = {
 _ERROR_HEADERS = {401: WWW_AUTHENTICATE, 503: {"Retry-After": RETRY_AFTER_SECONDS}}
 
 
-def _error_response(request: Request, exc: KeychainError) -> Response[dict[str, object]]:
+def _error_response(
+    request: Request[Any, Any, Any], exc: KeychainError
+) -> Response[dict[str, object]]:
     status = next(_ERROR_STATUS[cls] for cls in type(exc).__mro__ if cls in _ERROR_STATUS)
     headers = {**_ERROR_HEADERS.get(status, {}), **exc.headers}
     return error_response(status, str(exc), headers or None)
 
 
-def _body_too_large(request: Request, exc: HTTPException) -> Response[dict[str, object]]:
+def _body_too_large(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[dict[str, object]]:
     # Litestar's own detail is a bare "Request Entity Too Large"; say the limit and its setting.
     limit = request.route_handler.resolve_request_max_body_size()
     # A route with a limit of its own (Pub/Sub pushes) is not governed by the setting.
@@ -112,14 +116,16 @@ NO_SUCH_ROUTE = (
 )
 
 
-def _not_found(request: Request, exc: NotFoundException) -> Response[dict[str, object]]:
+def _not_found(
+    request: Request[Any, Any, Any], exc: NotFoundException
+) -> Response[dict[str, object]]:
     # Routing's own 404 says only "Not Found"; a route's (events not enabled) says why. An
     # absent entry is EntryNotFound, answered by _error_response.
     detail = exc.detail if exc.detail != HTTPStatus(HTTP_404_NOT_FOUND).phrase else NO_SUCH_ROUTE
     return error_response(HTTP_404_NOT_FOUND, detail)
 
 
-def _schema_page_not_found(response: Response) -> Response:
+def _schema_page_not_found(response: Response[Any]) -> Response[Any]:
     """Litestar answers an unknown /schema/... page with an HTML 404 of its own (not an
     exception): answered like every other 404 instead."""
     if response.status_code == HTTP_404_NOT_FOUND:
@@ -127,14 +133,16 @@ def _schema_page_not_found(response: Response) -> Response:
     return response
 
 
-def _unexpected_error(request: Request, exc: Exception) -> Response[dict[str, object]]:
+def _unexpected_error(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[dict[str, object]]:
     # A bug: log it with its traceback (messages never hold secrets: the engine hides
     # statement parameters), answer without details.
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal error; see the server log")
 
 
-class _Request(Request):
+class _Request(Request[Any, Any, Any]):
     async def json(self) -> Any:
         settings: Settings = self.app.state.runtime.settings
         problem = shape_problem(
@@ -219,11 +227,12 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     owns_database = runtime.database is None
     if owns_database:
         runtime.database = Database(make_engine(runtime.settings))
+    database = runtime.db
     # Background work that lives as long as the app: started here, stopped in reverse.
     tasks: list[asyncio.Task[None]] = []
     if runtime.settings.sweep_interval_seconds > 0:
         sweeping = run_sweeper(
-            runtime.database,
+            database,
             runtime.table,
             runtime.settings.sweep_interval_seconds,
             runtime.settings.sweep_batch_size,
@@ -237,7 +246,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     listen_url = (
         direct_database_url(runtime.settings)
         if runtime.settings.direct_database_url
-        else runtime.database.engine.url
+        else database.engine.url
     )
     listener = InvalidationListener(
         listen_url, channel_name(runtime.settings.db_schema), process.on_invalidation
@@ -247,7 +256,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         tier.listener = listener
     tasks.append(asyncio.create_task(listener.run(), name="keychain-invalidation-listener"))
     counting = run_hit_flusher(
-        process.hits, runtime.database, runtime.table, runtime.settings.hit_flush_seconds
+        process.hits, database, runtime.table, runtime.settings.hit_flush_seconds
     )
     tasks.append(asyncio.create_task(counting, name="keychain-hit-flusher"))
     if process.read_audit is not None:
@@ -271,7 +280,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if owns_database:
-            await runtime.database.dispose()
+            await database.dispose()
             runtime.database = None
 
 

@@ -12,16 +12,19 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Receive, Scope, Send
 
 from app.auth import Principal
 from app.errors import InvalidEntry
 from app.keychain.paths import cache_key_sent
 from app.response_status import StatusRecorder
+
+if TYPE_CHECKING:
+    from litestar.handlers import HTTPRouteHandler
 
 audit_log = logging.getLogger("keychain.audit")
 
@@ -143,12 +146,14 @@ class AuditMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        # `scopes` above: only HTTP requests come here.
+        scope = cast("HTTPScope", scope)
         recorder = StatusRecorder(send)
         try:
             await next_app(scope, receive, recorder)
         finally:
             status = recorder.status
-            handler = scope["route_handler"]
+            handler = cast("HTTPRouteHandler", scope["route_handler"])
             denied = status in (401, 403)
             if handler.opt.get("audit") or denied:
                 state = scope.get("state") or {}

@@ -203,7 +203,7 @@ class TokenTable:
                 raise ConfigurationError(
                     f"{where} ({name}): role must be one of {', '.join(ROLES)}"
                 )
-            parsed.append((name, role, _check_token(token, f"{where} ({name})")))  # type: ignore[arg-type]
+            parsed.append((name, role, _check_token(token, f"{where} ({name})")))
         grants = _parse_limits(limits, {name for name, _, _ in parsed})
         return cls(
             [

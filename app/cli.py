@@ -9,7 +9,7 @@ import errno
 import signal
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -402,13 +402,14 @@ def _parser() -> argparse.ArgumentParser:
         name: str, summary: str, description: str, under: Any = commands
     ) -> argparse.ArgumentParser:
         """A subcommand (of `under`: the top level's, or a command's own subcommands)."""
-        return under.add_parser(
+        parser: argparse.ArgumentParser = under.add_parser(
             name,
             help=summary,
             description=textwrap.fill(description, 88),
             epilog=EPILOG,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        return parser
 
     serve_cmd = command(
         "serve",
@@ -606,9 +607,10 @@ def _tokens_new(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
     except (ConfigurationError, InvalidEntry, ExecutionEnded, FeatureDisabled) as exc:
         return _fail(args.command, str(exc), EXIT_FAILED)
+    return code
 
 
 def _configured(
@@ -634,7 +636,7 @@ def _configured(
 
 
 def _on_existing_database(
-    run: Callable[[Settings, argparse.Namespace], Awaitable[int]],
+    run: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]],
 ) -> Callable[[argparse.Namespace], int]:
     """A command on data that already exists. With no KEYCHAIN_DATABASE_URL, it never starts an
     embedded PostgreSQL where there is none: that made a new, empty one, and the command then

@@ -120,12 +120,13 @@ def bound_data(entry: Mapping[str, Any]) -> bytes:
     have no write_id and are bound to their cache key alone until `keychain rotate-keys`
     re-seals them.
     """
+    cache_key: str = entry["cache_key"]
     if entry["write_id"] is None:
-        return entry["cache_key"].encode()
+        return cache_key.encode()
     return msgspec.json.encode(
         [
             BINDING_VERSION,
-            entry["cache_key"],
+            cache_key,
             bytes(entry["write_id"]).hex(),
             entry["credential_name"],
             entry["scope_type"],

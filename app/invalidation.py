@@ -55,7 +55,9 @@ def encode(message: Invalidation) -> str:
 def key_messages(keys: list[str]) -> list[Invalidation]:
     """Invalidations for `keys`, as few as fit the payload limit (a key is at most 512
     characters, so each message holds at least a dozen)."""
-    messages, batch, size = [], [], 0
+    messages: list[Invalidation] = []
+    batch: list[str] = []
+    size = 0
     for key in keys:
         cost = len(msgspec.json.encode(key)) + 1
         if batch and size + cost > MAX_PAYLOAD_BYTES:
@@ -139,6 +141,7 @@ class InvalidationListener:
     async def _listen_until_lost(self) -> None:
         async with self._engine.connect() as conn:
             raw = (await conn.get_raw_connection()).driver_connection
+            assert raw is not None  # an open connection always has its asyncpg connection
             lost = asyncio.Event()
             raw.add_termination_listener(lambda _conn: lost.set())
             await raw.add_listener(self._channel, self._deliver)

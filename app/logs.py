@@ -37,7 +37,7 @@ _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 def _stamp_request_id(base: Any) -> Any:
     def make_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        record = base(*args, **kwargs)
+        record: logging.LogRecord = base(*args, **kwargs)
         rid = request_id.get()
         if rid is not None:
             record.request_id = rid

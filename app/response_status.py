@@ -5,11 +5,11 @@ Plain ASGI: app.metrics uses it and must stay free of the web framework.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
+# Any: the framework's `send` takes its own typed messages, a plain ASGI server's take dicts.
+Send = Callable[[Any], Awaitable[None]]
 
 
 class StatusRecorder:
@@ -19,7 +19,7 @@ class StatusRecorder:
         self._send = send
         self.status = 500
 
-    async def __call__(self, message: Message) -> None:
+    async def __call__(self, message: Any) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         await self._send(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
@@ -33,6 +34,13 @@ class Runtime:
     database: Database | None = None
 
     @property
+    def db(self) -> Database:
+        """The database, once the lifespan (or a test) has set it."""
+        if self.database is None:
+            raise RuntimeError("the database is used before the app's lifespan connected it")
+        return self.database
+
+    @property
     def metrics(self) -> KeychainMetrics:
         return self.process.metrics
 
@@ -43,7 +51,8 @@ class Runtime:
 
 
 def runtime_of(state: State) -> Runtime:
-    return state.runtime
+    runtime: Runtime = state.runtime
+    return runtime
 
 
 async def provide_keychain_service(state: State) -> AsyncIterator[KeychainService]:
@@ -51,7 +60,7 @@ async def provide_keychain_service(state: State) -> AsyncIterator[KeychainServic
     back on error, begun only if the request reads or writes the database. One dependency, not
     a transaction and a service on it: each dependency resolved costs a hit about 6 us."""
     runtime = runtime_of(state)
-    transaction = LazyTransaction(runtime.database)
+    transaction = LazyTransaction(runtime.db)
     try:
         yield runtime.keychain_service(transaction)
     except BaseException as error:
@@ -60,6 +69,7 @@ async def provide_keychain_service(state: State) -> AsyncIterator[KeychainServic
     await transaction.finish(None)
 
 
-def caller_of(request: Request) -> Principal:
+def caller_of(request: Request[Any, Any, Any]) -> Principal:
     """The principal RequireRole authenticated."""
-    return request.scope["state"]["principal"]
+    principal: Principal = request.scope["state"]["principal"]
+    return principal

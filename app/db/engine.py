@@ -65,7 +65,7 @@ def start_embedded_postgres(settings: Settings) -> str:
         with warnings.catch_warnings():
             # platformdirs complains about XDG_RUNTIME_DIR, which pgserver does not need.
             warnings.simplefilter("ignore")
-            import pgserver
+            from pgserver.postgres_server import get_server
     except ImportError as exc:  # the container image ships without the [local] extra
         raise RuntimeError(
             "KEYCHAIN_DATABASE_URL is not set and the embedded PostgreSQL (pip extra 'local') "
@@ -73,7 +73,7 @@ def start_embedded_postgres(settings: Settings) -> str:
         ) from exc
     pgdata = embedded_pgdata(settings)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     # pgserver stops PostgreSQL when the last process using it exits; keep a reference.
     _embedded_servers.append(server)
     log.info("using the embedded PostgreSQL in %s", pgdata)
@@ -153,7 +153,7 @@ def unavailable_reason(exc: BaseException) -> str | None:
         exc.connection_invalidated
         or sqlstate.startswith(_UNREACHABLE_SQLSTATE_PREFIXES)
         or isinstance(exc.orig, OSError)
-        or isinstance(exc.orig.__cause__, OSError)
+        or isinstance(getattr(exc.orig, "__cause__", None), OSError)
     ):
         return UNREACHABLE
     return None

@@ -9,7 +9,7 @@ would be no better the next time); 2xx only once the drop has committed.
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from litestar import Controller, Request, post
@@ -76,7 +76,7 @@ class SecretManagerEventController(Controller):
         },
     )
     async def secret_manager_event(
-        self, request: Request, service: NamedDependency[KeychainService]
+        self, request: Request[Any, Any, Any], service: NamedDependency[KeychainService]
     ) -> PushOutcome:
         # Each step says in the audit event what it decided; whether that committed is the
         # event's outcome (ok, failed, denied) and status.

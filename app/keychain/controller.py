@@ -15,7 +15,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
 from litestar.serialization import encode_json
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPResponseStartEvent, Receive, Scope, Send
 
 from app.audit import add_audit_details
 from app.auth import RequireRole
@@ -81,7 +81,9 @@ _JSON_KINDS = {
 }
 
 
-def json_object_body(struct: type[msgspec.Struct]) -> Callable[[Request], Awaitable[None]]:
+def json_object_body(
+    struct: type[msgspec.Struct],
+) -> Callable[[Request[Any, Any, Any]], Awaitable[None]]:
     """A before_request hook for a handler whose body is `struct`.
 
     Litestar's own words for an empty body, or one that is not an object, are about its
@@ -92,7 +94,7 @@ def json_object_body(struct: type[msgspec.Struct]) -> Callable[[Request], Awaita
     )
     expected = f"send a JSON object with {required}"
 
-    async def check(request: Request) -> None:
+    async def check(request: Request[Any, Any, Any]) -> None:
         body = (await request.body()).lstrip()
         if not body:
             raise ClientException(f"request body is empty; {expected}")
@@ -132,7 +134,7 @@ class ServeHitsFromMemory(ASGIMiddleware):
             cache_key = cache_key_sent(scope)
         except InvalidEntry:
             cache_key = ""
-        service = runtime.keychain_service(LazyTransaction(runtime.database))
+        service = runtime.keychain_service(LazyTransaction(runtime.db))
         coordinated = b"fill_wait=" in scope["query_string"]
         entry = (
             service.get_from_memory(cache_key, scope["state"]["principal"], coordinated)
@@ -143,10 +145,13 @@ class ServeHitsFromMemory(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         body = encode_json(entry)
-        await send(
-            {"type": "http.response.start", "status": 200, "headers": _json_headers(len(body))}
-        )
-        await send({"type": "http.response.body", "body": body})
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": _json_headers(len(body)),
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _json_headers(length: int) -> list[tuple[bytes, bytes]]:
@@ -167,7 +172,7 @@ class AuthCacheController(_ApiController):
     )
     async def get_entry(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         service: Service,
         cache_key: CacheKeyPath,
         fill_wait: Annotated[
@@ -194,7 +199,7 @@ class AuthCacheController(_ApiController):
     )
     async def put_entry(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         service: Service,
         cache_key: CacheKeyPath,
         data: Annotated[EntryPut, Body(examples=[PUT_EXAMPLE])],
@@ -212,7 +217,7 @@ class AuthCacheController(_ApiController):
         responses=error_responses(401, 403, 404, 503),
     )
     async def delete_entry(
-        self, request: Request, service: Service, cache_key: CacheKeyPath
+        self, request: Request[Any, Any, Any], service: Service, cache_key: CacheKeyPath
     ) -> None:
         await service.delete(cache_key_sent(request.scope), caller_of(request))
 
@@ -285,7 +290,7 @@ class FillLeaseController(_ApiController):
     )
     async def release_fill_lease(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         service: Service,
         cache_key: CacheKeyPath,
         fill_lease: Annotated[str, HeaderParameter(name=FILL_LEASE_HEADER, max_length=64)],
@@ -346,7 +351,10 @@ class ExecutionTokenController(_ApiController):
         },
     )
     async def mint_execution_token(
-        self, request: Request, service: Service, data: Annotated[ExecutionTokenRequest, Body()]
+        self,
+        request: Request[Any, Any, Any],
+        service: Service,
+        data: Annotated[ExecutionTokenRequest, Body()],
     ) -> ExecutionToken:
         return await service.mint_execution_token(caller_of(request), data)
 
@@ -369,7 +377,7 @@ class CredentialController(_ApiController):
     )
     async def purge_credential(
         self,
-        request: Request,
+        request: Request[Any, Any, Any],
         service: Service,
         credential_name: Annotated[str, QueryParameter(min_length=1, max_length=512)],
         scope_type: Annotated[EntryScopeType | None, QueryParameter()] = None,

@@ -21,31 +21,41 @@ from app.keychain.repository import KeychainRepository, PendingHits
 log = logging.getLogger(__name__)
 
 
+class _Counted:
+    """One key's hits since the last flush: updated in place on every hit."""
+
+    __slots__ = ("count", "last")
+
+    def __init__(self, count: int, last: datetime) -> None:
+        self.count = count
+        self.last = last
+
+
 class HitCounter:
     def __init__(self) -> None:
-        self._pending: dict[tuple[str, bytes | None], list] = {}
+        self._pending: dict[tuple[str, bytes | None], _Counted] = {}
 
     def hit(self, cache_key: str, write_id: bytes | None, at: datetime) -> None:
         counted = self._pending.get((cache_key, write_id))
         if counted is None:
-            self._pending[(cache_key, write_id)] = [1, at]
+            self._pending[(cache_key, write_id)] = _Counted(1, at)
         else:
-            counted[0] += 1
-            counted[1] = max(counted[1], at)
+            counted.count += 1
+            counted.last = max(counted.last, at)
 
     def pending(self, cache_key: str, write_id: bytes | None) -> int:
         counted = self._pending.get((cache_key, write_id))
-        return 0 if counted is None else counted[0]
+        return 0 if counted is None else counted.count
 
     def take(self) -> PendingHits:
         pending, self._pending = self._pending, {}
-        return {key: (count, at) for key, (count, at) in pending.items()}
+        return {key: (counted.count, counted.last) for key, counted in pending.items()}
 
     def give_back(self, hits: PendingHits) -> None:
         for (cache_key, write_id), (count, at) in hits.items():
-            counted = self._pending.setdefault((cache_key, write_id), [0, at])
-            counted[0] += count
-            counted[1] = max(counted[1], at)
+            counted = self._pending.setdefault((cache_key, write_id), _Counted(0, at))
+            counted.count += count
+            counted.last = max(counted.last, at)
 
 
 async def flush_hits(counter: HitCounter, database: Database, table: Table) -> int:

@@ -37,7 +37,7 @@ class SystemController(Controller):
     async def ready(self, state: State) -> Response[dict[str, str]]:
         runtime = runtime_of(state)
         try:
-            async with runtime.database.transaction() as conn:
+            async with runtime.db.transaction() as conn:
                 await runtime.keychain_service(conn).check_ready()
         except DatabaseUnavailable as exc:
             return Response(
@@ -54,7 +54,7 @@ class SystemController(Controller):
         runtime = runtime_of(state)
         live = None
         try:
-            async with runtime.database.transaction() as conn:
+            async with runtime.db.transaction() as conn:
                 live = await runtime.keychain_service(conn).live_entries_by_scope()
         except DatabaseUnavailable as exc:
             log.warning("metrics: entries not counted: %s", exc)
