@@ -78,6 +78,8 @@ def build_metadata(schema: str) -> tuple[MetaData, Table]:
         Index(None, "expires_at"),
         Index(None, "execution_id"),
         Index(None, "parent_execution_id"),
+        # Purges and Secret Manager events match names exactly and by prefix (LIKE 'p%').
+        Index(None, "credential_name", postgresql_ops={"credential_name": "text_pattern_ops"}),
     )
     Table(
         ENDED_EXECUTION_TABLE,

@@ -82,6 +82,7 @@ def test_upgrade_matches_the_tables_and_downgrade_removes_them(make_empty_databa
             "keychain_scope_type_check",
         ],
         "indexes": [
+            "ix_keychain_credential_name",
             "ix_keychain_execution_id",
             "ix_keychain_expires_at",
             "ix_keychain_parent_execution_id",
