@@ -316,6 +316,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             log_reads=settings.log_reads,
             fills=FillWaits.configured(settings),
         ),
+        push_verifier=make_push_verifier(settings),
         database=database,
     )
     return Litestar(
@@ -349,7 +350,7 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             DefineMiddleware(RequestMetricsMiddleware, metrics=runtime.metrics),
             AuditMiddleware(),
         ],
-        state=State({"runtime": runtime, "push_verifier": make_push_verifier(settings)}),
+        state=State({"runtime": runtime}),
         logging_config=None,  # app.logs configures logging once per process
         request_max_body_size=settings.max_body_bytes,
         request_class=_Request,

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.auth import Principal, TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database, LazyTransaction
+from app.events.oidc import PushVerifier
 from app.keychain.repository import KeychainRepository
 from app.keychain.service import EntryLimits, KeychainService, ProcessState
 from app.metrics import KeychainMetrics
@@ -30,6 +31,8 @@ class Runtime:
     # The metrics (per app, not the process-global registry: each create_app() and each test
     # counts alone), the read audit, the memory tier and what else requests share.
     process: ProcessState
+    # Checks Pub/Sub pushes' OIDC tokens; None while Secret Manager events are off.
+    push_verifier: PushVerifier | None
     # Set by the lifespan (or injected by tests) before the first request.
     database: Database | None = None
 

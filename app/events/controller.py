@@ -19,11 +19,10 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from app.audit import add_audit_details
 from app.errors import InvalidPush, Unauthenticated, VerificationUnavailable
-from app.events.oidc import PushVerifier
 from app.events.secret_manager import Drop, PushBody, interpret
 from app.keychain.service import KeychainService
 from app.openapi import ErrorBody, error_responses
-from app.runtime import provide_keychain_service
+from app.runtime import provide_keychain_service, runtime_of
 
 # Secret Manager's messages are a few KiB; a Secret with every label, annotation and alias it
 # allows is about 40 KiB as JSON, under 60 once base64-encoded. Twice that, and no more.
@@ -81,7 +80,7 @@ class SecretManagerEventController(Controller):
         # Each step says in the audit event what it decided; whether that committed is the
         # event's outcome (ok, failed, denied) and status.
         audit = functools.partial(add_audit_details, request.scope)
-        verifier: PushVerifier | None = request.app.state.push_verifier
+        verifier = runtime_of(request.app.state).push_verifier
         if verifier is None:
             audit(result="refused", reason="not enabled")
             # As if the route were not there (a 5xx would page someone for a setting), but saying why.
