@@ -26,7 +26,7 @@ from litestar import Litestar, get, post
 from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 
-from demo.local_server import LocalKeychainServer
+from tests.local_server import LocalKeychainServer
 
 DATABASE_URL_ENV = "BENCH_FLOOR_DATABASE_URL"
 SCHEMA = "keychain_bench_floor"

@@ -53,7 +53,7 @@ from bench.load import (
     request_each_key,
 )
 from bench.uvicorn_server import UvicornKeychainServer
-from demo.local_server import LocalKeychainServer
+from tests.local_server import LocalKeychainServer
 from workerlib import KeychainClient, fetch_secret
 from workerlib.client import entry_path
 

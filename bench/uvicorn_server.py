@@ -14,7 +14,7 @@ import sys
 
 import uvicorn
 
-from demo.local_server import LocalKeychainServer
+from tests.local_server import LocalKeychainServer
 
 
 class UvicornKeychainServer(LocalKeychainServer):

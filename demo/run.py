@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from demo.local_server import LocalKeychainServer, run_with_temporary_server
-from demo.secret_manager_emulator import SecretManagerEmulator
+from tests.local_server import LocalKeychainServer, run_with_temporary_server
+from tests.secret_manager_emulator import SecretManagerEmulator
 from workerlib import GoogleSecretManagerProvider, KeychainClient, fetch_secret
 
 SECRET_NAME = "projects/demo-project/secrets/openai-api-key/versions/1"

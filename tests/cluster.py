@@ -20,8 +20,8 @@ from types import TracebackType
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from demo.local_server import LocalKeychainServer
 from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.local_server import LocalKeychainServer
 
 # For clients of the proxy: one request per connection, so that requests are spread.
 NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)

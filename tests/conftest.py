@@ -32,7 +32,7 @@ from app.cli import migrate
 from app.db.engine import Database, async_url, make_engine
 from app.db.tables import build_metadata
 from app.settings import Settings, load_settings
-from demo.local_server import free_port
+from tests.local_server import free_port
 from tests.pubsub import serving_jwks
 
 TEST_KEY_ID = "test-k1"

@@ -23,9 +23,9 @@ from app.invalidation import (
 )
 from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
-from demo.local_server import LocalKeychainServer
 from tests import cluster
 from tests.conftest import TEST_SIGNING_KEYS
+from tests.local_server import LocalKeychainServer
 
 ISSUER = "engine-issuer-token-0123456789"
 CHANNEL = channel_name("noetl")

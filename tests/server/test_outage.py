@@ -17,8 +17,8 @@ import pgserver
 import psutil
 import pytest
 
-from demo.local_server import LocalKeychainServer
 from tests.cluster import replicas
+from tests.local_server import LocalKeychainServer
 from workerlib import KeychainClient, fetch_secret
 
 BODY = {"token_data": {"value": "sk-outage"}, "credential_type": "bearer"}

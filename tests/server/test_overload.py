@@ -12,8 +12,8 @@ import time
 import asyncpg
 import httpx
 
-from demo.local_server import LocalKeychainServer
 from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.local_server import LocalKeychainServer
 from tests.server.replicas import read_into_memory, replica
 
 BODY = {"token_data": {"value": "sk-busy"}, "credential_type": "bearer"}

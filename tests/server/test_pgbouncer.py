@@ -19,9 +19,9 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from demo.local_server import LocalKeychainServer, free_port
 from tests.cluster import replicas
 from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.local_server import LocalKeychainServer, free_port
 
 BODY = {"token_data": {"value": "sk-pooled"}, "credential_type": "bearer"}
 

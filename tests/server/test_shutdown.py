@@ -10,8 +10,8 @@ import asyncpg
 import httpx
 import pytest
 
-from demo.local_server import LocalKeychainServer
 from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.local_server import LocalKeychainServer
 
 BODY = {"token_data": {"value": "sk-drained"}, "credential_type": "bearer"}
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, free_port
+from tests.secret_manager_emulator import SecretManagerEmulator
 from workerlib import client as client_module
 from workerlib import providers as providers_module
 from workerlib._loops import PerLoop

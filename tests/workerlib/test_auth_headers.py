@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from demo.secret_manager_emulator import SecretManagerEmulator
+from tests.secret_manager_emulator import SecretManagerEmulator
 from tests.workerlib.helpers import (
     IDP_URL,
     cached_oauth_tokens,

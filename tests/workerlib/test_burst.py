@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from demo.local_server import LocalKeychainServer
-from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.cluster import replicas
 from tests.json_http import serving_json
+from tests.local_server import LocalKeychainServer
+from tests.secret_manager_emulator import SecretManagerEmulator
 
 WORKERS = 8
 PROVIDER_LATENCY_S = 0.25

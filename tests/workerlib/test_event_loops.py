@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 import pytest
 
-from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.json_http import serving_json
+from tests.secret_manager_emulator import SecretManagerEmulator
 from workerlib import GoogleSecretManagerProvider
 from workerlib import client as client_module
 

@@ -8,8 +8,8 @@ import logging
 import pytest
 import pytest_asyncio
 
-from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, asgi_client
+from tests.secret_manager_emulator import SecretManagerEmulator
 from workerlib import (
     Forbidden,
     GoogleSecretManagerProvider,

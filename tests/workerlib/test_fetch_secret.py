@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, asgi_client
+from tests.secret_manager_emulator import SecretManagerEmulator
 from tests.workerlib.helpers import (
     CACHE_FAILURE_IDS,
     CACHE_FAILURES,

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar import Litestar
 
 from app.settings import Settings
-from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, asgi_client
 from tests.pubsub import PATH, pubsub_settings, push_body, signed
+from tests.secret_manager_emulator import SecretManagerEmulator
 from tests.server.replicas import replica
 from tests.workerlib.helpers import MISS, ScriptedServer, assert_logged_degraded, entry_body
 from workerlib import (

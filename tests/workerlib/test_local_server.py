@@ -1,4 +1,4 @@
-"""demo/local_server.py, which the demo and the benchmark run: a real `keychain serve` on an
+"""tests/local_server.py, which the demo and the benchmark run: a real `keychain serve` on an
 embedded PostgreSQL. Stopping it must leave no PostgreSQL running in its data directory."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from demo.local_server import LocalKeychainServer
+from tests.local_server import LocalKeychainServer
 
 pytest.importorskip("pgserver")
 psutil = pytest.importorskip("psutil")  # pgserver's own dependency

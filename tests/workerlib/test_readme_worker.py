@@ -9,8 +9,8 @@ import re
 import sys
 from pathlib import Path
 
-from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.cluster import replicas
+from tests.secret_manager_emulator import SecretManagerEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 

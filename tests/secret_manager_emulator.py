@@ -7,7 +7,7 @@ most recently created (highest) version and the response names the version serve
 version answers FAILED_PRECONDITION (`latest` too when it is the disabled one: the service does
 not fall back to an older version), and unknown names answer NOT_FOUND.
 
-    python -m demo.secret_manager_emulator --secret projects/1/secrets/x/versions/1=hello
+    python -m tests.secret_manager_emulator --secret projects/1/secrets/x/versions/1=hello
 """
 
 from __future__ import annotations
