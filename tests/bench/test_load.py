@@ -89,5 +89,5 @@ async def test_a_fixed_path_and_an_early_stop(
 
 
 def test_only_127_0_0_1_is_loaded() -> None:
-    with pytest.raises(ValueError, match="127.0.0.1 only"):
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1 only"):
         Load("http://example.com", "/ping")

@@ -122,9 +122,9 @@ async def test_each_event_drops_what_it_makes_stale_on_every_replica_and_nothing
             )
             assert answer.json()["dropped"] == len(dropped), event_type
 
-            async def forgotten_everywhere() -> bool:
+            async def forgotten_everywhere(keys=dropped) -> bool:
                 return all(
-                    server.process.tier.get(key) is None for server in replicas for key in dropped
+                    server.process.tier.get(key) is None for server in replicas for key in keys
                 )
 
             await until(forgotten_everywhere)
@@ -154,7 +154,8 @@ async def test_each_event_drops_what_it_makes_stale_on_every_replica_and_nothing
         delays[min(len(delays) - 1, round(0.99 * (len(delays) - 1)))],
     )
     print(
-        f"\npush -> dropped on all 3 replicas over {len(delays)} events: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+        f"\npush -> dropped on all 3 replicas over {len(delays)} events: "
+        f"p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
     )
     assert p99 < 1.0
 

@@ -47,10 +47,13 @@ async def _wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
 async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_exits_0(
     server, own_database
 ):
-    with httpx.Client(base_url=server.url) as http:
+    async with httpx.AsyncClient(base_url=server.url) as http:
         for key in ("held:global", "counted:global", "fresh:global"):
-            assert http.post(f"/api/auth-cache/{key}", json=BODY).status_code == 200
-        hits = [http.get("/api/auth-cache/counted:global").json()["access_count"] for _ in range(3)]
+            assert (await http.post(f"/api/auth-cache/{key}", json=BODY)).status_code == 200
+        hits = [
+            (await http.get("/api/auth-cache/counted:global")).json()["access_count"]
+            for _ in range(3)
+        ]
     assert hits == [1, 2, 3]
 
     conn = await asyncpg.connect(_dsn(own_database))
@@ -86,7 +89,8 @@ async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_ex
         await asyncio.sleep(0.5)
         assert server._process.poll() is None  # still draining
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{server.url}/health")  # but no longer taking new requests
+            async with httpx.AsyncClient() as probe:
+                await probe.get(f"{server.url}/health")  # but no longer taking new requests
         await locker.rollback()
         for thread in in_flight:
             await asyncio.to_thread(thread.join, 10)
