@@ -12,8 +12,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The dev lock (every extra of both distributions: the tests, lint and bench), hash-checked, then
-# both distributions editable on top of it with no second resolution; pip check fails on a lock
-# that no longer covers pyproject.toml (run `make lock`).
+# both distributions editable on top of it with no second resolution. A lock that no longer
+# matches a pyproject.toml (run `make lock`) fails pip check here for the distributions' own
+# dependencies, and tests/test_distributions.py for every extra.
 $(INSTALLED): requirements/dev.txt pyproject.toml workerlib/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt

@@ -9,12 +9,15 @@ import re
 import secrets
 import subprocess
 import sys
+import tomllib
 import venv
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
 
 from demo.local_server import LocalKeychainServer
 from tests.conftest import TEST_KEY, TEST_KEY_ID
@@ -83,9 +86,32 @@ def _fresh_venv(path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return lambda *args: _run(sys.executable, "-m", "pip", "--python", python, *args)
 
 
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _installed(pip: Callable[..., subprocess.CompletedProcess[str]]) -> set[str]:
-    listed = json.loads(pip("list", "--format=json").stdout)
-    return {re.sub(r"[-_.]+", "-", p["name"]).lower() for p in listed}
+    return {_normal(p["name"]) for p in json.loads(pip("list", "--format=json").stdout)}
+
+
+@pytest.mark.parametrize(
+    ("lock", "projects", "extras"),
+    [("server.txt", [REPO], False), ("dev.txt", [REPO, REPO / "workerlib"], True)],
+)
+def test_each_lock_pins_every_requirement_within_its_range(lock, projects, extras):
+    """A dependency changed in a pyproject.toml without `make lock` fails here, not later in
+    a hash-checked install or the image build."""
+    text = (REPO / "requirements" / lock).read_text()
+    pins = {_normal(n): v for n, v in re.findall(r"^([A-Za-z0-9][\w.-]*)==([^\s;]+)", text, re.M)}
+    stale = []
+    for project in projects:
+        metadata = tomllib.loads((project / "pyproject.toml").read_text())["project"]
+        groups = metadata.get("optional-dependencies", {}).values() if extras else []
+        for requirement in map(Requirement, [*metadata["dependencies"], *chain(*groups)]):
+            pinned = pins.get(_normal(requirement.name))
+            if pinned is None or not requirement.specifier.contains(pinned, prereleases=True):
+                stale.append(f"{requirement} (locked: {pinned})")
+    assert not stale, f"requirements/{lock} is stale, run `make lock`: {stale}"
 
 
 def test_workerlib_installs_alone_and_talks_to_a_server(wheels, tmp_path, own_database):
