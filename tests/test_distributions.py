@@ -19,8 +19,8 @@ import httpx
 import pytest
 from packaging.requirements import Requirement
 
-from demo.local_server import LocalKeychainServer
 from tests.conftest import TEST_KEY, TEST_KEY_ID
+from tests.local_server import LocalKeychainServer
 
 REPO = Path(__file__).resolve().parent.parent
 # What a worker must never carry: the server and what only the server needs.
