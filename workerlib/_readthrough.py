@@ -76,14 +76,14 @@ async def read_through(
             cache_failed(log, uncached, exc, context)
             found, cacheable = None, False
         if isinstance(found, Entry):
-            value = cached(found)
-            if value is not None:
+            hit = cached(found)
+            if hit is not None:
                 if found.refresh_lease is not None:
                     # This reader was chosen to refresh it: the current value now, its successor
                     # fetched and written behind it, so that no reader waits for the provider.
                     refresh = FillLease(cache_key=key, lease_id=found.refresh_lease)
                     _start_refresh(keychain, refresh, produce, log, context, unstored)
-                return value
+                return hit
         elif isinstance(found, FillLease):
             lease = found
 

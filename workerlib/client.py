@@ -129,7 +129,7 @@ def _checked_base_url(url: str, setting: str) -> str:
     url = url.strip().rstrip("/")
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a port that is not a number
+        _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -290,6 +290,7 @@ class KeychainClient:
         # back to the provider after ~1.5 s instead of ~15 s. Reads keep the full timeout.
         # Given with every request, so they hold for an injected http_client too.
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
+        self._read_timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -363,7 +364,7 @@ class KeychainClient:
                 "GET",
                 entry_path(cache_key),
                 params={"fill_wait": self.fill_wait},
-                read_timeout=self.fill_wait + self._timeouts.read,
+                read_timeout=self.fill_wait + self._read_timeout,
             )
         except NotFound as miss:
             lease_id = miss.headers.get(FILL_LEASE_HEADER.lower())

@@ -102,7 +102,7 @@ class GoogleSecretManagerProvider:
         from google.cloud import secretmanager_v1
 
         if self.emulator_host:
-            import grpc
+            import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
             from google.auth.credentials import AnonymousCredentials
             from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
                 SecretManagerServiceGrpcAsyncIOTransport,
@@ -110,7 +110,7 @@ class GoogleSecretManagerProvider:
 
             transport = SecretManagerServiceGrpcAsyncIOTransport(
                 channel=grpc.aio.insecure_channel(self.emulator_host),
-                credentials=AnonymousCredentials(),
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]  # google-auth has no annotations here
             )
             return secretmanager_v1.SecretManagerServiceAsyncClient(transport=transport)
         return secretmanager_v1.SecretManagerServiceAsyncClient()
