@@ -27,12 +27,14 @@ import msgspec
 from workerlib._loops import PerLoop
 from workerlib.errors import (
     BadRequest,
+    ExecutionEnded,
     Forbidden,
     InvalidKey,
     KeychainAPIError,
     KeychainConfigError,
     KeychainError,
     KeychainUnavailable,
+    NotEnabled,
     NotFound,
     RateLimited,
     Unauthorized,
@@ -73,6 +75,7 @@ _STATUS_ERRORS: dict[int, type[KeychainAPIError]] = {
     413: BadRequest,
     422: BadRequest,
     429: RateLimited,
+    501: NotEnabled,
 }
 _RETRY_STATUSES = frozenset({429, 503})
 # The request may not have reached the server, or the pooled connection died under it.
@@ -447,7 +450,9 @@ class KeychainClient:
         """A token bound to one execution (needs an issuer token): the engine asks for one as an
         execution starts, and its workers use it with `with_token()`. It reaches the execution's
         and its sub-executions' entries, global entries only for the credentials in `read` (or
-        `write`, which may also write them), and ends with the execution's cleanup."""
+        `write`, which may also write them), and ends with the execution's cleanup. Raises
+        Forbidden without an issuer token, ExecutionEnded for an execution (or parent) already
+        cleaned up, NotEnabled when the server has no signing key (KEYCHAIN_TOKEN_SIGNING_KEYS)."""
         body = ExecutionTokenRequest(
             execution_id=execution_id,
             parent_execution_id=parent_execution_id,
@@ -456,7 +461,10 @@ class KeychainClient:
             ttl_seconds=ttl_seconds,
         )
         response = await self._request(
-            "POST", "/api/execution-tokens", content=msgspec.json.encode(body)
+            "POST",
+            "/api/execution-tokens",
+            content=msgspec.json.encode(body),
+            errors={409: ExecutionEnded},
         )
         return self._decode(response, ExecutionToken)
 
@@ -495,7 +503,10 @@ class KeychainClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
+        errors: Mapping[int, type[KeychainAPIError]] | None = None,
     ) -> httpx.Response:
+        """The answer to a 2xx or 3xx; any other status raises, through `errors` (this call's own
+        meaning of a status) or else the table above."""
         url = f"{self.base_url}{path}"
         timeouts = (
             self._timeouts
@@ -548,12 +559,14 @@ class KeychainClient:
                     attempt += 1
                     continue
             detail = _detail(response)
-            if status >= 500:
+            error = (errors or {}).get(status) or _STATUS_ERRORS.get(status)
+            if error is None and status >= 500:
                 raise KeychainUnavailable(
                     f"keychain answered {status} on {method} {path}: {detail}", status_code=status
                 )
-            error = _STATUS_ERRORS.get(status, KeychainAPIError)
-            raise error(status, detail, method=method, path=path, headers=dict(response.headers))
+            raise (error or KeychainAPIError)(
+                status, detail, method=method, path=path, headers=dict(response.headers)
+            )
 
     async def _sleep(
         self, attempt: int, retry_after: float | None, method: str, path: str, reason: str

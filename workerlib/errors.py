@@ -4,14 +4,16 @@
     ├── InvalidKey                  a cache key that could not reach the server unchanged (ValueError)
     ├── KeychainConfigError         unusable client settings (ValueError)
     ├── KeychainUnavailable         no answer, or a 5xx, after the retries
-    ├── KeychainAPIError            the server refused the request (4xx)
+    ├── KeychainAPIError            the server refused the request (4xx, 501)
     │   ├── BadRequest              400, 413, 422
     │   ├── TokenRefused            401 or 403: the token, or what it may do
     │   │   ├── Unauthorized        401: missing, unknown, expired, or its execution ended
     │   │   └── Forbidden           403: its role or grants do not reach this
     │   ├── NotFound                404
-    │   ├── UnreadableEntry         409
-    │   └── RateLimited             429
+    │   ├── UnreadableEntry         409 reading an entry
+    │   ├── ExecutionEnded          409 minting a token for an execution already cleaned up
+    │   ├── RateLimited             429
+    │   └── NotEnabled              501: the server is not configured for this call
     ├── SecretError                 a provider could not read a secret
     │   └── SecretNotFound
     ├── AuthConfigError             a playbook's auth: entry is incomplete or unknown
@@ -51,7 +53,8 @@ class KeychainUnavailable(KeychainError):
 
 
 class KeychainAPIError(KeychainError):
-    """The server refused the request (4xx); `detail` is the server's own explanation."""
+    """The server refused the request (4xx, or 501 for a call it is not configured for);
+    `detail` is the server's own explanation."""
 
     def __init__(
         self,
@@ -94,8 +97,18 @@ class UnreadableEntry(KeychainAPIError):
     """409: the stored entry no longer opens with the server's keys; write it again."""
 
 
+class ExecutionEnded(KeychainAPIError):
+    """409 from mint_execution_token(): the execution (or its parent) has been cleaned up, and
+    no token is minted for it."""
+
+
 class RateLimited(KeychainAPIError):
     """429 that outlasted the retries."""
+
+
+class NotEnabled(KeychainAPIError):
+    """501: the server was not configured for this call (execution tokens need
+    KEYCHAIN_TOKEN_SIGNING_KEYS on the server). A setting to fix, not an outage: not retried."""
 
 
 class SecretError(KeychainError):
