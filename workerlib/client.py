@@ -24,7 +24,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import msgspec
 
-from workerlib._loops import PerLoop
 from workerlib.errors import (
     BadRequest,
     ExecutionEnded,
@@ -39,6 +38,7 @@ from workerlib.errors import (
     RateLimited,
     Unauthorized,
     UnreadableEntry,
+    WrongEventLoop,
 )
 from workerlib.models import (
     Deleted,
@@ -242,8 +242,31 @@ def _detail(response: httpx.Response) -> str:
     return detail
 
 
+class _LoopBinding:
+    """The event loop a pool belongs to: the first one it is used on. Shared by the copies
+    with_token() makes, as they share the pool."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise WrongEventLoop(
+                "this KeychainClient was first used on another event loop, and its connections "
+                "belong to that loop: make a KeychainClient per loop (per asyncio.run, per "
+                "thread), inside `async with KeychainClient() as keychain:`"
+            )
+
+
 class KeychainClient:
     """Async client for the Keychain HTTP API; one pooled connection set for its whole life.
+
+    Use it as `async with KeychainClient() as keychain:` (or call close()), on one event loop:
+    the first one it is used on. Another loop's call raises WrongEventLoop, as its pool cannot
+    serve there. A worker that runs each task in its own asyncio.run() makes one per task.
 
     base_url and token default to KEYCHAIN_SERVER_URL (else http://localhost:8082) and
     KEYCHAIN_API_TOKEN; either one unusable is a KeychainConfigError here, not a failure at the
@@ -303,6 +326,7 @@ class KeychainClient:
         # (up to `retries` waits of a second) before degrading; keep it above 1.
         self.max_retry_after = max_retry_after
         self._owns_http = http_client is None
+        self._binding = _LoopBinding()
         self._http = http_client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
             verify=_tls_verify(verify, environ),
@@ -326,13 +350,15 @@ class KeychainClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the pool, if this client made it (not an injected http_client, not a
+        with_token() copy's). Raises nothing."""
         if self._owns_http:
             await self._http.aclose()
 
     def with_token(self, token: str) -> KeychainClient:
-        """This client for another token (an execution's), sharing this one's pool and settings.
-
-        The pool stays this client's: close this one, not the copy."""
+        """This client for another token (an execution's), sharing this one's pool, settings and
+        event loop. The pool stays this client's: close this one, not the copy. Raises
+        KeychainConfigError for a token that is not printable ASCII."""
         other = copy.copy(self)
         other._token = _checked_token(token, "token")
         other._owns_http = False
@@ -342,7 +368,7 @@ class KeychainClient:
     # Every call below may raise, besides what its docstring names: KeychainUnavailable (no
     # answer, or a 5xx, after the retries), TokenRefused (401 Unauthorized, 403 Forbidden),
     # BadRequest (400, 413), RateLimited (429 after the retries), InvalidKey (a key that cannot
-    # be sent unchanged), and KeychainError (an answer that does not decode).
+    # be sent unchanged), KeychainError (an answer that does not decode), and WrongEventLoop.
 
     async def get(self, cache_key: str) -> Entry | None:
         """The live entry under `cache_key` (the server counts the hit), or None on a miss.
@@ -507,6 +533,7 @@ class KeychainClient:
     ) -> httpx.Response:
         """The answer to a 2xx or 3xx; any other status raises, through `errors` (this call's own
         meaning of a status) or else the table above."""
+        self._binding.check()
         url = f"{self.base_url}{path}"
         timeouts = (
             self._timeouts
@@ -598,30 +625,3 @@ class KeychainClient:
                 f"unexpected answer from the keychain server to {response.request.method} "
                 f"{response.request.url.path}: {exc}"
             ) from exc
-
-
-# Each event loop of a worker process shares one client, built from the environment on first
-# use: an httpx pool belongs to the loop it was made on. One injected with set_default_client()
-# serves every loop instead.
-_default_clients: PerLoop[KeychainClient] = PerLoop(KeychainClient, KeychainClient.close)
-_injected_client: KeychainClient | None = None
-
-
-def default_client() -> KeychainClient:
-    """The running loop's KeychainClient, built from KEYCHAIN_SERVER_URL / KEYCHAIN_API_TOKEN.
-
-    Each loop (a second asyncio.run, another thread's loop) gets its own, made once however
-    many threads ask, and closed as that loop shuts down.
-    """
-    return _injected_client or _default_clients.get()
-
-
-def set_default_client(client: KeychainClient | None) -> KeychainClient | None:
-    """Install the client that fetch_secret and CredentialCache use by default; returns the old one.
-
-    An injected client is the caller's to manage and serves every loop; None goes back to one
-    per loop from the environment.
-    """
-    global _injected_client
-    previous, _injected_client = _injected_client, client
-    return previous

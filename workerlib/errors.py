@@ -22,6 +22,11 @@
 fetch_secret, resolve_auth and CredentialCache never raise the cache's errors (KeychainUnavailable,
 KeychainAPIError): they degrade to the provider and log it. They raise the provider's and the
 playbook's (SecretError, AuthConfigError, TokenEndpointError).
+
+    WrongEventLoop (RuntimeError)   a client or provider used on another event loop than its own
+
+WrongEventLoop is a mistake in the calling code, not trouble with the cache, so it is not a
+KeychainError: nothing degrades on it, it always reaches the caller.
 """
 
 from __future__ import annotations
@@ -129,3 +134,9 @@ class AuthConfigError(KeychainError):
 
 class TokenEndpointError(KeychainError):
     """An OAuth2 token endpoint refused the request or answered something unusable."""
+
+
+class WrongEventLoop(RuntimeError):
+    """A KeychainClient or GoogleSecretManagerProvider used on an event loop other than the one
+    it was first used on: its connections belong to that loop. Make one per loop, inside
+    `async with`, so that it is closed before its loop ends."""

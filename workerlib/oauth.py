@@ -94,12 +94,16 @@ async def client_credentials_token(
     scope: str | None = None,
     audience: str | None = None,
     auth_method: str = "client_secret_basic",
-    client: KeychainClient | None = None,
+    keychain: KeychainClient,
     http_client: httpx.AsyncClient | None = None,
     token_timeout: float = 10.0,
     insecure_hosts: Collection[str] | None = None,
 ) -> str:
-    """An access token for `name`: from the cache, else from `token_url` (then cached)."""
+    """An access token for `name`: from the cache, else from `token_url` (then cached).
+
+    Raises TokenEndpointError (an endpoint that is not https, refuses, or answers without a
+    token), ValueError for an unknown auth_method, WrongEventLoop; never the cache's errors.
+    """
 
     async def secret() -> str:
         return client_secret
@@ -109,7 +113,7 @@ async def client_credentials_token(
         OAuthClient(token_url, client_id, scope, audience),
         secret,
         auth_method=auth_method,
-        client=client,
+        keychain=keychain,
         http_client=http_client,
         token_timeout=token_timeout,
         insecure_hosts=insecure_hosts,
@@ -122,7 +126,7 @@ async def cached_token(
     client_secret: Callable[[], Awaitable[str]],
     *,
     auth_method: str = "client_secret_basic",
-    client: KeychainClient | None = None,
+    keychain: KeychainClient,
     http_client: httpx.AsyncClient | None = None,
     token_timeout: float = 10.0,
     insecure_hosts: Collection[str] | None = None,
@@ -168,7 +172,7 @@ async def cached_token(
 
     return await read_through(
         ("oauth2", key),
-        client,
+        keychain,
         key,
         cached=cached,
         produce=produce,

@@ -10,14 +10,9 @@ import pytest_asyncio
 
 from demo.secret_manager_emulator import SecretManagerEmulator
 from tests.conftest import BASE_URL, asgi_client
-from workerlib import (
-    Forbidden,
-    GoogleSecretManagerProvider,
-    KeychainClient,
-    Unauthorized,
-    fetch_secret,
-)
-from workerlib.errors import ExecutionEnded, NotEnabled
+from workerlib import KeychainClient, fetch_secret
+from workerlib.errors import ExecutionEnded, Forbidden, NotEnabled, Unauthorized
+from workerlib.providers import GoogleSecretManagerProvider
 
 ENGINE_TOKEN = "engine-issuer-token-0123456789"
 NAME = "projects/123/secrets/openai-api-key/versions/1"
@@ -44,8 +39,8 @@ async def test_a_worker_with_its_executions_token_reads_through_its_own_entries(
     minted = await issuer.mint_execution_token(42)
     assert minted.execution_id == 42 and minted.token not in repr(minted)
     worker = issuer.with_token(minted.token)
-    assert await fetch_secret(NAME, execution_id=42, client=worker, provider=provider) == VALUE
-    assert await fetch_secret(NAME, execution_id=42, client=worker, provider=provider) == VALUE
+    assert await fetch_secret(NAME, execution_id=42, keychain=worker, provider=provider) == VALUE
+    assert await fetch_secret(NAME, execution_id=42, keychain=worker, provider=provider) == VALUE
     assert secret_manager.calls[NAME] == 1
     entry = await worker.get(f"{NAME}:42")
     assert entry is not None and entry.written_by == "execution:42"
@@ -59,12 +54,12 @@ async def test_another_executions_token_is_refused_and_its_step_still_gets_the_s
 ) -> None:
     secret_manager.add(NAME, VALUE)
     owner = issuer.with_token((await issuer.mint_execution_token(42)).token)
-    await fetch_secret(NAME, execution_id=42, client=owner, provider=provider)
+    await fetch_secret(NAME, execution_id=42, keychain=owner, provider=provider)
     intruder = issuer.with_token((await issuer.mint_execution_token(43)).token)
     with pytest.raises(Forbidden, match="bound to execution 43"):
         await intruder.get(f"{NAME}:42")
     # Its own execution's secret still comes through, cached under its own key.
-    assert await fetch_secret(NAME, execution_id=43, client=intruder, provider=provider) == VALUE
+    assert await fetch_secret(NAME, execution_id=43, keychain=intruder, provider=provider) == VALUE
 
 
 async def test_after_cleanup_the_token_is_dead_and_fetch_secret_degrades(
@@ -75,12 +70,14 @@ async def test_after_cleanup_the_token_is_dead_and_fetch_secret_degrades(
 ) -> None:
     secret_manager.add(NAME, VALUE)
     worker = issuer.with_token((await issuer.mint_execution_token(77)).token)
-    await fetch_secret(NAME, execution_id=77, client=worker, provider=provider)
+    await fetch_secret(NAME, execution_id=77, keychain=worker, provider=provider)
     assert await issuer.cleanup_execution(77) == 1
     with pytest.raises(Unauthorized, match="execution 77 has ended"):
         await worker.get(f"{NAME}:77")
     with caplog.at_level(logging.WARNING, logger="workerlib"):
-        assert await fetch_secret(NAME, execution_id=77, client=worker, provider=provider) == VALUE
+        assert (
+            await fetch_secret(NAME, execution_id=77, keychain=worker, provider=provider) == VALUE
+        )
     assert any(r.levelno == logging.ERROR and "degraded" in r.getMessage() for r in caplog.records)
     assert VALUE not in caplog.text
 

@@ -19,13 +19,11 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import BASE_URL, asgi_client
 from tests.workerlib.helpers import ScriptedServer, entry_body
-from workerlib import (
+from workerlib import KeychainClient
+from workerlib.errors import (
     BadRequest,
-    Entry,
-    EntryMeta,
     Forbidden,
     InvalidKey,
-    KeychainClient,
     KeychainConfigError,
     KeychainError,
     KeychainUnavailable,
@@ -34,6 +32,7 @@ from workerlib import (
     Unauthorized,
     UnreadableEntry,
 )
+from workerlib.models import Entry, EntryMeta
 
 SECRET_PATH = "projects/123/secrets/openai-api-key/versions/1"
 

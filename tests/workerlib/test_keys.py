@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import workerlib
-from workerlib import InvalidKey, compat
+from workerlib import compat
+from workerlib.errors import InvalidKey
 from workerlib.keys import cache_key
 
 
