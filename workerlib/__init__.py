@@ -2,15 +2,17 @@
 
 One way in for each job:
 
-    KeychainClient      talk to the cache: `async with KeychainClient() as keychain:` (settings
-                        from the environment), on one event loop; the others take it as keychain=
-    fetch_secret        read a secret through the cache
-    resolve_auth        turn a step's `auth:` map into headers, OAuth2 tokens included
-    warm_execution      fetch what an execution's steps will need as it starts
-    CredentialCache     the original worker interface, unchanged
-    SecretProvider      what a provider of your own implements (VersionedSecretProvider and
-                        SecretVersion to say which version an alias served)
-    errors              what is raised: KeychainError and its tree, drawn at the top
+    KeychainClient           talk to the cache: `async with KeychainClient() as keychain:`
+                             (settings from the environment), on one event loop; the calls
+                             below take it as keychain=
+    fetch_secret             read a secret through the cache
+    resolve_auth             turn a step's `auth:` map into headers, OAuth2 tokens included
+    warm_execution           fetch what an execution's steps will need as it starts
+    CredentialCache          the original worker interface, unchanged
+    SecretProvider           what a provider of your own implements: `async def access(name)`
+    VersionedSecretProvider  one that can also say which version an alias served
+    SecretVersion            what such a provider answers: the value and the version's name
+    errors                   what is raised: KeychainError and its tree, drawn at the top
 
 What KeychainClient answers (Entry, EntryMeta, ...) is in workerlib.models; the providers
 workerlib brings (Secret Manager, environment, files) are in workerlib.providers.

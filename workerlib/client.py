@@ -402,7 +402,8 @@ class KeychainClient:
 
     async def release_fill_lease(self, lease: FillLease) -> bool:
         """Give up a lease whose fetch failed, so that a waiting caller takes it over now rather
-        than when it runs out. False when it had already ended."""
+        than when it runs out. True when released, False when it had already ended; raises
+        only what every call raises (below)."""
         try:
             await self._request(
                 "DELETE",
@@ -460,7 +461,7 @@ class KeychainClient:
 
     async def cleanup_execution(self, execution_id: int) -> int:
         """Drop an execution's entries and its sub-executions', and end its execution tokens;
-        returns how many entries went. Needs an issuer (or admin) token: Forbidden otherwise."""
+        returns how many entries went. Raises Forbidden without an issuer (or admin) token."""
         response = await self._request("DELETE", f"/api/executions/{int(execution_id)}/auth-cache")
         return self._decode(response, Deleted).deleted
 
@@ -504,8 +505,8 @@ class KeychainClient:
         limit: int = 100,
         offset: int = 0,
     ) -> EntryPage:
-        """A page of entries' metadata, never their data; listing does not count as a hit. Needs
-        an admin token: Forbidden otherwise."""
+        """A page of entries' metadata, never their data; listing does not count as a hit.
+        Raises Forbidden without an admin token."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if execution_id is not None:
             params["execution_id"] = execution_id

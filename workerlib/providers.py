@@ -186,9 +186,11 @@ class EnvProvider:
         self._environ = environ
 
     def variable(self, name: str) -> str:
+        """The variable that holds secret `name`."""
         return self.PREFIX + re.sub(r"[^A-Za-z0-9]", "_", secret_id(name)).upper()
 
     async def access(self, name: str) -> str:
+        """The variable's value; raises SecretNotFound when it is not set."""
         environ = os.environ if self._environ is None else self._environ
         variable = self.variable(name)
         value = environ.get(variable)
@@ -210,6 +212,8 @@ class FileProvider:
         self.directory = Path(directory)
 
     def path(self, name: str) -> Path:
+        """The file that holds secret `name`; raises SecretNotFound for a name that is not a
+        valid secret id."""
         sid = secret_id(name)
         if not _SECRET_ID.match(sid):
             # Secret ids are letters, digits, '-' and '_'; anything else could escape the directory.
@@ -228,6 +232,8 @@ class FileProvider:
         return resolved.read_text(encoding="utf-8")
 
     async def access(self, name: str) -> str:
+        """The file's text, less a trailing newline. Raises SecretNotFound (no such file),
+        SecretError (a link out of the directory, or a file that cannot be read as UTF-8)."""
         try:
             text = await asyncio.to_thread(self._read, name)
         except FileNotFoundError as exc:
