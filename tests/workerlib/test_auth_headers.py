@@ -199,7 +199,7 @@ async def test_plain_http_token_urls_are_refused_before_any_secret_is_read(
         "client_secret_key": CRM_CLIENT,
     }
     with pytest.raises(
-        AuthConfigError, match="'crm': token_url http://idp.test/token is plain http"
+        AuthConfigError, match=r"'crm': token_url http://idp.test/token is plain http"
     ) as caught:
         await resolve_auth(
             {"crm": explicit},
@@ -214,7 +214,7 @@ async def test_plain_http_token_urls_are_refused_before_any_secret_is_read(
 
     in_key = {"type": "bearer", "key": OAUTH_CLIENT, "oauth_credential": "llm"}
     with pytest.raises(
-        AuthConfigError, match="'llm': token_url http://idp.test/t is plain http"
+        AuthConfigError, match=r"'llm': token_url http://idp.test/t is plain http"
     ) as caught:
         await resolve_auth(
             {"llm": in_key},
@@ -271,7 +271,7 @@ async def test_an_incomplete_oauth_client_json_is_named_without_its_values(
 async def test_an_oauth_credential_with_neither_key_nor_token_url_says_both_ways(
     keychain: KeychainClient,
 ) -> None:
-    with pytest.raises(AuthConfigError, match="needs 'key' .* or 'token_url'"):
+    with pytest.raises(AuthConfigError, match=r"needs 'key' .* or 'token_url'"):
         await resolve_auth(
             {"svc": {"type": "bearer", "oauth_credential": "svc"}},
             execution_id=1,
@@ -325,7 +325,7 @@ async def test_a_playbook_cannot_name_a_directory_to_read(
     ):
         with pytest.raises(
             AuthConfigError,
-            match="'directory' is not accepted from a playbook.*KEYCHAIN_SECRETS_DIR",
+            match=r"'directory' is not accepted from a playbook.*KEYCHAIN_SECRETS_DIR",
         ):
             await resolve_auth({"sa": spec}, execution_id=1, keychain=keychain)
 

@@ -47,7 +47,7 @@ def test_the_original_formats(args: tuple, key: str) -> None:
     ],
 )
 def test_parts_that_would_spell_another_key_are_refused(args: tuple) -> None:
-    with pytest.raises(InvalidKey, match="ambiguous|not a whole number") as caught:
+    with pytest.raises(InvalidKey, match=r"ambiguous|not a whole number") as caught:
         cache_key(*args)
     assert isinstance(caught.value, ValueError)
 

@@ -148,7 +148,7 @@ async def test_a_plain_http_token_url_is_refused_unless_allowed(
         )
         with pytest.raises(
             TokenEndpointError,
-            match="plain http.*use https, or list idp.test in KEYCHAIN_OAUTH_INSECURE_HOSTS",
+            match=r"plain http.*use https, or list idp.test in KEYCHAIN_OAUTH_INSECURE_HOSTS",
         ):
             await client_credentials_token("insecure", token_url=TOKEN_URL, **kwargs)
         with pytest.raises(TokenEndpointError, match="not an https:// URL"):
@@ -183,7 +183,7 @@ async def test_errors_never_quote_userinfo_or_query_of_the_token_url(
                 http_client=http,
             )
     with pytest.raises(
-        TokenEndpointError, match="cannot reach the token endpoint https://127.0.0.1"
+        TokenEndpointError, match=r"cannot reach the token endpoint https://127.0.0.1"
     ) as unreachable:
         await client_credentials_token(
             "u",
