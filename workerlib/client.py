@@ -402,8 +402,8 @@ class KeychainClient:
 
     async def release_fill_lease(self, lease: FillLease) -> bool:
         """Give up a lease whose fetch failed, so that a waiting caller takes it over now rather
-        than when it runs out. True when released, False when it had already ended; raises
-        only what every call raises (below)."""
+        than when it runs out. True when released, False when it had already ended; raises only
+        what every call raises (listed above get())."""
         try:
             await self._request(
                 "DELETE",
