@@ -357,7 +357,7 @@ class Bench:
             for i in range(1 + self.profile.hits_per_miss):
                 started = time.perf_counter()
                 await fetch_secret(
-                    name, execution_id=EXECUTION_ID, client=keychain, provider=provider
+                    name, execution_id=EXECUTION_ID, keychain=keychain, provider=provider
                 )
                 (self.misses if i == 0 else self.hits).append(time.perf_counter() - started)
             if provider.calls != n + 1:
@@ -381,7 +381,7 @@ class Bench:
             async def timed(client: KeychainClient) -> float:
                 started = time.perf_counter()
                 await fetch_secret(
-                    name, execution_id=EXECUTION_ID, client=client, provider=provider
+                    name, execution_id=EXECUTION_ID, keychain=client, provider=provider
                 )
                 return time.perf_counter() - started
 

@@ -17,7 +17,8 @@ from datetime import datetime
 
 from tests.local_server import LocalKeychainServer, run_with_temporary_server
 from tests.secret_manager_emulator import SecretManagerEmulator
-from workerlib import GoogleSecretManagerProvider, KeychainClient, fetch_secret
+from workerlib import KeychainClient, fetch_secret
+from workerlib.providers import GoogleSecretManagerProvider
 
 SECRET_NAME = "projects/demo-project/secrets/openai-api-key/versions/1"
 SECRET_MANAGER_LATENCY_S = 0.25
@@ -56,7 +57,7 @@ async def run_execution(server_url: str, token: str) -> Outcome:
 
                 started = time.perf_counter()
                 first = await fetch_secret(
-                    SECRET_NAME, execution_id=execution_id, client=keychain, provider=provider
+                    SECRET_NAME, execution_id=execution_id, keychain=keychain, provider=provider
                 )
                 miss_s = time.perf_counter() - started
                 step(
@@ -65,7 +66,7 @@ async def run_execution(server_url: str, token: str) -> Outcome:
 
                 started = time.perf_counter()
                 second = await fetch_secret(
-                    SECRET_NAME, execution_id=execution_id, client=keychain, provider=provider
+                    SECRET_NAME, execution_id=execution_id, keychain=keychain, provider=provider
                 )
                 hit_s = time.perf_counter() - started
                 step(f"step 2 needs it again:  {hit_s * 1000:.1f} ms (hit: Keychain)")

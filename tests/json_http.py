@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-# (method, path, request body) -> (status, JSON-serialisable answer)
+# (method, path, request body) -> (status, JSON-serialisable answer, or bytes sent as they are)
 Answer = Callable[[str, str, bytes], tuple[int, object]]
 
 
@@ -23,7 +23,7 @@ def serving_json(answer: Answer) -> Iterator[str]:
         def _answer(self) -> None:
             request = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             status, payload = answer(self.command, self.path, request)
-            body = json.dumps(payload).encode()
+            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,7 +22,7 @@ def _drop(key: tuple[int, Hashable], task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: no "exception was never retrieved" if every caller left
 
 
-async def single_flight(key: Hashable, load: Callable[[], Awaitable[T]]) -> T:
+async def single_flight(key: Hashable, load: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run `load()` once for all concurrent callers with this key and give each the result.
 
     The load runs in its own task, shielded: one caller being cancelled (a step timing out)

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from workerlib._degraded import cache_failed
 from workerlib._flight import single_flight
-from workerlib.client import KeychainClient, default_client
-from workerlib.errors import KeychainConfigError, KeychainError, UnreadableEntry
+from workerlib.client import KeychainClient
+from workerlib.errors import KeychainError, UnreadableEntry
 from workerlib.models import Entry, FillLease
 
 T = TypeVar("T")
@@ -31,7 +31,7 @@ Store = Callable[[KeychainClient, FillLease | None], Awaitable[object]] | None
 
 async def read_through(
     flight_key: tuple[Hashable, ...],
-    client: KeychainClient | None,
+    keychain: KeychainClient,
     key: str,
     *,
     cached: Callable[[Entry], T | None],
@@ -44,23 +44,13 @@ async def read_through(
 ) -> T:
     """The value under `key`: `cached(entry)` on a hit, else `produce()`'s value, then stored.
 
-    `client` None is the process default; a default the environment cannot build is the
-    cache failing too. `cached` answers None for an entry it cannot use (refetched and
-    overwritten). `uncached` and `unstored` are the degraded log's words for a failed read and
-    a failed write-back; `unreadable`, when given, is logged for an entry the server can no
-    longer open. Concurrent callers with one `flight_key` and client share one load.
+    `cached` answers None for an entry it cannot use (refetched and overwritten). `uncached` and
+    `unstored` are the degraded log's words for a failed read and a failed write-back;
+    `unreadable`, when given, is logged for an entry the server can no longer open. Concurrent
+    callers with one `flight_key` and client share one load.
     """
-    keychain = client
-    if keychain is None:
-        try:
-            keychain = default_client()
-        except KeychainConfigError as exc:
-            cache_failed(log, uncached, exc, context)
 
     async def load() -> T:
-        if keychain is None:
-            value, _ = await produce()
-            return value
         cacheable = True
         lease = None
         try:
@@ -76,14 +66,14 @@ async def read_through(
             cache_failed(log, uncached, exc, context)
             found, cacheable = None, False
         if isinstance(found, Entry):
-            value = cached(found)
-            if value is not None:
+            hit = cached(found)
+            if hit is not None:
                 if found.refresh_lease is not None:
                     # This reader was chosen to refresh it: the current value now, its successor
                     # fetched and written behind it, so that no reader waits for the provider.
                     refresh = FillLease(cache_key=key, lease_id=found.refresh_lease)
                     _start_refresh(keychain, refresh, produce, log, context, unstored)
-                return value
+                return hit
         elif isinstance(found, FillLease):
             lease = found
 

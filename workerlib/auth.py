@@ -16,9 +16,10 @@ of those, kept whole in the `key` secret as JSON:
 
 Where secrets come from is not the playbook's to choose: a playbook that could say `env` or
 `file` could read the worker's own token or the pod's service-account token. `provider` may
-only be `secret_manager` (the default: the process's provider, which the operator may point at
-environment variables or files with KEYCHAIN_SECRET_PROVIDER) or a name the worker's code
-passed in `providers=`.
+only be `secret_manager` (the default: the provider the operator configured, which
+KEYCHAIN_SECRET_PROVIDER may point at environment variables or files; or the one the worker's
+code passes as `providers["secret_manager"]`) or another name the worker's code passed in
+`providers=`.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _provider(
     entry: str, spec: Mapping[str, Any], providers: Mapping[str, SecretProvider]
 ) -> SecretProvider | None:
     """The provider the worker's code gave under the entry's `provider` name; None for the
-    process default (fetch_secret builds it only on a miss)."""
+    configured one (fetch_secret builds it only on a miss)."""
     if "directory" in spec:
         raise AuthConfigError(
             f"auth entry {entry!r}: 'directory' is not accepted from a playbook; the operator sets "
@@ -68,12 +69,19 @@ def _provider(
 async def resolve_auth(
     auth: Mapping[str, Mapping[str, Any]],
     *,
+    keychain: KeychainClient,
     execution_id: int | None = None,
-    client: KeychainClient | None = None,
     providers: Mapping[str, SecretProvider] | None = None,
     http_client: httpx.AsyncClient | None = None,
 ) -> dict[str, str]:
-    """All entries' headers merged; two entries setting the same header is an error."""
+    """The request headers of a playbook's `auth:` map, every entry's merged; secrets through
+    fetch_secret, OAuth2 tokens through the cache too. `http_client` (optional) reaches token
+    endpoints.
+
+    Raises AuthConfigError for an incomplete or unknown entry, or two entries setting one header
+    (before any secret is read); SecretError, TokenEndpointError, InvalidKey and WrongEventLoop
+    as fetch_secret and the token request do; never the cache's errors.
+    """
     providers = providers or {}
     # Refuse a bad map before any secret is fetched.
     owner: dict[str, str] = {}
@@ -88,7 +96,7 @@ async def resolve_auth(
         entries.append((name, spec, kind, header, _provider(name, spec, providers)))
     resolved = await asyncio.gather(
         *(
-            _resolve_one(name, spec, kind, header, provider, execution_id, client, http_client)
+            _resolve_one(name, spec, kind, header, provider, execution_id, keychain, http_client)
             for name, spec, kind, header, provider in entries
         )
     )
@@ -123,7 +131,7 @@ async def _resolve_one(
     header: str,
     provider: SecretProvider | None,
     execution_id: int | None,
-    client: KeychainClient | None,
+    keychain: KeychainClient,
     http_client: httpx.AsyncClient | None,
 ) -> tuple[str, str]:
     async def secret(field: str) -> str:
@@ -133,13 +141,13 @@ async def _resolve_one(
         # Header values cannot carry line breaks; a secret saved with `echo` has one.
         return (
             await fetch_secret(
-                str(path), execution_id=execution_id, client=client, provider=provider
+                str(path), keychain=keychain, execution_id=execution_id, provider=provider
             )
         ).strip()
 
     if kind == "bearer":
         if spec.get("oauth_credential"):
-            token = await _oauth_token(name, spec, secret, client, http_client)
+            token = await _oauth_token(name, spec, secret, keychain, http_client)
         else:
             token = await secret("key")
         return header, f"Bearer {token}"
@@ -163,7 +171,7 @@ async def _oauth_token(
     name: str,
     spec: Mapping[str, Any],
     secret: Callable[[str], Awaitable[str]],
-    client: KeychainClient | None,
+    keychain: KeychainClient,
     http_client: httpx.AsyncClient | None,
 ) -> str:
     """The entry's token. What the token is (and so its cache key) is read first, from the map or
@@ -215,7 +223,7 @@ async def _oauth_token(
         oauth,
         client_secret,
         auth_method=str(spec.get("auth_method") or "client_secret_basic"),
-        client=client,
+        keychain=keychain,
         http_client=http_client,
     )
 

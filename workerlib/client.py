@@ -24,19 +24,21 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import msgspec
 
-from workerlib._loops import PerLoop
 from workerlib.errors import (
     BadRequest,
+    ExecutionEnded,
     Forbidden,
     InvalidKey,
     KeychainAPIError,
     KeychainConfigError,
     KeychainError,
     KeychainUnavailable,
+    NotEnabled,
     NotFound,
     RateLimited,
     Unauthorized,
     UnreadableEntry,
+    WrongEventLoop,
 )
 from workerlib.models import (
     Deleted,
@@ -73,6 +75,7 @@ _STATUS_ERRORS: dict[int, type[KeychainAPIError]] = {
     413: BadRequest,
     422: BadRequest,
     429: RateLimited,
+    501: NotEnabled,
 }
 _RETRY_STATUSES = frozenset({429, 503})
 # The request may not have reached the server, or the pooled connection died under it.
@@ -129,7 +132,7 @@ def _checked_base_url(url: str, setting: str) -> str:
     url = url.strip().rstrip("/")
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a port that is not a number
+        _ = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
@@ -239,8 +242,31 @@ def _detail(response: httpx.Response) -> str:
     return detail
 
 
+class _LoopBinding:
+    """The event loop a pool belongs to: the first one it is used on. Shared by the copies
+    with_token() makes, as they share the pool."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def check(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif loop is not self._loop:
+            raise WrongEventLoop(
+                "this KeychainClient was first used on another event loop, and its connections "
+                "belong to that loop: make a KeychainClient per loop (per asyncio.run, per "
+                "thread), inside `async with KeychainClient() as keychain:`"
+            )
+
+
 class KeychainClient:
     """Async client for the Keychain HTTP API; one pooled connection set for its whole life.
+
+    Use it as `async with KeychainClient() as keychain:` (or call close()), on one event loop:
+    the first one it is used on. Another loop's call raises WrongEventLoop, as its pool cannot
+    serve there. A worker that runs each task in its own asyncio.run() makes one per task.
 
     base_url and token default to KEYCHAIN_SERVER_URL (else http://localhost:8082) and
     KEYCHAIN_API_TOKEN; either one unusable is a KeychainConfigError here, not a failure at the
@@ -290,6 +316,7 @@ class KeychainClient:
         # back to the provider after ~1.5 s instead of ~15 s. Reads keep the full timeout.
         # Given with every request, so they hold for an injected http_client too.
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
+        self._read_timeout = timeout
         self.retries = max(0, retries)
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -299,6 +326,7 @@ class KeychainClient:
         # (up to `retries` waits of a second) before degrading; keep it above 1.
         self.max_retry_after = max_retry_after
         self._owns_http = http_client is None
+        self._binding = _LoopBinding()
         self._http = http_client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
             verify=_tls_verify(verify, environ),
@@ -322,13 +350,15 @@ class KeychainClient:
         await self.close()
 
     async def close(self) -> None:
+        """Close the pool, if this client made it (not an injected http_client, not a
+        with_token() copy's). Raises nothing."""
         if self._owns_http:
             await self._http.aclose()
 
     def with_token(self, token: str) -> KeychainClient:
-        """This client for another token (an execution's), sharing this one's pool and settings.
-
-        The pool stays this client's: close this one, not the copy."""
+        """This client for another token (an execution's), sharing this one's pool, settings and
+        event loop. The pool stays this client's: close this one, not the copy. Raises
+        KeychainConfigError for a token that is not printable ASCII."""
         other = copy.copy(self)
         other._token = _checked_token(token, "token")
         other._owns_http = False
@@ -338,7 +368,7 @@ class KeychainClient:
     # Every call below may raise, besides what its docstring names: KeychainUnavailable (no
     # answer, or a 5xx, after the retries), TokenRefused (401 Unauthorized, 403 Forbidden),
     # BadRequest (400, 413), RateLimited (429 after the retries), InvalidKey (a key that cannot
-    # be sent unchanged), and KeychainError (an answer that does not decode).
+    # be sent unchanged), KeychainError (an answer that does not decode), and WrongEventLoop.
 
     async def get(self, cache_key: str) -> Entry | None:
         """The live entry under `cache_key` (the server counts the hit), or None on a miss.
@@ -363,7 +393,7 @@ class KeychainClient:
                 "GET",
                 entry_path(cache_key),
                 params={"fill_wait": self.fill_wait},
-                read_timeout=self.fill_wait + self._timeouts.read,
+                read_timeout=self.fill_wait + self._read_timeout,
             )
         except NotFound as miss:
             lease_id = miss.headers.get(FILL_LEASE_HEADER.lower())
@@ -372,7 +402,8 @@ class KeychainClient:
 
     async def release_fill_lease(self, lease: FillLease) -> bool:
         """Give up a lease whose fetch failed, so that a waiting caller takes it over now rather
-        than when it runs out. False when it had already ended."""
+        than when it runs out. True when released, False when it had already ended; raises only
+        what every call raises (listed above get())."""
         try:
             await self._request(
                 "DELETE",
@@ -430,7 +461,7 @@ class KeychainClient:
 
     async def cleanup_execution(self, execution_id: int) -> int:
         """Drop an execution's entries and its sub-executions', and end its execution tokens;
-        returns how many entries went. Needs an issuer (or admin) token: Forbidden otherwise."""
+        returns how many entries went. Raises Forbidden without an issuer (or admin) token."""
         response = await self._request("DELETE", f"/api/executions/{int(execution_id)}/auth-cache")
         return self._decode(response, Deleted).deleted
 
@@ -446,7 +477,9 @@ class KeychainClient:
         """A token bound to one execution (needs an issuer token): the engine asks for one as an
         execution starts, and its workers use it with `with_token()`. It reaches the execution's
         and its sub-executions' entries, global entries only for the credentials in `read` (or
-        `write`, which may also write them), and ends with the execution's cleanup."""
+        `write`, which may also write them), and ends with the execution's cleanup. Raises
+        Forbidden without an issuer token, ExecutionEnded for an execution (or parent) already
+        cleaned up, NotEnabled when the server has no signing key (KEYCHAIN_TOKEN_SIGNING_KEYS)."""
         body = ExecutionTokenRequest(
             execution_id=execution_id,
             parent_execution_id=parent_execution_id,
@@ -455,7 +488,10 @@ class KeychainClient:
             ttl_seconds=ttl_seconds,
         )
         response = await self._request(
-            "POST", "/api/execution-tokens", content=msgspec.json.encode(body)
+            "POST",
+            "/api/execution-tokens",
+            content=msgspec.json.encode(body),
+            errors={409: ExecutionEnded},
         )
         return self._decode(response, ExecutionToken)
 
@@ -469,8 +505,8 @@ class KeychainClient:
         limit: int = 100,
         offset: int = 0,
     ) -> EntryPage:
-        """A page of entries' metadata, never their data; listing does not count as a hit. Needs
-        an admin token: Forbidden otherwise."""
+        """A page of entries' metadata, never their data; listing does not count as a hit.
+        Raises Forbidden without an admin token."""
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if execution_id is not None:
             params["execution_id"] = execution_id
@@ -494,7 +530,11 @@ class KeychainClient:
         params: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
         read_timeout: float | None = None,
+        errors: Mapping[int, type[KeychainAPIError]] | None = None,
     ) -> httpx.Response:
+        """The answer to a 2xx or 3xx; any other status raises, through `errors` (this call's own
+        meaning of a status) or else the table above."""
+        self._binding.check()
         url = f"{self.base_url}{path}"
         timeouts = (
             self._timeouts
@@ -547,12 +587,14 @@ class KeychainClient:
                     attempt += 1
                     continue
             detail = _detail(response)
-            if status >= 500:
+            error = (errors or {}).get(status) or _STATUS_ERRORS.get(status)
+            if error is None and status >= 500:
                 raise KeychainUnavailable(
                     f"keychain answered {status} on {method} {path}: {detail}", status_code=status
                 )
-            error = _STATUS_ERRORS.get(status, KeychainAPIError)
-            raise error(status, detail, method=method, path=path, headers=dict(response.headers))
+            raise (error or KeychainAPIError)(
+                status, detail, method=method, path=path, headers=dict(response.headers)
+            )
 
     async def _sleep(
         self, attempt: int, retry_after: float | None, method: str, path: str, reason: str
@@ -584,30 +626,3 @@ class KeychainClient:
                 f"unexpected answer from the keychain server to {response.request.method} "
                 f"{response.request.url.path}: {exc}"
             ) from exc
-
-
-# Each event loop of a worker process shares one client, built from the environment on first
-# use: an httpx pool belongs to the loop it was made on. One injected with set_default_client()
-# serves every loop instead.
-_default_clients: PerLoop[KeychainClient] = PerLoop(KeychainClient, KeychainClient.close)
-_injected_client: KeychainClient | None = None
-
-
-def default_client() -> KeychainClient:
-    """The running loop's KeychainClient, built from KEYCHAIN_SERVER_URL / KEYCHAIN_API_TOKEN.
-
-    Each loop (a second asyncio.run, another thread's loop) gets its own, made once however
-    many threads ask, and closed as that loop shuts down.
-    """
-    return _injected_client or _default_clients.get()
-
-
-def set_default_client(client: KeychainClient | None) -> KeychainClient | None:
-    """Install the client that fetch_secret and CredentialCache use by default; returns the old one.
-
-    An injected client is the caller's to manage and serves every loop; None goes back to one
-    per loop from the environment.
-    """
-    global _injected_client
-    previous, _injected_client = _injected_client, client
-    return previous

@@ -3,31 +3,50 @@
 Same names, arguments, key formats and return shapes as before, so existing callers change
 only their import. Like the original, these never raise for a cache that is unavailable:
 get_cached answers None and the others False, logging that the cache was degraded.
+
+Each call builds a KeychainClient of its own from the environment (KEYCHAIN_SERVER_URL,
+KEYCHAIN_API_TOKEN) and closes it before it returns. The original interface has no place to
+pass a client, and a client kept between calls would belong to the first call's event loop: a
+worker running each task in its own asyncio.run() would meet it closed. The cost is a new
+connection per call (no keep-alive across calls); a worker that wants a pool uses
+`async with KeychainClient() as keychain:` itself.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from workerlib._degraded import cache_failed
-from workerlib.client import KeychainClient, default_client
+from workerlib.client import KeychainClient
 from workerlib.errors import KeychainError
 from workerlib.keys import cache_key
-from workerlib.models import HIDDEN
+from workerlib.models import HIDDEN, Entry
 
 __all__ = ["CredentialCache", "cache_key"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-def _failed(
-    action: str, credential_name: str, execution_id: int | None, exc: KeychainError
-) -> None:
-    context = {"credential_name": credential_name, "execution_id": execution_id}
-    cache_failed(log, f"credential cache {action} failed for {credential_name}", exc, context)
+
+async def _call(
+    action: str,
+    credential_name: str,
+    execution_id: int | None,
+    call: Callable[[KeychainClient], Awaitable[T]],
+    failed: T,
+) -> T:
+    """`call` on a client of its own; `failed` when the cache fails (settings included), logged."""
+    try:
+        async with KeychainClient() as keychain:
+            return await call(keychain)
+    except KeychainError as exc:
+        context = {"credential_name": credential_name, "execution_id": execution_id}
+        cache_failed(log, f"credential cache {action} failed for {credential_name}", exc, context)
+        return failed
 
 
 class CachedCredential(dict[str, Any]):
@@ -39,19 +58,7 @@ class CachedCredential(dict[str, Any]):
 
 
 class CredentialCache:
-    """Async static methods over the process's KeychainClient (see `use_client`)."""
-
-    _client: KeychainClient | None = None
-
-    @staticmethod
-    def use_client(client: KeychainClient | None) -> None:
-        """Inject the client (tests, or a worker that builds its own); None goes back to the
-        process default, built from the environment."""
-        CredentialCache._client = client
-
-    @staticmethod
-    def _keychain() -> KeychainClient:
-        return CredentialCache._client or default_client()
+    """The original worker interface: async static methods, each on a client of its own."""
 
     @staticmethod
     async def get_cached(
@@ -59,12 +66,15 @@ class CredentialCache:
         execution_id: int | None = None,
         token_type: str | None = None,
     ) -> dict[str, Any] | None:
+        """The entry as a dict (credential_name, data, credential_type, cache_type, expires_at),
+        or None on a miss or when the cache fails. Raises InvalidKey for a name or token type
+        that would spell another entry's key."""
         key = cache_key(credential_name, execution_id, token_type)
-        try:
-            entry = await CredentialCache._keychain().get(key)
-        except KeychainError as exc:
-            _failed("read", credential_name, execution_id, exc)
-            return None
+
+        async def get(keychain: KeychainClient) -> Entry | None:
+            return await keychain.get(key)
+
+        entry = await _call("read", credential_name, execution_id, get, None)
         if entry is None:
             return None
         return CachedCredential(
@@ -87,11 +97,14 @@ class CredentialCache:
         ttl_seconds: int | str | None = None,
         expires_at: datetime | None = None,
     ) -> bool:
+        """True when stored, False when the cache failed or refused it. Raises TypeError for
+        `data` that is not a mapping, InvalidKey as get_cached()."""
         if not isinstance(data, Mapping):
             raise TypeError(f"data must be a mapping (a JSON object), not {type(data).__name__}")
         key = cache_key(credential_name, execution_id, token_type)
-        try:
-            await CredentialCache._keychain().put(
+
+        async def put(keychain: KeychainClient) -> bool:
+            await keychain.put(
                 key,
                 data,
                 credential_type=credential_type,
@@ -102,10 +115,9 @@ class CredentialCache:
                 ttl_seconds=ttl_seconds,
                 expires_at=expires_at,
             )
-        except KeychainError as exc:
-            _failed("write", credential_name, execution_id, exc)
-            return False
-        return True
+            return True
+
+        return await _call("write", credential_name, execution_id, put, False)
 
     @staticmethod
     async def delete_cached(
@@ -113,9 +125,11 @@ class CredentialCache:
         execution_id: int | None = None,
         token_type: str | None = None,
     ) -> bool:
+        """True when an entry was deleted, False when there was none or the cache failed.
+        Raises InvalidKey as get_cached()."""
         key = cache_key(credential_name, execution_id, token_type)
-        try:
-            return await CredentialCache._keychain().delete(key)
-        except KeychainError as exc:
-            _failed("delete", credential_name, execution_id, exc)
-            return False
+
+        async def delete(keychain: KeychainClient) -> bool:
+            return await keychain.delete(key)
+
+        return await _call("delete", credential_name, execution_id, delete, False)

@@ -4,14 +4,16 @@
     ├── InvalidKey                  a cache key that could not reach the server unchanged (ValueError)
     ├── KeychainConfigError         unusable client settings (ValueError)
     ├── KeychainUnavailable         no answer, or a 5xx, after the retries
-    ├── KeychainAPIError            the server refused the request (4xx)
+    ├── KeychainAPIError            the server refused the request (4xx, 501)
     │   ├── BadRequest              400, 413, 422
     │   ├── TokenRefused            401 or 403: the token, or what it may do
     │   │   ├── Unauthorized        401: missing, unknown, expired, or its execution ended
     │   │   └── Forbidden           403: its role or grants do not reach this
     │   ├── NotFound                404
-    │   ├── UnreadableEntry         409
-    │   └── RateLimited             429
+    │   ├── UnreadableEntry         409 reading an entry
+    │   ├── ExecutionEnded          409 minting a token for an execution already cleaned up
+    │   ├── RateLimited             429
+    │   └── NotEnabled              501: the server is not configured for this call
     ├── SecretError                 a provider could not read a secret
     │   └── SecretNotFound
     ├── AuthConfigError             a playbook's auth: entry is incomplete or unknown
@@ -20,6 +22,11 @@
 fetch_secret, resolve_auth and CredentialCache never raise the cache's errors (KeychainUnavailable,
 KeychainAPIError): they degrade to the provider and log it. They raise the provider's and the
 playbook's (SecretError, AuthConfigError, TokenEndpointError).
+
+    WrongEventLoop (RuntimeError)   a client or provider used on another event loop than its own
+
+WrongEventLoop is a mistake in the calling code, not trouble with the cache, so it is not a
+KeychainError: nothing degrades on it, it always reaches the caller.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ class KeychainUnavailable(KeychainError):
 
 
 class KeychainAPIError(KeychainError):
-    """The server refused the request (4xx); `detail` is the server's own explanation."""
+    """The server refused the request (4xx, or 501 for a call it is not configured for);
+    `detail` is the server's own explanation."""
 
     def __init__(
         self,
@@ -94,8 +102,18 @@ class UnreadableEntry(KeychainAPIError):
     """409: the stored entry no longer opens with the server's keys; write it again."""
 
 
+class ExecutionEnded(KeychainAPIError):
+    """409 from mint_execution_token(): the execution (or its parent) has been cleaned up, and
+    no token is minted for it."""
+
+
 class RateLimited(KeychainAPIError):
     """429 that outlasted the retries."""
+
+
+class NotEnabled(KeychainAPIError):
+    """501: the server was not configured for this call (execution tokens need
+    KEYCHAIN_TOKEN_SIGNING_KEYS on the server). A setting to fix, not an outage: not retried."""
 
 
 class SecretError(KeychainError):
@@ -116,3 +134,9 @@ class AuthConfigError(KeychainError):
 
 class TokenEndpointError(KeychainError):
     """An OAuth2 token endpoint refused the request or answered something unusable."""
+
+
+class WrongEventLoop(RuntimeError):
+    """A KeychainClient or GoogleSecretManagerProvider used on an event loop other than the one
+    it was first used on: its connections belong to that loop. Make one per loop, inside
+    `async with`, so that it is closed before its loop ends."""

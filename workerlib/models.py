@@ -46,8 +46,8 @@ class EntryPut(msgspec.Struct, kw_only=True, omit_defaults=True):
     def __repr__(self) -> str:
         return _repr_hiding(self, "token_data")
 
-    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
-        return _fields_hiding(self, "token_data")
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return list(_fields_hiding(self, "token_data"))
 
 
 class EntryMeta(msgspec.Struct, kw_only=True):
@@ -81,8 +81,8 @@ class Entry(EntryMeta, kw_only=True):
     def __repr__(self) -> str:
         return _repr_hiding(self, "data")
 
-    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
-        return _fields_hiding(self, "data")
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return list(_fields_hiding(self, "data"))
 
 
 class FillLease(msgspec.Struct, kw_only=True):

@@ -94,12 +94,16 @@ async def client_credentials_token(
     scope: str | None = None,
     audience: str | None = None,
     auth_method: str = "client_secret_basic",
-    client: KeychainClient | None = None,
+    keychain: KeychainClient,
     http_client: httpx.AsyncClient | None = None,
-    timeout: float = 10.0,
+    token_timeout: float = 10.0,
     insecure_hosts: Collection[str] | None = None,
 ) -> str:
-    """An access token for `name`: from the cache, else from `token_url` (then cached)."""
+    """An access token for `name`: from the cache, else from `token_url` (then cached).
+
+    Raises TokenEndpointError (an endpoint that is not https, refuses, or answers without a
+    token), ValueError for an unknown auth_method, WrongEventLoop; never the cache's errors.
+    """
 
     async def secret() -> str:
         return client_secret
@@ -109,9 +113,9 @@ async def client_credentials_token(
         OAuthClient(token_url, client_id, scope, audience),
         secret,
         auth_method=auth_method,
-        client=client,
+        keychain=keychain,
         http_client=http_client,
-        timeout=timeout,
+        token_timeout=token_timeout,
         insecure_hosts=insecure_hosts,
     )
 
@@ -122,9 +126,9 @@ async def cached_token(
     client_secret: Callable[[], Awaitable[str]],
     *,
     auth_method: str = "client_secret_basic",
-    client: KeychainClient | None = None,
+    keychain: KeychainClient,
     http_client: httpx.AsyncClient | None = None,
-    timeout: float = 10.0,
+    token_timeout: float = 10.0,
     insecure_hosts: Collection[str] | None = None,
 ) -> str:
     """client_credentials_token with the client secret read only on a cache miss.
@@ -143,12 +147,12 @@ async def cached_token(
 
     async def produce() -> tuple[str, Store]:
         token = await _request_token(
-            oauth, await client_secret(), auth_method, http_client, timeout
+            oauth, await client_secret(), auth_method, http_client, token_timeout
         )
         ttl = cache_ttl(_expires_in(token))
         if ttl is None:
             return token["access_token"], None
-        data = {
+        data: dict[str, Any] = {
             k: token[k] for k in ("access_token", "token_type", "expires_in", "scope") if k in token
         }
 
@@ -168,7 +172,7 @@ async def cached_token(
 
     return await read_through(
         ("oauth2", key),
-        client,
+        keychain,
         key,
         cached=cached,
         produce=produce,
@@ -192,14 +196,15 @@ async def _request_token(
     client_secret: str,
     auth_method: str,
     http_client: httpx.AsyncClient | None,
-    timeout: float,
+    token_timeout: float,
 ) -> dict[str, Any]:
     form = {"grant_type": "client_credentials"}
     if oauth.scope:
         form["scope"] = oauth.scope
     if oauth.audience:
         form["audience"] = oauth.audience
-    auth: httpx.Auth | None = None
+    # The base Auth sends the request as it is: the secret travels in the form instead.
+    auth = httpx.Auth()
     if auth_method == "client_secret_basic":
         auth = httpx.BasicAuth(oauth.client_id, client_secret)
     else:
@@ -207,14 +212,14 @@ async def _request_token(
     where = display_url(oauth.token_url)
 
     owned = http_client is None
-    http = http_client or httpx.AsyncClient(timeout=timeout)
+    http = http_client or httpx.AsyncClient(timeout=token_timeout)
     try:
         response = await http.post(
             oauth.token_url,
             data=form,
             auth=auth,
             headers={"Accept": "application/json"},
-            timeout=timeout,
+            timeout=token_timeout,
         )
     except httpx.HTTPError as exc:
         # Not chained: an httpx error may quote the URL whole.

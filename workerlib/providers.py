@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from workerlib._loops import PerLoop
-from workerlib.errors import SecretError, SecretNotFound
+from workerlib.errors import SecretError, SecretNotFound, WrongEventLoop
 
 EMULATOR_HOST_ENV = "SECRET_MANAGER_EMULATOR_HOST"
 PROVIDER_ENV = "KEYCHAIN_SECRET_PROVIDER"
@@ -78,8 +77,9 @@ class GoogleSecretManagerProvider:
 
     With SECRET_MANAGER_EMULATOR_HOST=host:port (or `emulator_host=`) it talks to that address
     over an insecure channel with anonymous credentials, as PUBSUB_EMULATOR_HOST does; otherwise
-    it uses Application Default Credentials. A client is made lazily for each running loop,
-    and closed when that loop shuts down (or by close()).
+    it uses Application Default Credentials. Its channel is made on the first access and
+    belongs to that event loop: use it as `async with GoogleSecretManagerProvider() as provider:`
+    (or call close()) on one loop; another loop's access raises WrongEventLoop.
     """
 
     def __init__(
@@ -92,17 +92,32 @@ class GoogleSecretManagerProvider:
         environ = os.environ if environ is None else environ
         self.emulator_host = emulator_host or environ.get(EMULATOR_HOST_ENV) or None
         self.timeout = timeout
-        # Its channel belongs to the loop it was made on: one per loop, each closed as its loop
-        # shuts down (closing it from a later loop is not possible).
-        self._clients: PerLoop[Any] = PerLoop(
-            self._make_client, lambda client: client.transport.close()
-        )
+        # Made on the first access, so that a worker whose reads all hit never opens one.
+        self._client: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> GoogleSecretManagerProvider:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _running_loops_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._client is None:
+            self._client, self._loop = self._make_client(), loop
+        elif loop is not self._loop:
+            raise WrongEventLoop(
+                "this GoogleSecretManagerProvider's channel was made on another event loop and "
+                "belongs to it: make a provider per loop, inside `async with`"
+            )
+        return self._client
 
     def _make_client(self) -> Any:
         from google.cloud import secretmanager_v1
 
         if self.emulator_host:
-            import grpc
+            import grpc  # type: ignore[import-untyped]  # grpcio ships no type hints
             from google.auth.credentials import AnonymousCredentials
             from google.cloud.secretmanager_v1.services.secret_manager_service.transports import (
                 SecretManagerServiceGrpcAsyncIOTransport,
@@ -110,20 +125,23 @@ class GoogleSecretManagerProvider:
 
             transport = SecretManagerServiceGrpcAsyncIOTransport(
                 channel=grpc.aio.insecure_channel(self.emulator_host),
-                credentials=AnonymousCredentials(),
+                credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]  # google-auth has no annotations here
             )
             return secretmanager_v1.SecretManagerServiceAsyncClient(transport=transport)
         return secretmanager_v1.SecretManagerServiceAsyncClient()
 
     async def access(self, name: str) -> str:
+        """The secret's value; raises as access_version()."""
         return (await self.access_version(name)).value
 
     async def access_version(self, name: str) -> SecretVersion:
+        """The value and the version that served it. Raises SecretNotFound, SecretError (no
+        credentials, permission denied, any other Secret Manager failure), WrongEventLoop."""
         from google.api_core import exceptions as gexc
         from google.auth.exceptions import DefaultCredentialsError
 
         try:
-            client = self._clients.get()
+            client = self._running_loops_client()
             response = await client.access_secret_version(name=name, timeout=self.timeout)
         except DefaultCredentialsError as exc:
             raise SecretError(name, NO_CREDENTIALS) from exc
@@ -148,8 +166,9 @@ class GoogleSecretManagerProvider:
         return SecretVersion(response.name or name, value)
 
     async def close(self) -> None:
-        """Close the running loop's client now (the next access makes a new one)."""
-        client = self._clients.pop()
+        """Close the channel, if one was made, on the loop it belongs to; the next access makes
+        a new one. Raises nothing of its own."""
+        client, self._client, self._loop = self._client, None, None
         if client is not None:
             await client.transport.close()
 
@@ -167,9 +186,11 @@ class EnvProvider:
         self._environ = environ
 
     def variable(self, name: str) -> str:
+        """The variable that holds secret `name`."""
         return self.PREFIX + re.sub(r"[^A-Za-z0-9]", "_", secret_id(name)).upper()
 
     async def access(self, name: str) -> str:
+        """The variable's value; raises SecretNotFound when it is not set."""
         environ = os.environ if self._environ is None else self._environ
         variable = self.variable(name)
         value = environ.get(variable)
@@ -191,6 +212,8 @@ class FileProvider:
         self.directory = Path(directory)
 
     def path(self, name: str) -> Path:
+        """The file that holds secret `name`; raises SecretNotFound for a name that is not a
+        valid secret id."""
         sid = secret_id(name)
         if not _SECRET_ID.match(sid):
             # Secret ids are letters, digits, '-' and '_'; anything else could escape the directory.
@@ -209,6 +232,8 @@ class FileProvider:
         return resolved.read_text(encoding="utf-8")
 
     async def access(self, name: str) -> str:
+        """The file's text, less a trailing newline. Raises SecretNotFound (no such file),
+        SecretError (a link out of the directory, or a file that cannot be read as UTF-8)."""
         try:
             text = await asyncio.to_thread(self._read, name)
         except FileNotFoundError as exc:
@@ -224,7 +249,9 @@ class FileProvider:
 
 
 def provider_from_env() -> SecretProvider:
-    """KEYCHAIN_SECRET_PROVIDER: `secret_manager` (default), `env`, or `file` (KEYCHAIN_SECRETS_DIR)."""
+    """The provider KEYCHAIN_SECRET_PROVIDER names: `secret_manager` (default), `env`, or `file`
+    (KEYCHAIN_SECRETS_DIR). Raises SecretError for a value it does not know or a missing
+    directory."""
     kind = (os.environ.get(PROVIDER_ENV) or "secret_manager").strip().lower()
     if kind in ("secret_manager", "google", "gcp"):
         return GoogleSecretManagerProvider()
@@ -236,23 +263,3 @@ def provider_from_env() -> SecretProvider:
             raise SecretError("", f"{PROVIDER_ENV}=file needs {SECRETS_DIR_ENV}")
         return FileProvider(directory)
     raise SecretError("", f"unknown {PROVIDER_ENV} {kind!r}; use secret_manager, env or file")
-
-
-_default_provider: SecretProvider | None = None
-
-
-def default_provider() -> SecretProvider:
-    """The process's provider, from the environment on first use (Secret Manager by default).
-
-    It is what a playbook's `provider: secret_manager` (or no provider) gets.
-    """
-    global _default_provider
-    if _default_provider is None:
-        _default_provider = provider_from_env()
-    return _default_provider
-
-
-def set_default_provider(provider: SecretProvider | None) -> SecretProvider | None:
-    global _default_provider
-    previous, _default_provider = _default_provider, provider
-    return previous

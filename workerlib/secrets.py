@@ -23,7 +23,13 @@ from workerlib.client import KeychainClient
 from workerlib.errors import KeychainError
 from workerlib.keys import cache_key
 from workerlib.models import Entry, FillLease
-from workerlib.providers import SecretProvider, access_version, default_provider
+from workerlib.providers import (
+    GoogleSecretManagerProvider,
+    SecretProvider,
+    SecretVersion,
+    access_version,
+    provider_from_env,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +40,22 @@ CACHE_TYPE = "secret"
 async def fetch_secret(
     name: str,
     *,
+    keychain: KeychainClient,
     execution_id: int | None = None,
     ttl_seconds: int = 3600,
-    client: KeychainClient | None = None,
     provider: SecretProvider | None = None,
 ) -> str:
-    """The secret `name` (a Secret Manager version path), through the Keychain cache.
+    """The value of the secret `name` (a Secret Manager version path), through the Keychain cache.
 
     Cached execution-scoped under `{name}:{execution_id}`; with no execution id, globally
     under `{name}:global`; and the same way under the version served, when the provider says
-    `name` was an alias for it. Raises SecretNotFound (naming the secret) when the provider has none.
+    `name` was an alias for it. On a miss the value comes from `provider`; None is the one the
+    operator configured (KEYCHAIN_SECRET_PROVIDER), made for that miss and closed after it:
+    pass a provider you keep open to reuse its connection across misses.
+
+    Raises SecretNotFound (naming the secret) when the provider has none, SecretError when it
+    cannot read it, InvalidKey for a name or execution id that cannot make a key, and
+    WrongEventLoop; never the cache's errors (those are logged, degraded).
     """
     key = cache_key(name, execution_id)
     context = {"secret_name": name, "execution_id": execution_id}
@@ -57,8 +69,7 @@ async def fetch_secret(
         return None
 
     async def produce() -> tuple[str, Store]:
-        # The provider is only needed on a miss: a hit never builds the process default.
-        served = await access_version(provider or default_provider(), name)
+        served = await _from_provider(provider, name)
 
         async def put(
             keychain: KeychainClient, entry_key: str, credential_name: str, lease: FillLease | None
@@ -99,7 +110,7 @@ async def fetch_secret(
     return await read_through(
         # Callers share a load only if it asks the same provider (read_through adds the client).
         ("secret", id(provider), key),
-        client,
+        keychain,
         key,
         cached=cached,
         produce=produce,
@@ -109,6 +120,20 @@ async def fetch_secret(
         unstored=f"secret {name} was not cached",
         unreadable=f"cached secret {name} is unreadable; fetching and rewriting it",
     )
+
+
+async def _from_provider(provider: SecretProvider | None, name: str) -> SecretVersion:
+    if provider is not None:
+        return await access_version(provider, name)
+    # Only a miss needs a provider, so a hit never builds one. Made per miss rather than kept for
+    # the process: a Secret Manager channel belongs to one event loop, and single flight
+    # already makes one miss of a burst. The cost is a new connection per miss.
+    configured = provider_from_env()
+    try:
+        return await access_version(configured, name)
+    finally:
+        if isinstance(configured, GoogleSecretManagerProvider):
+            await configured.close()
 
 
 def _version_id(name: str) -> str:

@@ -27,27 +27,28 @@ log = logging.getLogger(__name__)
 
 async def warm_execution(
     *,
+    keychain: KeychainClient,
     secrets: Iterable[str] = (),
     auth: Mapping[str, Mapping[str, Any]] | None = None,
     execution_id: int | None = None,
-    client: KeychainClient | None = None,
     provider: SecretProvider | None = None,
     providers: Mapping[str, SecretProvider] | None = None,
     http_client: httpx.AsyncClient | None = None,
 ) -> dict[str, str]:
     """Fetch `secrets` (Secret Manager version paths) and every entry of an `auth:` map into the
     cache, concurrently. Returns what could not be warmed: secret or auth entry name -> the
-    error's message (messages never hold a secret). Raises nothing a provider raises."""
+    error's message (messages never hold a secret). Every KeychainError (a provider's, a bad auth
+    entry's) lands there instead of being raised; WrongEventLoop is raised."""
     work: dict[str, Awaitable[object]] = {
-        name: fetch_secret(name, execution_id=execution_id, client=client, provider=provider)
+        name: fetch_secret(name, keychain=keychain, execution_id=execution_id, provider=provider)
         for name in dict.fromkeys(secrets)
     }
     for name, spec in (auth or {}).items():
         # One entry at a time, so that one bad entry does not keep the others cold.
         work[f"auth:{name}"] = resolve_auth(
             {name: spec},
+            keychain=keychain,
             execution_id=execution_id,
-            client=client,
             providers=providers,
             http_client=http_client,
         )

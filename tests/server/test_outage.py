@@ -96,7 +96,7 @@ def fetch(server: LocalKeychainServer, provider: CountingProvider) -> str:
     keychain = KeychainClient(server.url, retries=0)
     return asyncio.run(
         fetch_secret(
-            "projects/1/secrets/s/versions/1", execution_id=9, client=keychain, provider=provider
+            "projects/1/secrets/s/versions/1", execution_id=9, keychain=keychain, provider=provider
         )
     )
 

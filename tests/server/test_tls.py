@@ -350,7 +350,8 @@ async def test_workerlib_reads_over_https_with_the_ca_it_is_given(tls_server, ce
 
 
 async def test_workerlib_refuses_a_server_its_cas_do_not_vouch_for(tls_server, caplog):
-    from workerlib import KeychainClient, KeychainUnavailable
+    from workerlib import KeychainClient
+    from workerlib.errors import KeychainUnavailable
 
     async with KeychainClient(
         tls_server.https_url, tls_server.token, environ={}, retries=2

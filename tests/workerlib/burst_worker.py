@@ -13,24 +13,28 @@ import json
 import sys
 import time
 
-from workerlib import client_credentials_token, fetch_secret
+from workerlib import KeychainClient, fetch_secret
+from workerlib.oauth import client_credentials_token
 
 
 async def main(kind: str, name: str, start_at: float, token_url: str | None) -> None:
-    await asyncio.sleep(max(0.0, start_at - time.time()))
-    started = time.perf_counter()
-    if kind == "secret":
-        value = await fetch_secret(name, execution_id=42)
-    else:
-        assert token_url is not None
-        value = await client_credentials_token(
-            name,
-            token_url=token_url,
-            client_id="burst",
-            client_secret="burst-secret",
-            insecure_hosts=["127.0.0.1"],
-        )
-    print(json.dumps({"value": value, "seconds": time.perf_counter() - started}), flush=True)
+    async with KeychainClient() as keychain:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        started = time.perf_counter()
+        if kind == "secret":
+            value = await fetch_secret(name, keychain=keychain, execution_id=42)
+        else:
+            assert token_url is not None
+            value = await client_credentials_token(
+                name,
+                token_url=token_url,
+                client_id="burst",
+                client_secret="burst-secret",
+                keychain=keychain,
+                insecure_hosts=["127.0.0.1"],
+            )
+        seconds = time.perf_counter() - started
+    print(json.dumps({"value": value, "seconds": seconds}), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,16 @@ the real google-cloud-secret-manager client, a closed port and a silent one."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from tests.cluster import replicas
 from tests.conftest import BASE_URL, free_port
 from tests.secret_manager_emulator import SecretManagerEmulator
-from workerlib import client as client_module
-from workerlib import providers as providers_module
-from workerlib._loops import PerLoop
 from workerlib.client import KeychainClient
-from workerlib.compat import CredentialCache
 from workerlib.providers import GoogleSecretManagerProvider
 
 
@@ -51,6 +48,27 @@ async def provider(
 async def keychain(client: httpx.AsyncClient) -> AsyncIterator[KeychainClient]:
     async with KeychainClient(base_url=BASE_URL, http_client=client) as keychain:
         yield keychain
+
+
+@pytest.fixture(scope="module")
+def keychain_server(
+    make_empty_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The URL of a real `keychain serve` on a database of its own, shared by a module's tests:
+    for what builds its client from KEYCHAIN_SERVER_URL (CredentialCache), which no in-process
+    transport can reach. Entries persist between the module's tests: each uses its own names."""
+    with replicas(make_empty_database(), tmp_path_factory.mktemp("keychain-server"), 1) as (
+        server,
+    ):
+        yield server.url
+
+
+@pytest.fixture
+def keychain_from_env(keychain_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """KEYCHAIN_SERVER_URL names the real server (open API: no token needed)."""
+    monkeypatch.setenv("KEYCHAIN_SERVER_URL", keychain_server)
+    monkeypatch.delenv("KEYCHAIN_API_TOKEN", raising=False)
+    return keychain_server
 
 
 @pytest.fixture
@@ -88,22 +106,6 @@ async def down_keychain(closed_port: int) -> AsyncIterator[KeychainClient]:
         base_url=f"http://127.0.0.1:{closed_port}", retries=1, backoff=0.01
     ) as keychain:
         yield keychain
-
-
-@pytest.fixture(autouse=True)
-def _no_process_defaults(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Process-wide defaults (clients, provider, CredentialCache's client) never leak between tests.
-
-    Each test gets its own table of per-loop default clients, so one built from a test's
-    environment is not handed to the next test on the same loop (it still closes with its loop).
-    """
-    monkeypatch.setattr(
-        client_module, "_default_clients", PerLoop(KeychainClient, KeychainClient.close)
-    )
-    saved = (client_module._injected_client, providers_module._default_provider)
-    yield
-    client_module._injected_client, providers_module._default_provider = saved
-    CredentialCache.use_client(None)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from tests.conftest import BASE_URL
-from workerlib import Entry, KeychainClient, SecretProvider, resolve_auth
+from workerlib import KeychainClient, SecretProvider, resolve_auth
+from workerlib.models import Entry
 
 IDP_URL = "http://idp.test"
 
@@ -169,7 +170,7 @@ async def resolve_in_two_executions(
             await resolve_auth(
                 auth,
                 execution_id=execution_id,
-                client=keychain,
+                keychain=keychain,
                 providers={"secret_manager": provider},
                 http_client=http,
             )

@@ -17,15 +17,9 @@ from tests.workerlib.helpers import (
     resolve_in_two_executions,
     token_endpoint,
 )
-from workerlib import (
-    AuthConfigError,
-    FileProvider,
-    GoogleSecretManagerProvider,
-    KeychainClient,
-    SecretNotFound,
-    resolve_auth,
-)
-from workerlib import providers as providers_module
+from workerlib import KeychainClient, resolve_auth
+from workerlib.errors import AuthConfigError, SecretNotFound
+from workerlib.providers import FileProvider, GoogleSecretManagerProvider
 
 OPENAI = "projects/123/secrets/openai-api-key/versions/1"
 JIRA = "projects/123/secrets/jira-password/versions/2"
@@ -58,20 +52,20 @@ async def test_bearer_basic_and_api_key_headers(
         AuthConfigError, match="'openai' and 'jira' both set the Authorization header"
     ):
         await resolve_auth(
-            auth, execution_id=77, client=keychain, providers={"secret_manager": provider}
+            auth, execution_id=77, keychain=keychain, providers={"secret_manager": provider}
         )
     assert secrets.total_calls == 0  # refused before any secret was read
 
     del auth["jira"]
     headers = await resolve_auth(
-        auth, execution_id=77, client=keychain, providers={"secret_manager": provider}
+        auth, execution_id=77, keychain=keychain, providers={"secret_manager": provider}
     )
     assert headers == {"Authorization": "Bearer sk-openai", "X-Goog-Api-Key": "maps-key-value"}
 
     headers = await resolve_auth(
         {"jira": {"type": "basic", "username": "bot", "password_key": JIRA}},
         execution_id=77,
-        client=keychain,
+        keychain=keychain,
         providers={"secret_manager": provider},
     )
     assert headers == {"Authorization": "Basic " + base64.b64encode(b"bot:jira-pass").decode()}
@@ -97,7 +91,7 @@ async def test_api_key_defaults_to_x_api_key_with_an_optional_prefix(
             },
         },
         execution_id=1,
-        client=keychain,
+        keychain=keychain,
         providers={"secret_manager": provider},
     )
     assert headers == {"X-API-Key": "maps-key-value", "Authorization": "Token maps-key-value"}
@@ -205,12 +199,12 @@ async def test_plain_http_token_urls_are_refused_before_any_secret_is_read(
         "client_secret_key": CRM_CLIENT,
     }
     with pytest.raises(
-        AuthConfigError, match="'crm': token_url http://idp.test/token is plain http"
+        AuthConfigError, match=r"'crm': token_url http://idp.test/token is plain http"
     ) as caught:
         await resolve_auth(
             {"crm": explicit},
             execution_id=1,
-            client=keychain,
+            keychain=keychain,
             providers={"secret_manager": provider},
         )
     assert "KEYCHAIN_OAUTH_INSECURE_HOSTS" in str(caught.value) and "pw-0000" not in str(
@@ -220,10 +214,13 @@ async def test_plain_http_token_urls_are_refused_before_any_secret_is_read(
 
     in_key = {"type": "bearer", "key": OAUTH_CLIENT, "oauth_credential": "llm"}
     with pytest.raises(
-        AuthConfigError, match="'llm': token_url http://idp.test/t is plain http"
+        AuthConfigError, match=r"'llm': token_url http://idp.test/t is plain http"
     ) as caught:
         await resolve_auth(
-            {"llm": in_key}, execution_id=1, client=keychain, providers={"secret_manager": provider}
+            {"llm": in_key},
+            execution_id=1,
+            keychain=keychain,
+            providers={"secret_manager": provider},
         )
     assert "q-0000" not in str(caught.value) and OAUTH_CLIENT_SECRET not in str(caught.value)
 
@@ -263,7 +260,7 @@ async def test_an_incomplete_oauth_client_json_is_named_without_its_values(
     auth = {"openai": {"type": "bearer", "key": OAUTH_CLIENT, "oauth_credential": "openai-oauth"}}
     with pytest.raises(AuthConfigError, match=message) as caught:
         await resolve_auth(
-            auth, execution_id=1, client=keychain, providers={"secret_manager": provider}
+            auth, execution_id=1, keychain=keychain, providers={"secret_manager": provider}
         )
     assert "'openai'" in str(caught.value)
     # Not in the message, nor anywhere in the traceback a worker would log.
@@ -274,9 +271,11 @@ async def test_an_incomplete_oauth_client_json_is_named_without_its_values(
 async def test_an_oauth_credential_with_neither_key_nor_token_url_says_both_ways(
     keychain: KeychainClient,
 ) -> None:
-    with pytest.raises(AuthConfigError, match="needs 'key' .* or 'token_url'"):
+    with pytest.raises(AuthConfigError, match=r"needs 'key' .* or 'token_url'"):
         await resolve_auth(
-            {"svc": {"type": "bearer", "oauth_credential": "svc"}}, execution_id=1, client=keychain
+            {"svc": {"type": "bearer", "oauth_credential": "svc"}},
+            execution_id=1,
+            keychain=keychain,
         )
 
 
@@ -285,12 +284,11 @@ async def test_the_operator_can_point_the_default_provider_at_the_environment(
 ) -> None:
     monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "env")
     monkeypatch.setenv("KEYCHAIN_SECRET_OPENAI_API_KEY", "sk-local")
-    providers_module.set_default_provider(None)
     for spec in (
         {"type": "bearer", "key": OPENAI},
         {"type": "bearer", "provider": "secret_manager", "key": OPENAI},
     ):
-        headers = await resolve_auth({"openai": spec}, execution_id=3, client=keychain)
+        headers = await resolve_auth({"openai": spec}, execution_id=3, keychain=keychain)
         assert headers == {"Authorization": "Bearer sk-local"}
 
 
@@ -302,17 +300,16 @@ async def test_a_playbook_cannot_read_the_workers_own_token_from_its_environment
         await resolve_auth(
             {"x": {"type": "bearer", "provider": "env", "key": "KEYCHAIN_API_TOKEN"}},
             execution_id=1,
-            client=keychain,
+            keychain=keychain,
         )
     assert WORKER_TOKEN not in str(caught.value)
 
     # Even with the operator's env provider, a secret name only reaches KEYCHAIN_SECRET_* variables.
     monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "env")
-    providers_module.set_default_provider(None)
     for key in ("KEYCHAIN_API_TOKEN", "keychain-api-token", "../KEYCHAIN_API_TOKEN"):
         with pytest.raises(SecretNotFound, match="KEYCHAIN_SECRET_") as not_found:
             await resolve_auth(
-                {"x": {"type": "bearer", "key": key}}, execution_id=1, client=keychain
+                {"x": {"type": "bearer", "key": key}}, execution_id=1, keychain=keychain
             )
         assert WORKER_TOKEN not in str(not_found.value)
 
@@ -328,9 +325,9 @@ async def test_a_playbook_cannot_name_a_directory_to_read(
     ):
         with pytest.raises(
             AuthConfigError,
-            match="'directory' is not accepted from a playbook.*KEYCHAIN_SECRETS_DIR",
+            match=r"'directory' is not accepted from a playbook.*KEYCHAIN_SECRETS_DIR",
         ):
-            await resolve_auth({"sa": spec}, execution_id=1, client=keychain)
+            await resolve_auth({"sa": spec}, execution_id=1, keychain=keychain)
 
 
 async def test_the_workers_code_may_register_providers_by_name(
@@ -340,7 +337,7 @@ async def test_the_workers_code_may_register_providers_by_name(
     headers = await resolve_auth(
         {"maps": {"type": "api_key", "provider": "mounted", "key": MAPS}},
         execution_id=1,
-        client=keychain,
+        keychain=keychain,
         providers={"mounted": FileProvider(tmp_path)},
     )
     assert headers == {"X-API-Key": "maps-from-file"}
@@ -362,5 +359,5 @@ async def test_incomplete_entries_say_what_is_missing(
     keychain: KeychainClient, spec: dict, message: str
 ) -> None:
     with pytest.raises(AuthConfigError, match=message) as caught:
-        await resolve_auth({"svc": spec}, execution_id=1, client=keychain)
+        await resolve_auth({"svc": spec}, execution_id=1, keychain=keychain)
     assert "'svc'" in str(caught.value)

@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import pprint
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 import pytest
+import pytest_asyncio
+from rich.pretty import pretty_repr
 
-from tests.conftest import BASE_URL
+from tests.json_http import serving_json
 from tests.workerlib.helpers import (
     UNUSABLE_SETTING_IDS,
     UNUSABLE_SETTINGS,
-    ScriptedServer,
     assert_logged_degraded,
     assert_logged_unusable_configuration,
     too_deep_entry,
 )
-from workerlib import CredentialCache, InvalidKey, KeychainClient
-from workerlib import client as client_module
+from workerlib import CredentialCache, KeychainClient
+from workerlib.errors import InvalidKey
 
 TOKEN = {"access_token": "test123", "token_type": "bearer"}
 
 
 @pytest.fixture(autouse=True)
-def _use(keychain: KeychainClient) -> None:
-    CredentialCache.use_client(keychain)
+def _from_env(keychain_from_env: str) -> None:
+    """CredentialCache builds its client from the environment, as the original did."""
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def keychain(keychain_from_env: str) -> AsyncIterator[KeychainClient]:
+    """A client on the same server, to see what CredentialCache did."""
+    async with KeychainClient(keychain_from_env) as keychain:
+        yield keychain
 
 
 async def test_global_token_round_trip_with_the_original_shapes(keychain: KeychainClient) -> None:
@@ -95,25 +105,30 @@ async def test_a_refused_write_is_false_not_an_exception() -> None:
 
 
 async def test_an_answer_nested_too_deep_to_decode_is_a_miss_and_false(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Decoding it raises RecursionError; the caller sees the cache degrade, never that error."""
-    server = ScriptedServer((200, {}, too_deep_entry()))
-    async with server.http_client() as http:
-        CredentialCache.use_client(KeychainClient(BASE_URL, http_client=http))
+    methods: list[str] = []
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, object]:
+        methods.append(method)
+        return 200, too_deep_entry()
+
+    with serving_json(answer) as url:
+        monkeypatch.setenv("KEYCHAIN_SERVER_URL", url)
         assert await CredentialCache.get_cached("svc", execution_id=1) is None
         assert (
             await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1)
             is False
         )
-    assert [r["method"] for r in server.requests] == ["GET", "POST"]
+    assert methods == ["GET", "POST"]
     assert_logged_degraded(caplog, 200, "KeychainError", "maximum recursion depth", "hush-123")
 
 
 async def test_an_unavailable_server_is_a_miss_and_false(
-    down_keychain: KeychainClient, caplog: pytest.LogCaptureFixture
+    closed_port: int, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    CredentialCache.use_client(down_keychain)
+    monkeypatch.setenv("KEYCHAIN_SERVER_URL", f"http://127.0.0.1:{closed_port}")
     assert await CredentialCache.get_cached("svc", execution_id=1) is None
     assert (
         await CredentialCache.set_cached("svc", "bearer", {"token": "hush-123"}, execution_id=1)
@@ -144,11 +159,41 @@ async def test_an_unusable_client_configuration_is_a_miss_and_false(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
     monkeypatch.setenv(variable, value)
-    CredentialCache.use_client(None)
-    client_module.set_default_client(None)
     assert await CredentialCache.get_cached("svc", execution_id=1) is None
     assert (
         await CredentialCache.set_cached("svc", "bearer", {"token": "t"}, execution_id=1) is False
     )
     assert await CredentialCache.delete_cached("svc", execution_id=1) is False
     assert_logged_unusable_configuration(caplog, variable, value)
+
+
+SECRET = "sk-repr-secret-5f0c2a"
+BODY = {"api_key": SECRET}
+
+
+async def test_results_hide_data_and_stay_plain_dicts() -> None:
+    """A worker that logs what it got, or fails an assert on it, does not print the secret."""
+    assert await CredentialCache.set_cached("crm", "bearer", BODY, execution_id=7)
+    cached = await CredentialCache.get_cached("crm", execution_id=7)
+    assert cached is not None
+    for shown in (
+        repr(cached),
+        str(cached),
+        pprint.pformat(cached),
+        pretty_repr(cached),
+        repr([cached]),
+    ):
+        assert (
+            SECRET not in shown
+            and "'data': <hidden>" in shown
+            and "'credential_name': 'crm'" in shown
+        )
+    # Everything a caller does with the dict is as before.
+    assert isinstance(cached, dict) and cached["data"] == BODY
+    assert dict(cached) == {
+        "credential_name": "crm",
+        "data": BODY,
+        "credential_type": "bearer",
+        "cache_type": "secret",
+        "expires_at": cached["expires_at"],
+    }

@@ -1,127 +1,198 @@
-"""Loop-bound clients made by workerlib itself are closed when their event loop ends.
-
-A worker that runs each task with asyncio.run() gets a new loop per task; the httpx pool and
-the gRPC channel of the previous one cannot be used or closed from the new loop, so they are
-closed while their own loop shuts down. These tests are synchronous: they run their own loops.
+"""A KeychainClient (and a GoogleSecretManagerProvider) belongs to the event loop it is first
+used on: a worker makes one per loop, inside `async with`, so that it is closed before its loop
+ends. Used from another loop it says so (WrongEventLoop) instead of failing somewhere in httpx.
+CredentialCache and fetch_secret's configured provider make their own per call, so they work
+from any loop. These tests are synchronous: they run their own loops, over real HTTP and gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import sys
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-import grpc
 import pytest
 
 from tests.json_http import serving_json
 from tests.secret_manager_emulator import SecretManagerEmulator
-from workerlib import GoogleSecretManagerProvider
-from workerlib import client as client_module
+from workerlib import CredentialCache, KeychainClient, fetch_secret
+from workerlib.errors import WrongEventLoop
+from workerlib.providers import GoogleSecretManagerProvider
 
 NAME = "projects/123/secrets/openai-api-key/versions/1"
 
 
 @pytest.fixture
 def keychain_url() -> Iterator[str]:
-    """A Keychain that misses every key, over real HTTP."""
-    with serving_json(lambda *_: (404, {"status_code": 404, "detail": "no live entry"})) as url:
+    """A Keychain that misses every key and takes every write, over real HTTP."""
+
+    def answer(method: str, path: str, body: bytes) -> tuple[int, object]:
+        if method == "GET":
+            return 404, {"status_code": 404, "detail": "no live entry"}
+        return 400, {"status_code": 400, "detail": "not stored here"}
+
+    with serving_json(answer) as url:
         yield url
 
 
-def test_each_loops_default_client_is_closed_as_that_loop_ends(
-    keychain_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KEYCHAIN_SERVER_URL", keychain_url)
-    client_module.set_default_client(None)
+@contextmanager
+def nothing_left_behind(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """No unclosed socket or channel (ResourceWarning), no exception from a finalizer, and no
+    "Event loop is closed" from asyncio, once the garbage is collected."""
+    unraisable: list[Any] = []
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.ERROR):
+            warnings.simplefilter("always")
+            yield
+            gc.collect()
+    finally:
+        sys.unraisablehook = previous_hook
+    assert [w.message for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert [u.exc_value for u in unraisable] == []
+    assert "Event loop is closed" not in caplog.text
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
-    async def task() -> client_module.KeychainClient:
-        keychain = client_module.default_client()
-        assert await keychain.get("k:global") is None
-        assert client_module.default_client() is keychain  # one client for the loop's life
-        assert not keychain._http.is_closed
-        return keychain
 
-    first = asyncio.run(task())
-    assert first._http.is_closed
-    second = asyncio.run(task())
-    assert second is not first and second._http.is_closed
+def in_threads(main: Callable[[], Coroutine[Any, Any, None]], count: int = 1) -> None:
+    """asyncio.run(main()) in `count` threads at once, each its own loop; re-raises a failure."""
+    errors: list[BaseException] = []
 
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            errors.append(exc)
 
-def test_threads_with_loops_of_their_own_get_one_default_client_each(
-    keychain_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two threads each running a loop used to rebuild the one process client on every switch
-    (2 threads x 100 calls made 58 pools, most never closed)."""
-    monkeypatch.setenv("KEYCHAIN_SERVER_URL", keychain_url)
-    client_module.set_default_client(None)
-    seen: list[client_module.KeychainClient] = []
-    turns = threading.Condition()
-    calls_made = 0
-
-    async def calls(me: int) -> None:
-        nonlocal calls_made
-        for _ in range(100):
-            with turns:  # the two threads take strict turns: the worst case, every time
-                turns.wait_for(lambda: calls_made % 2 == me, timeout=10)
-                seen.append(client_module.default_client())
-                calls_made += 1
-                turns.notify_all()
-            await asyncio.sleep(0)
-        assert await client_module.default_client().get("k:global") is None
-
-    threads = [threading.Thread(target=asyncio.run, args=(calls(me),)) for me in range(2)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
-    assert len(seen) == 200
-    clients = {id(c): c for c in seen}
-    assert len(clients) == 2  # one per loop
-    assert all(c._http.is_closed for c in clients.values())  # each closed as its loop ended
-    assert (
-        not client_module._default_clients._values
-    )  # and forgotten: nothing keeps the loops alive
+    if errors:
+        raise errors[0]
 
 
-def test_the_providers_channel_is_closed_as_its_loop_ends() -> None:
-    async def task(provider: GoogleSecretManagerProvider) -> Any:
+def test_a_client_per_asyncio_run_each_closed_by_async_with(
+    keychain_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def task() -> KeychainClient:
+        async with KeychainClient(keychain_url) as keychain:
+            assert await keychain.get("k:global") is None
+            assert await keychain.get("k:global") is None  # the same pool, kept alive
+        return keychain
+
+    with nothing_left_behind(caplog):
+        first = asyncio.run(task())
+        second = asyncio.run(task())
+    assert second is not first
+
+
+def test_a_client_used_from_another_loop_says_so(
+    keychain_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its pool belongs to the loop it was first used on, which is still running here (another
+    thread's): a call from this loop would otherwise share its connections across loops."""
+    keychain = KeychainClient(keychain_url)
+    used, done = threading.Event(), threading.Event()
+
+    async def owner() -> None:
+        async with keychain:
+            assert await keychain.get("k:global") is None
+            used.set()
+            await asyncio.to_thread(done.wait, 10)
+
+    async def intruder() -> None:
+        with pytest.raises(WrongEventLoop, match="make a KeychainClient per loop"):
+            await keychain.get("k:global")
+        # Its with_token() copies share the pool, and so the loop.
+        with pytest.raises(WrongEventLoop):
+            await keychain.with_token("another-token").get("k:global")
+
+    with nothing_left_behind(caplog):
+        thread = threading.Thread(target=asyncio.run, args=(owner(),))
+        thread.start()
+        try:
+            assert used.wait(10)
+            asyncio.run(intruder())
+        finally:
+            done.set()
+            thread.join(10)
+
+
+def test_threads_with_loops_of_their_own_each_use_a_client_of_their_own(
+    keychain_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def calls() -> None:
+        async with KeychainClient(keychain_url) as keychain:
+            for _ in range(50):
+                assert await keychain.get("k:global") is None
+
+    with nothing_left_behind(caplog):
+        in_threads(calls, 2)
+
+
+def test_credential_cache_works_from_any_loop_and_thread(
+    keychain_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It builds a client per call from the environment, so no loop's client meets another loop."""
+    monkeypatch.setenv("KEYCHAIN_SERVER_URL", keychain_url)
+
+    async def task() -> None:
+        assert await CredentialCache.get_cached("svc", execution_id=1) is None
+        assert await CredentialCache.set_cached("svc", "bearer", {"t": "x"}) is False  # a 400
+
+    with nothing_left_behind(caplog):
+        asyncio.run(task())
+        asyncio.run(task())
+        in_threads(task, 2)
+
+
+def test_fetch_secrets_configured_provider_is_made_and_closed_per_miss(
+    keychain_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def task() -> str:
+        async with (
+            SecretManagerEmulator({NAME: "v"}) as emulator,
+            KeychainClient(keychain_url) as keychain,
+        ):
+            monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", emulator.address)
+            return await fetch_secret(NAME, execution_id=1, keychain=keychain)
+
+    monkeypatch.delenv("KEYCHAIN_SECRET_PROVIDER", raising=False)
+    with nothing_left_behind(caplog):
+        assert asyncio.run(task()) == "v"
+        assert asyncio.run(task()) == "v"
+
+
+def test_a_provider_belongs_to_its_loop_until_closed(caplog: pytest.LogCaptureFixture) -> None:
+    provider = GoogleSecretManagerProvider(emulator_host="unused:1")
+
+    async def access() -> str:
         async with SecretManagerEmulator({NAME: "v"}) as emulator:
             provider.emulator_host = emulator.address
-            assert await provider.access(NAME) == "v"
-            channel = provider._clients.get().transport.grpc_channel
-            assert channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN
-            return channel
+            return await provider.access(NAME)
 
-    provider = GoogleSecretManagerProvider(emulator_host="unused:1")
-    first = asyncio.run(task(provider))
-    assert first.get_state() == grpc.ChannelConnectivity.SHUTDOWN
-    second = asyncio.run(task(provider))
-    assert second is not first and second.get_state() == grpc.ChannelConnectivity.SHUTDOWN
+    async def access_and_close() -> str:
+        async with provider:
+            return await access()
 
+    with nothing_left_behind(caplog):
+        assert asyncio.run(access_and_close()) == "v"
+        assert asyncio.run(access_and_close()) == "v"  # closed with its loop: a new channel
 
-def test_an_explicit_close_before_the_loop_ends_is_fine() -> None:
-    async def task() -> Any:
-        async with SecretManagerEmulator({NAME: "v"}) as emulator:
-            provider = GoogleSecretManagerProvider(emulator_host=emulator.address)
-            assert await provider.access(NAME) == "v"
-            channel = provider._clients.get().transport.grpc_channel
+        async def two_loops() -> None:
+            assert await access() == "v"
+            # Another loop while this one still holds the channel: refused, with the fix.
+            with pytest.raises(WrongEventLoop, match="make a provider per loop"):
+                await asyncio.to_thread(asyncio.run, access())
             await provider.close()
-            return channel
 
-    assert asyncio.run(task()).get_state() == grpc.ChannelConnectivity.SHUTDOWN
-
-
-def test_a_client_in_use_on_a_running_loop_is_not_closed_early() -> None:
-    """The closer is held until its loop ends; garbage collection must not run it sooner."""
-
-    async def task() -> bool:
-        keychain = client_module.default_client()
-        gc.collect()
-        await asyncio.sleep(0)
-        return keychain._http.is_closed
-
-    client_module.set_default_client(None)
-    assert asyncio.run(task()) is False
+        asyncio.run(two_loops())

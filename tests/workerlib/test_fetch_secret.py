@@ -16,24 +16,13 @@ from tests.workerlib.helpers import (
     CACHE_FAILURE_IDS,
     CACHE_FAILURES,
     MISS,
-    UNUSABLE_SETTING_IDS,
-    UNUSABLE_SETTINGS,
     ScriptedServer,
     assert_logged_degraded,
-    assert_logged_unusable_configuration,
     entry_body,
 )
-from workerlib import (
-    EnvProvider,
-    FileProvider,
-    GoogleSecretManagerProvider,
-    KeychainClient,
-    SecretError,
-    SecretNotFound,
-    fetch_secret,
-)
-from workerlib import client as client_module
-from workerlib import providers as providers_module
+from workerlib import KeychainClient, fetch_secret
+from workerlib.errors import SecretError, SecretNotFound
+from workerlib.providers import EnvProvider, FileProvider, GoogleSecretManagerProvider
 
 NAME = "projects/123/secrets/openai-api-key/versions/1"
 VALUE = "sk-live-0000-very-secret"
@@ -46,8 +35,8 @@ async def test_a_miss_reads_the_provider_and_caches_execution_scoped(
 ) -> None:
     secret_manager.add(NAME, VALUE)
 
-    assert await fetch_secret(NAME, execution_id=42, client=keychain, provider=provider) == VALUE
-    assert await fetch_secret(NAME, execution_id=42, client=keychain, provider=provider) == VALUE
+    assert await fetch_secret(NAME, execution_id=42, keychain=keychain, provider=provider) == VALUE
+    assert await fetch_secret(NAME, execution_id=42, keychain=keychain, provider=provider) == VALUE
     assert secret_manager.calls[NAME] == 1
 
     entry = await keychain.get(f"{NAME}:42")
@@ -71,7 +60,10 @@ async def test_25_concurrent_misses_make_one_provider_call(
 ) -> None:
     secret_manager.add(NAME, VALUE)
     values = await asyncio.gather(
-        *(fetch_secret(NAME, execution_id=7, client=keychain, provider=provider) for _ in range(25))
+        *(
+            fetch_secret(NAME, execution_id=7, keychain=keychain, provider=provider)
+            for _ in range(25)
+        )
     )
     assert values == [VALUE] * 25
     assert secret_manager.total_calls == 1
@@ -92,7 +84,7 @@ async def test_concurrent_misses_asking_different_providers_each_get_their_own(
         providers[team] = FileProvider(tmp_path / team)
     got = await asyncio.gather(
         *(
-            fetch_secret(NAME, execution_id=8, client=keychain, provider=providers[team])
+            fetch_secret(NAME, execution_id=8, keychain=keychain, provider=providers[team])
             for team in values
         )
     )
@@ -105,8 +97,8 @@ async def test_another_execution_does_not_see_the_entry(
     secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(NAME, VALUE)
-    await fetch_secret(NAME, execution_id=1, client=keychain, provider=provider)
-    await fetch_secret(NAME, execution_id=2, client=keychain, provider=provider)
+    await fetch_secret(NAME, execution_id=1, keychain=keychain, provider=provider)
+    await fetch_secret(NAME, execution_id=2, keychain=keychain, provider=provider)
     assert secret_manager.calls[NAME] == 2
 
     await keychain.cleanup_execution(1)
@@ -120,7 +112,7 @@ async def test_without_an_execution_the_secret_is_cached_globally(
     secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(NAME, VALUE)
-    await fetch_secret(NAME, client=keychain, provider=provider)
+    await fetch_secret(NAME, keychain=keychain, provider=provider)
     entry = await keychain.get(f"{NAME}:global")
     assert entry is not None and entry.scope_type == "global" and entry.execution_id is None
 
@@ -134,7 +126,7 @@ async def test_server_down_still_returns_the_secret_and_logs_degraded_without_it
     secret_manager.add(NAME, VALUE)
     with caplog.at_level(logging.INFO):
         assert (
-            await fetch_secret(NAME, execution_id=3, client=down_keychain, provider=provider)
+            await fetch_secret(NAME, execution_id=3, keychain=down_keychain, provider=provider)
             == VALUE
         )
 
@@ -158,7 +150,9 @@ async def test_a_failing_server_5xx_still_returns_the_secret(
     )
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)
-        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
+        assert (
+            await fetch_secret(NAME, execution_id=3, keychain=keychain, provider=provider) == VALUE
+        )
     assert "degraded" in caplog.text and VALUE not in caplog.text
 
 
@@ -169,7 +163,7 @@ async def test_a_missing_secret_raises_an_error_that_names_it(
 ) -> None:
     missing = "projects/123/secrets/does-not-exist/versions/4"
     with pytest.raises(SecretNotFound) as caught:
-        await fetch_secret(missing, execution_id=5, client=keychain, provider=provider)
+        await fetch_secret(missing, execution_id=5, keychain=keychain, provider=provider)
     assert missing in str(caught.value)
     assert caught.value.secret_name == missing
     assert await keychain.get(f"{missing}:5") is None  # nothing cached for a miss
@@ -188,54 +182,37 @@ async def test_an_unreadable_entry_is_a_miss_and_is_overwritten(
             f"{NAME}:9", {"value": "stale"}, credential_type="secret_manager", execution_id=9
         )
         keychain = KeychainClient(BASE_URL, http_client=new)
-        assert await fetch_secret(NAME, execution_id=9, client=keychain, provider=provider) == VALUE
+        assert (
+            await fetch_secret(NAME, execution_id=9, keychain=keychain, provider=provider) == VALUE
+        )
         entry = await keychain.get(f"{NAME}:9")
     assert entry is not None and entry.data == {"value": VALUE}
     assert secret_manager.calls[NAME] == 1
 
 
-async def test_with_nothing_given_it_builds_client_and_provider_from_the_environment(
+async def test_with_no_provider_given_the_operators_configured_one_serves_a_miss(
     keychain: KeychainClient, secret_manager: SecretManagerEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret_manager.add(NAME, VALUE)
     monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", secret_manager.address)
     monkeypatch.delenv("KEYCHAIN_SECRET_PROVIDER", raising=False)
-    client_module.set_default_client(keychain)
-    providers_module.set_default_provider(None)
-    try:
-        assert await fetch_secret(NAME, execution_id=11) == VALUE
-        assert isinstance(providers_module.default_provider(), GoogleSecretManagerProvider)
-        assert await keychain.get(f"{NAME}:11") is not None
-    finally:
-        await providers_module.default_provider().close()  # type: ignore[attr-defined]
+    assert await fetch_secret(NAME, execution_id=11, keychain=keychain) == VALUE
+    assert await keychain.get(f"{NAME}:11") is not None
+    monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "env")
+    monkeypatch.setenv("KEYCHAIN_SECRET_OPENAI_API_KEY", "from-env")
+    assert await fetch_secret(NAME, execution_id=12, keychain=keychain) == "from-env"
 
 
-@pytest.mark.parametrize(("variable", "value"), UNUSABLE_SETTINGS, ids=UNUSABLE_SETTING_IDS)
-async def test_an_unusable_client_configuration_degrades_to_the_provider(
-    provider: GoogleSecretManagerProvider,
-    secret_manager: SecretManagerEmulator,
-    caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
-    variable: str,
-    value: str,
-) -> None:
-    secret_manager.add(NAME, VALUE)
-    monkeypatch.setenv(variable, value)
-    client_module.set_default_client(None)
-    assert await fetch_secret(NAME, execution_id=13, provider=provider) == VALUE
-    assert_logged_unusable_configuration(caplog, variable, value)
-
-
-async def test_a_hit_never_builds_the_default_provider(
+async def test_a_hit_never_builds_a_provider(
     keychain: KeychainClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await keychain.put(
         f"{NAME}:12", {"value": VALUE}, credential_type="secret_manager", execution_id=12
     )
     monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "vault")  # building it would fail
-    providers_module.set_default_provider(None)
-    assert await fetch_secret(NAME, execution_id=12, client=keychain) == VALUE
-    assert providers_module._default_provider is None
+    assert await fetch_secret(NAME, execution_id=12, keychain=keychain) == VALUE
+    with pytest.raises(SecretError, match="unknown KEYCHAIN_SECRET_PROVIDER 'vault'"):
+        await fetch_secret(NAME, execution_id=13, keychain=keychain)
 
 
 async def test_env_provider_reads_the_secret_id_as_a_prefixed_variable(
@@ -325,7 +302,9 @@ async def test_a_failing_cache_never_fails_the_step(
     )
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)
-        assert await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider) == VALUE
+        assert (
+            await fetch_secret(NAME, execution_id=3, keychain=keychain, provider=provider) == VALUE
+        )
     assert secret_manager.calls[NAME] == 1
     # A read that failed is not followed by a write-back to the cache that just failed.
     assert [r["method"] for r in server.requests] == (
@@ -343,7 +322,7 @@ async def test_the_providers_own_errors_still_reach_the_caller(
             await fetch_secret(
                 NAME,
                 execution_id=3,
-                client=KeychainClient(BASE_URL, http_client=http),
+                keychain=KeychainClient(BASE_URL, http_client=http),
                 provider=provider,
             )
 
@@ -367,7 +346,7 @@ async def test_the_servers_retry_after_1_on_503_is_waited_for_with_the_default_s
         keychain = KeychainClient(BASE_URL, http_client=http)  # the defaults a worker gets
         started = time.monotonic()
         assert (
-            await fetch_secret(NAME, execution_id=3, client=keychain, provider=provider)
+            await fetch_secret(NAME, execution_id=3, keychain=keychain, provider=provider)
             == "from-the-cache"
         )
         elapsed = time.monotonic() - started
@@ -383,7 +362,7 @@ async def test_a_silent_server_falls_back_to_the_provider_in_seconds(
     async with KeychainClient(f"http://127.0.0.1:{silent_port}") as keychain:  # a worker's defaults
         started = time.monotonic()
         value = await asyncio.wait_for(
-            fetch_secret(NAME, execution_id=3, client=keychain, provider=provider), 10
+            fetch_secret(NAME, execution_id=3, keychain=keychain, provider=provider), 10
         )
         elapsed = time.monotonic() - started
     assert value == VALUE
@@ -399,7 +378,7 @@ async def test_no_google_credentials_is_said_in_workerlib_s_words(
     monkeypatch.delenv("SECRET_MANAGER_EMULATOR_HOST", raising=False)
     provider = GoogleSecretManagerProvider(environ={})
     with pytest.raises(SecretError) as raised:
-        await fetch_secret(NAME, execution_id=8, client=keychain, provider=provider)
+        await fetch_secret(NAME, execution_id=8, keychain=keychain, provider=provider)
     message = str(raised.value)
     assert message.startswith("no Google credentials for Secret Manager")
     assert "GOOGLE_APPLICATION_CREDENTIALS" in message and "SECRET_MANAGER_EMULATOR_HOST" in message

@@ -20,15 +20,9 @@ from tests.pubsub import PATH, pubsub_settings, push_body, signed
 from tests.secret_manager_emulator import SecretManagerEmulator
 from tests.server.replicas import replica
 from tests.workerlib.helpers import MISS, ScriptedServer, assert_logged_degraded, entry_body
-from workerlib import (
-    EnvProvider,
-    FileProvider,
-    GoogleSecretManagerProvider,
-    KeychainClient,
-    SecretError,
-    SecretVersion,
-    fetch_secret,
-)
+from workerlib import KeychainClient, SecretVersion, fetch_secret
+from workerlib.errors import SecretError
+from workerlib.providers import EnvProvider, FileProvider, GoogleSecretManagerProvider
 
 SECRET = "projects/123/secrets/openai-api-key"
 LATEST = f"{SECRET}/versions/latest"
@@ -71,21 +65,21 @@ async def test_an_execution_keeps_the_version_it_first_read_and_the_next_one_rea
 ) -> None:
     secret_manager.add(V1, "value-one")
     assert (
-        await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
         == "value-one"
     )
 
     secret_manager.add(V2, "value-two")  # mid-run
     assert (
-        await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
         == "value-one"
     )
     # A step asking for the version by number gets the same value, from the cache.
     assert (
-        await fetch_secret(V1, execution_id=42, client=keychain, provider=provider) == "value-one"
+        await fetch_secret(V1, execution_id=42, keychain=keychain, provider=provider) == "value-one"
     )
     assert (
-        await fetch_secret(LATEST, execution_id=43, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=43, keychain=keychain, provider=provider)
         == "value-two"
     )
     assert dict(secret_manager.calls) == {LATEST: 2}
@@ -103,9 +97,9 @@ async def test_a_pushed_version_add_moves_the_global_latest_but_not_a_running_ex
     secret_manager: SecretManagerEmulator,
 ) -> None:
     secret_manager.add(V1, "value-one")
-    assert await fetch_secret(LATEST, client=keychain, provider=provider) == "value-one"
+    assert await fetch_secret(LATEST, keychain=keychain, provider=provider) == "value-one"
     assert (
-        await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
         == "value-one"
     )
     assert await credential_names(keychain, scope_type="global") == {
@@ -118,9 +112,9 @@ async def test_a_pushed_version_add_moves_the_global_latest_but_not_a_running_ex
         await push(keychain_http, signing_key, "SECRET_VERSION_ADD", V2) == 1
     )  # the global alias alone
 
-    assert await fetch_secret(LATEST, client=keychain, provider=provider) == "value-two"
+    assert await fetch_secret(LATEST, keychain=keychain, provider=provider) == "value-two"
     assert (
-        await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
         == "value-one"
     )
     assert await credential_names(keychain, scope_type="global") == {
@@ -141,7 +135,7 @@ async def test_a_disabled_version_leaves_the_execution_that_pinned_it(
     resolves `latest` again."""
     secret_manager.add(V1, "value-one")
     assert (
-        await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
         == "value-one"
     )
     secret_manager.add(V2, "value-two")
@@ -155,12 +149,12 @@ async def test_a_disabled_version_leaves_the_execution_that_pinned_it(
     )  # the alias and the version
 
     assert (
-        await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
         == "value-two"
     )
     assert await credential_names(keychain, execution_id=42) == {f"{LATEST}:42": V2, f"{V2}:42": V2}
     with pytest.raises(SecretError, match="FailedPrecondition"):  # as Secret Manager answers it
-        await fetch_secret(V1, execution_id=43, client=keychain, provider=provider)
+        await fetch_secret(V1, execution_id=43, keychain=keychain, provider=provider)
 
 
 async def test_a_burst_across_two_servers_makes_one_provider_call(
@@ -175,7 +169,7 @@ async def test_a_burst_across_two_servers_makes_one_provider_call(
         workers = [KeychainClient(BASE_URL, http_client=server.client) for server in (a, b)]
         values = await asyncio.gather(
             *(
-                fetch_secret(LATEST, execution_id=42, client=workers[i % 2], provider=provider)
+                fetch_secret(LATEST, execution_id=42, keychain=workers[i % 2], provider=provider)
                 for i in range(10)
             )
         )
@@ -199,7 +193,7 @@ async def test_a_failed_write_of_the_version_entry_never_fails_the_step(
     async with server.http_client() as http:
         keychain = KeychainClient(BASE_URL, http_client=http)
         assert (
-            await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+            await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
             == "value-one"
         )
     assert [(r["method"], r["path"]) for r in server.requests][1:] == [
@@ -227,7 +221,7 @@ async def test_providers_that_cannot_name_a_version_cache_latest_as_before(
         kind
     ]
     assert (
-        await fetch_secret(LATEST, execution_id=42, client=keychain, provider=provider)
+        await fetch_secret(LATEST, execution_id=42, keychain=keychain, provider=provider)
         == "local-value"
     )
     assert await credential_names(keychain, execution_id=42) == {f"{LATEST}:42": LATEST}
@@ -253,7 +247,7 @@ async def test_a_version_read_by_project_id_is_cached_as_asked(keychain: Keychai
     provider = AsSecretManagerNamesIt()
     assert (
         await fetch_secret(
-            f"{by_project_id}/1", execution_id=42, client=keychain, provider=provider
+            f"{by_project_id}/1", execution_id=42, keychain=keychain, provider=provider
         )
         == "value-one"
     )
@@ -263,7 +257,7 @@ async def test_a_version_read_by_project_id_is_cached_as_asked(keychain: Keychai
     # Through `latest`, the version takes the name Secret Manager gave it, the one its events use.
     assert (
         await fetch_secret(
-            f"{by_project_id}/latest", execution_id=43, client=keychain, provider=provider
+            f"{by_project_id}/latest", execution_id=43, keychain=keychain, provider=provider
         )
         == "value-one"
     )

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from tests.server.replicas import replica
-from workerlib import KeychainClient, SecretError, fetch_secret
+from workerlib import KeychainClient, fetch_secret
+from workerlib.errors import SecretError
 
 NAME = "projects/1/secrets/flaky/versions/1"
 
@@ -36,11 +37,11 @@ async def test_a_failed_fetch_hands_the_fill_to_a_waiting_worker_at_once(
         first, second = (KeychainClient(http_client=server.client) for _ in range(2))
         started = time.monotonic()
         holder = asyncio.ensure_future(
-            fetch_secret(NAME, execution_id=5, client=first, provider=provider)
+            fetch_secret(NAME, execution_id=5, keychain=first, provider=provider)
         )
         await asyncio.sleep(0.05)  # the holder has the lease; the second worker waits for it
         waiter = asyncio.ensure_future(
-            fetch_secret(NAME, execution_id=5, client=second, provider=provider)
+            fetch_secret(NAME, execution_id=5, keychain=second, provider=provider)
         )
         with pytest.raises(SecretError):
             await holder  # the provider's error is the caller's, as without the cache

@@ -19,13 +19,11 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import BASE_URL, asgi_client
 from tests.workerlib.helpers import ScriptedServer, entry_body
-from workerlib import (
+from workerlib import KeychainClient
+from workerlib.errors import (
     BadRequest,
-    Entry,
-    EntryMeta,
     Forbidden,
     InvalidKey,
-    KeychainClient,
     KeychainConfigError,
     KeychainError,
     KeychainUnavailable,
@@ -34,6 +32,7 @@ from workerlib import (
     Unauthorized,
     UnreadableEntry,
 )
+from workerlib.models import Entry, EntryMeta
 
 SECRET_PATH = "projects/123/secrets/openai-api-key/versions/1"
 
@@ -430,12 +429,12 @@ async def test_tls_is_verified_against_keychain_ca_file_or_the_verify_argument(
 def test_an_unreadable_ca_file_is_refused_at_construction(
     tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
-    with pytest.raises(KeychainConfigError, match="KEYCHAIN_CA_FILE names .*missing.pem"):
+    with pytest.raises(KeychainConfigError, match=r"KEYCHAIN_CA_FILE names .*missing.pem"):
         KeychainClient(
             "https://keychain.test", environ={"KEYCHAIN_CA_FILE": str(tmp_path / "missing.pem")}
         )
     (tmp_path / "garbage.pem").write_text("not a certificate")
-    with pytest.raises(KeychainConfigError, match="verify names .*garbage.pem"):
+    with pytest.raises(KeychainConfigError, match=r"verify names .*garbage.pem"):
         KeychainClient("https://keychain.test", verify=str(tmp_path / "garbage.pem"))
     with pytest.raises(KeychainConfigError, match="not to http_client"):
         KeychainClient(BASE_URL, http_client=client, verify=False)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import workerlib
-from workerlib import InvalidKey, compat
+from workerlib import compat
+from workerlib.errors import InvalidKey
 from workerlib.keys import cache_key
 
 
@@ -46,7 +47,7 @@ def test_the_original_formats(args: tuple, key: str) -> None:
     ],
 )
 def test_parts_that_would_spell_another_key_are_refused(args: tuple) -> None:
-    with pytest.raises(InvalidKey, match="ambiguous|not a whole number") as caught:
+    with pytest.raises(InvalidKey, match=r"ambiguous|not a whole number") as caught:
         cache_key(*args)
     assert isinstance(caught.value, ValueError)
 

@@ -13,17 +13,14 @@ from tests.workerlib.helpers import (
     CACHE_FAILURES,
     IDP_URL,
     MISS,
-    UNUSABLE_SETTING_IDS,
-    UNUSABLE_SETTINGS,
     ScriptedServer,
     assert_logged_degraded,
-    assert_logged_unusable_configuration,
     cached_oauth_tokens,
     token_endpoint,
 )
-from workerlib import KeychainClient, TokenEndpointError, client_credentials_token
-from workerlib import client as client_module
-from workerlib.oauth import OAuthClient, cache_ttl
+from workerlib import KeychainClient
+from workerlib.errors import TokenEndpointError
+from workerlib.oauth import OAuthClient, cache_ttl, client_credentials_token
 
 TOKEN_URL = f"{IDP_URL}/oauth/token"
 CLIENT_SECRET = "client-secret-0000"
@@ -39,7 +36,7 @@ async def test_the_token_is_cached_globally_with_ttl_expires_in_minus_300_and_re
             client_id="worker",
             client_secret=CLIENT_SECRET,
             scope="read",
-            client=keychain,
+            keychain=keychain,
             http_client=http,
         )
         assert await client_credentials_token("crm", **kwargs) == "at-first"
@@ -77,7 +74,7 @@ async def test_a_short_lived_token_is_cached_only_while_a_minute_of_it_is_left(
             token_url=TOKEN_URL,
             client_id="w",
             client_secret=CLIENT_SECRET,
-            client=keychain,
+            keychain=keychain,
             http_client=http,
         )
     [entry] = (await cached_oauth_tokens(keychain, "short")).values()
@@ -93,7 +90,7 @@ async def test_a_token_with_a_minute_or_less_to_live_is_not_cached(
             token_url=TOKEN_URL,
             client_id="w",
             client_secret=CLIENT_SECRET,
-            client=keychain,
+            keychain=keychain,
             http_client=http,
         )
         assert await client_credentials_token("brief", **kwargs) == "at-first"
@@ -125,7 +122,7 @@ async def test_a_call_for_another_endpoint_client_scope_or_audience_gets_its_own
 
         async def token(fields: dict) -> str:
             return await client_credentials_token(
-                "crm", **fields, client_secret=CLIENT_SECRET, client=keychain, http_client=http
+                "crm", **fields, client_secret=CLIENT_SECRET, keychain=keychain, http_client=http
             )
 
         assert await token(first) == "at-1"
@@ -146,10 +143,12 @@ async def test_a_plain_http_token_url_is_refused_unless_allowed(
     monkeypatch.delenv("KEYCHAIN_OAUTH_INSECURE_HOSTS")
     idp = token_endpoint()
     async with idp.http_client(IDP_URL) as http:
-        kwargs = dict(client_id="w", client_secret=CLIENT_SECRET, client=keychain, http_client=http)
+        kwargs = dict(
+            client_id="w", client_secret=CLIENT_SECRET, keychain=keychain, http_client=http
+        )
         with pytest.raises(
             TokenEndpointError,
-            match="plain http.*use https, or list idp.test in KEYCHAIN_OAUTH_INSECURE_HOSTS",
+            match=r"plain http.*use https, or list idp.test in KEYCHAIN_OAUTH_INSECURE_HOSTS",
         ):
             await client_credentials_token("insecure", token_url=TOKEN_URL, **kwargs)
         with pytest.raises(TokenEndpointError, match="not an https:// URL"):
@@ -180,18 +179,18 @@ async def test_errors_never_quote_userinfo_or_query_of_the_token_url(
                 token_url=url,
                 client_id="w",
                 client_secret=CLIENT_SECRET,
-                client=keychain,
+                keychain=keychain,
                 http_client=http,
             )
     with pytest.raises(
-        TokenEndpointError, match="cannot reach the token endpoint https://127.0.0.1"
+        TokenEndpointError, match=r"cannot reach the token endpoint https://127.0.0.1"
     ) as unreachable:
         await client_credentials_token(
             "u",
             token_url=f"https://ops:pw-0000@127.0.0.1:{closed_port}/t?api_key=q-0000",
             client_id="w",
             client_secret=CLIENT_SECRET,
-            client=keychain,
+            keychain=keychain,
         )
     for caught in (refused, unreachable):
         error: BaseException | None = caught.value
@@ -215,7 +214,7 @@ async def test_client_secret_post_sends_the_credentials_in_the_form(
             client_id="w",
             client_secret=CLIENT_SECRET,
             auth_method="client_secret_post",
-            client=keychain,
+            keychain=keychain,
             http_client=http,
         )
     form = parse_qs(idp.requests[0]["body"].decode())
@@ -236,7 +235,7 @@ async def test_a_refusal_names_the_oauth_error_but_never_echoes_the_body(
                 token_url=TOKEN_URL,
                 client_id="w",
                 client_secret=CLIENT_SECRET,
-                client=keychain,
+                keychain=keychain,
                 http_client=http,
             )
     assert "invalid_client" in str(caught.value) and "401" in str(caught.value)
@@ -254,7 +253,7 @@ async def test_keychain_down_still_gives_a_token(
             token_url=TOKEN_URL,
             client_id="w",
             client_secret=CLIENT_SECRET,
-            client=down_keychain,
+            keychain=down_keychain,
             http_client=http,
         )
     assert token == "at-first"
@@ -288,7 +287,7 @@ async def test_a_failing_cache_never_fails_token_acquisition(
             token_url=TOKEN_URL,
             client_id="w",
             client_secret=CLIENT_SECRET,
-            client=keychain,
+            keychain=keychain,
             http_client=http,
         )
     assert token == "at-first"
@@ -296,17 +295,3 @@ async def test_a_failing_cache_never_fails_token_acquisition(
         ["GET"] if failing == "read" else ["GET", "POST"]
     )
     assert_logged_degraded(caplog, status, error_class, detail, "at-first", CLIENT_SECRET)
-
-
-@pytest.mark.parametrize(("variable", "value"), UNUSABLE_SETTINGS, ids=UNUSABLE_SETTING_IDS)
-async def test_an_unusable_client_configuration_still_gives_a_token(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
-) -> None:
-    monkeypatch.setenv(variable, value)
-    client_module.set_default_client(None)
-    async with token_endpoint().http_client(IDP_URL) as http:
-        token = await client_credentials_token(
-            "cfg", token_url=TOKEN_URL, client_id="w", client_secret=CLIENT_SECRET, http_client=http
-        )
-    assert token == "at-first"
-    assert_logged_unusable_configuration(caplog, variable, value)

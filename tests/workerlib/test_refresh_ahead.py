@@ -10,7 +10,8 @@ import asyncpg
 
 from tests.server.replicas import replica, until
 from tests.workerlib.helpers import IDP_URL, token_endpoint
-from workerlib import KeychainClient, client_credentials_token
+from workerlib import KeychainClient
+from workerlib.oauth import client_credentials_token
 
 TOKEN_URL = f"{IDP_URL}/token"
 READERS = 12
@@ -30,7 +31,7 @@ async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(
                 token_url=TOKEN_URL,
                 client_id="worker",
                 client_secret="s3cret-value",
-                client=keychain,
+                keychain=keychain,
                 http_client=idp_http,
             )
             return value, time.perf_counter() - started

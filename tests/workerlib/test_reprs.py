@@ -8,7 +8,7 @@ import pprint
 
 from rich.pretty import pretty_repr
 
-from workerlib import CredentialCache, KeychainClient
+from workerlib import KeychainClient
 from workerlib.models import EntryPut
 
 SECRET = "sk-repr-secret-5f0c2a"
@@ -54,36 +54,3 @@ def test_a_body_to_write_hides_its_token_data() -> None:
     body = EntryPut(token_data=BODY, credential_type="bearer")
     assert SECRET not in repr(body) and SECRET not in pretty_repr(body)
     assert repr(body).startswith("EntryPut(token_data=<hidden>, credential_type='bearer', ")
-
-
-async def test_credential_cache_results_hide_data_and_stay_plain_dicts(
-    keychain: KeychainClient,
-) -> None:
-    CredentialCache.use_client(keychain)
-    try:
-        assert await CredentialCache.set_cached("crm", "bearer", BODY, execution_id=7)
-        cached = await CredentialCache.get_cached("crm", execution_id=7)
-    finally:
-        CredentialCache.use_client(None)
-    assert cached is not None
-    for shown in (
-        repr(cached),
-        str(cached),
-        pprint.pformat(cached),
-        pretty_repr(cached),
-        repr([cached]),
-    ):
-        assert (
-            SECRET not in shown
-            and "'data': <hidden>" in shown
-            and "'credential_name': 'crm'" in shown
-        )
-    # Everything a caller does with the dict is as before.
-    assert isinstance(cached, dict) and cached["data"] == BODY
-    assert dict(cached) == {
-        "credential_name": "crm",
-        "data": BODY,
-        "credential_type": "bearer",
-        "cache_type": "secret",
-        "expires_at": cached["expires_at"],
-    }

@@ -32,7 +32,7 @@ async def test_two_workers_warming_one_execution_make_one_call_per_secret(
                     secrets=[*SECRETS, MISSING],
                     auth=AUTH,
                     execution_id=7,
-                    client=w,
+                    keychain=w,
                     provider=provider,
                     providers=providers,
                 )
@@ -47,7 +47,7 @@ async def test_two_workers_warming_one_execution_make_one_call_per_secret(
 
         # The steps that follow read from the cache.
         got = [
-            await fetch_secret(name, execution_id=7, client=workers[1], provider=provider)
+            await fetch_secret(name, execution_id=7, keychain=workers[1], provider=provider)
             for name in SECRETS
         ]
         assert got == list(SECRETS.values())
