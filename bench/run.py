@@ -378,14 +378,14 @@ class Bench:
                 for _ in range(BURST)
             ]
 
-            async def timed(client: KeychainClient) -> float:
+            async def timed(client: KeychainClient, name: str, provider: SlowProvider) -> float:
                 started = time.perf_counter()
                 await fetch_secret(
                     name, execution_id=EXECUTION_ID, keychain=client, provider=provider
                 )
                 return time.perf_counter() - started
 
-            slowest = max(await asyncio.gather(*(timed(c) for c in clients)))
+            slowest = max(await asyncio.gather(*(timed(c, name, provider) for c in clients)))
             self.bursts[mode].append((provider.calls, slowest))
 
     async def invalidation_round(self, a: KeychainClient, b: KeychainClient, round_: int) -> None:

@@ -27,6 +27,9 @@ SECRET = "projects/1/secrets/burst/versions/1"
 # Worker processes need a few seconds to import grpc and friends on 2 cores; they start together.
 START_DELAY_S = 6.0
 
+# Where `python -m tests.workerlib.burst_worker` runs from.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture
 def cluster(own_database: str, tmp_path: Path) -> Iterator[list[LocalKeychainServer]]:
@@ -85,7 +88,7 @@ async def start_workers(
                 "KEYCHAIN_SERVER_URL": servers[i % len(servers)].url,
                 "SECRET_MANAGER_EMULATOR_HOST": emulator,
             },
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=REPO_ROOT,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
