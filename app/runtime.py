@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from litestar import Request
 from litestar.datastructures import State
-from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth import Principal, TokenTable
@@ -24,7 +23,6 @@ class Runtime:
     settings: Settings
     keyring: KeyRing
     tokens: TokenTable
-    table: Table
     limits: EntryLimits
     # The metrics (per app, not the process-global registry: each create_app() and each test
     # counts alone), the read audit, the memory tier and what else requests share.
@@ -37,9 +35,7 @@ class Runtime:
         return self.process.metrics
 
     def keychain_service(self, conn: AsyncConnection | LazyTransaction) -> KeychainService:
-        return KeychainService(
-            KeychainRepository(conn, self.table), self.keyring, self.limits, self.process
-        )
+        return KeychainService(KeychainRepository(conn), self.keyring, self.limits, self.process)
 
 
 def runtime_of(state: State) -> Runtime:
