@@ -12,6 +12,8 @@ from hostile_support import asgi_client, tally
 from sqlalchemy import func, select
 
 from app.db.tables import keychain
+from app.settings import load_settings
+from tests.conftest import qualified_name
 
 SECRET = "sk-hostile-input-5c1e0f7a"
 BODY = {"token_data": {"api_key": SECRET}, "credential_type": "bearer"}
@@ -134,12 +136,14 @@ async def test_keys_are_not_normalised_composed_and_decomposed_forms_are_two_ent
     assert (await client.get(url(decomposed))).json()["data"] == {"form": "NFD"}
 
 
+# Aimed at the table the suite runs on (its schema is the default one).
+TABLE = qualified_name(keychain, load_settings({}).db_schema)
 SQL_LOOKING = [
-    "'; DROP TABLE noetl.keychain; --",
+    f"'; DROP TABLE {TABLE}; --",
     "%' OR '1'='1",
     '" OR ""="',
-    "x'); DELETE FROM noetl.keychain WHERE ('1'='1",
-    "1 UNION SELECT data FROM noetl.keychain --",
+    f"x'); DELETE FROM {TABLE} WHERE ('1'='1",
+    f"1 UNION SELECT data FROM {TABLE} --",
     "%",
     "_",
     "$1",
