@@ -17,7 +17,7 @@ from sqlalchemy.pool import NullPool
 
 from alembic import context
 from app.db.engine import database_url
-from app.db.tables import build_metadata
+from app.db.tables import metadata
 from app.settings import load_settings
 
 VERSION_TABLE = "keychain_alembic_version"
@@ -42,13 +42,17 @@ def _run(connection: Connection, schema: str) -> None:
     connection.execute(text("SET statement_timeout = '60s'"))
     try:
         connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+        # The tables carry no schema (the app maps it per engine), and Alembic's autogenerate
+        # does not apply schema_translate_map: make the configured schema the default one
+        # instead, for PostgreSQL and for the reflection that compares (Alembic's cookbook,
+        # "schema-level multi tenancy"). The version table, unqualified, is found there too.
+        connection.execute(text(f'SET search_path TO "{schema}"'))
         connection.commit()
-        metadata, _ = build_metadata(schema)
+        connection.dialect.default_schema_name = schema
         context.configure(
             connection=connection,
             target_metadata=metadata,
             version_table=VERSION_TABLE,
-            version_table_schema=schema,
             include_schemas=False,
             transaction_per_migration=True,
         )

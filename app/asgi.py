@@ -28,7 +28,7 @@ from app.audit import AuditMiddleware, ReadAudit, run_read_audit_flusher
 from app.auth import WWW_AUTHENTICATE, ExecutionTokens, TokenTable
 from app.crypto import KeyRing
 from app.db.engine import Database, check_pooler_settings, direct_database_url, make_engine
-from app.db.tables import build_metadata
+from app.db.tables import schema_of
 from app.errors import (
     RETRY_AFTER_SECONDS,
     AccessDenied,
@@ -233,7 +233,6 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
     if runtime.settings.sweep_interval_seconds > 0:
         sweeping = run_sweeper(
             database,
-            runtime.table,
             runtime.settings.sweep_interval_seconds,
             runtime.settings.sweep_batch_size,
             runtime.metrics,
@@ -249,15 +248,13 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         else database.engine.url
     )
     listener = InvalidationListener(
-        listen_url, channel_name(runtime.settings.db_schema), process.on_invalidation
+        listen_url, channel_name(schema_of(runtime.database.engine)), process.on_invalidation
     )
     process.ended_executions.listener = listener
     if tier is not None:
         tier.listener = listener
     tasks.append(asyncio.create_task(listener.run(), name="keychain-invalidation-listener"))
-    counting = run_hit_flusher(
-        process.hits, database, runtime.table, runtime.settings.hit_flush_seconds
-    )
+    counting = run_hit_flusher(process.hits, database, runtime.settings.hit_flush_seconds)
     tasks.append(asyncio.create_task(counting, name="keychain-hit-flusher"))
     if process.read_audit is not None:
         flushing = run_read_audit_flusher(process.read_audit, runtime.settings.audit_flush_seconds)
@@ -295,12 +292,10 @@ def create_app(settings: Settings | None = None, *, database: Database | None = 
             "an issuer token is configured but KEYCHAIN_TOKEN_SIGNING_KEYS is not: set it "
             "(id:<base64 of 32 random bytes>) so that execution tokens can be signed"
         )
-    _, table = build_metadata(settings.db_schema)
     runtime = Runtime(
         settings=settings,
         keyring=make_keyring(settings),
         tokens=tokens,
-        table=table,
         limits=EntryLimits(
             settings.default_ttl_seconds, settings.max_ttl_seconds, settings.max_token_data_bytes
         ),

@@ -27,9 +27,6 @@ from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the commands import the heavy parts only when they run
-    from alembic.config import Config
-    from sqlalchemy import Table
-
     from app.db.engine import Database
 
 # argparse itself exits 2 on bad usage.
@@ -193,15 +190,13 @@ async def _serve_with_granian(
 
 
 @asynccontextmanager
-async def _opened_database(settings: Settings) -> AsyncIterator[tuple[Database, Table]]:
-    """The database and table a command works on, disposed when the command ends."""
+async def _opened_database(settings: Settings) -> AsyncIterator[Database]:
+    """The database a command works on, disposed when the command ends."""
     from app.db.engine import Database, make_engine
-    from app.db.tables import build_metadata
 
-    _, table = build_metadata(settings.db_schema)
     database = Database(make_engine(settings))
     try:
-        yield database, table
+        yield database
     finally:
         await database.dispose()
 
@@ -209,10 +204,9 @@ async def _opened_database(settings: Settings) -> AsyncIterator[tuple[Database, 
 async def _sweep(settings: Settings, args: argparse.Namespace) -> int:
     from app.keychain.sweeper import sweep_once
 
-    async with _opened_database(settings) as (database, table):
+    async with _opened_database(settings) as database:
         result = await sweep_once(
             database,
-            table,
             settings.sweep_batch_size,
             ended_retention_seconds=settings.execution_token_ttl_seconds,
         )
@@ -230,20 +224,19 @@ async def _rotate_keys(settings: Settings, args: argparse.Namespace) -> int:
     from app.keychain.rotation import count_to_reseal, reseal_all
 
     keyring = make_keyring(settings)
-    async with _opened_database(settings) as (database, table):
-        total = await count_to_reseal(database, table, keyring)
+    async with _opened_database(settings) as database:
+        total = await count_to_reseal(database, keyring)
         with Progress(transient=False) as progress:
             task = progress.add_task(f"re-sealing under {keyring.primary_key_id!r}", total=total)
             result = await reseal_all(
                 database,
-                table,
                 keyring,
                 args.batch_size,
                 on_batch=lambda done: progress.advance(task, done),
             )
         # Counted again rather than trusted: a replica still on the old key ring may have
         # sealed new rows with an old key while we ran.
-        remaining = await count_to_reseal(database, table, keyring)
+        remaining = await count_to_reseal(database, keyring)
     print(f"re-sealed {result.resealed} rows under key {keyring.primary_key_id!r}")
     if remaining:
         print(
@@ -261,8 +254,8 @@ async def _stats(settings: Settings, args: argparse.Namespace) -> int:
     from app.keychain.repository import KeychainRepository
     from app.keychain.stats import collect_stats
 
-    async with _opened_database(settings) as (database, table), database.transaction() as conn:
-        report = await collect_stats(KeychainRepository(conn, table), args.top)
+    async with _opened_database(settings) as database, database.transaction() as conn:
+        report = await collect_stats(KeychainRepository(conn), args.top)
     if args.json:
         print(msgspec.json.encode(report).decode())
     else:
@@ -285,9 +278,9 @@ async def _mint_token(settings: Settings, args: argparse.Namespace) -> int:
         write=args.write,
         ttl_seconds=args.ttl,
     )
-    async with _opened_database(settings) as (database, table), database.transaction() as conn:
+    async with _opened_database(settings) as database, database.transaction() as conn:
         minted = await mint_execution_token(
-            KeychainRepository(conn, table), signer, Principal(name="cli", role="issuer"), request
+            KeychainRepository(conn), signer, Principal(name="cli", role="issuer"), request
         )
     # The token alone on stdout, for TOKEN=$(keychain mint-token ...); the rest for people.
     print(minted.token)
@@ -303,10 +296,10 @@ async def _purge(settings: Settings, args: argparse.Namespace) -> int:
     from app.keychain.service import purge_credentials
 
     credential_name, scope_type = args.name, args.scope
-    async with _opened_database(settings) as (database, table), database.transaction() as conn:
+    async with _opened_database(settings) as database, database.transaction() as conn:
         # Announced in the same transaction, as the API does: every server drops them from memory.
         messages = await purge_credentials(
-            KeychainRepository(conn, table), [credential_name], scope_type=scope_type
+            KeychainRepository(conn), [credential_name], scope_type=scope_type
         )
     deleted = sum(len(message.keys) for message in messages)
     audit_event(

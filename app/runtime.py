@@ -8,7 +8,6 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
-from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.auth import Principal, TokenTable
@@ -26,7 +25,6 @@ class Runtime:
     settings: Settings
     keyring: KeyRing
     tokens: TokenTable
-    table: Table
     limits: EntryLimits
     # The metrics (per app, not the process-global registry: each create_app() and each test
     # counts alone), the read audit, the memory tier and what else requests share.
@@ -48,9 +46,7 @@ class Runtime:
         return self.process.metrics
 
     def keychain_service(self, conn: AsyncConnection | LazyTransaction) -> KeychainService:
-        return KeychainService(
-            KeychainRepository(conn, self.table), self.keyring, self.limits, self.process
-        )
+        return KeychainService(KeychainRepository(conn), self.keyring, self.limits, self.process)
 
 
 def runtime_of(state: State) -> Runtime:

@@ -23,6 +23,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar import Litestar
 from sqlalchemy import Table
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -30,7 +31,7 @@ from sqlalchemy.pool import NullPool
 from app.asgi import create_app
 from app.cli import migrate
 from app.db.engine import Database, async_url, make_engine
-from app.db.tables import build_metadata
+from app.db.tables import in_schema
 from app.settings import Settings, load_settings
 from tests.local_server import free_port
 from tests.pubsub import serving_jwks
@@ -138,8 +139,12 @@ def own_database(make_empty_database: Callable[[], str], test_settings: Settings
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_async_engine(database_url, pool_size=5)
+async def engine(database_url: str, test_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """Maps the tables into the suite's schema, as the app's engines do: statements on the
+    tables (app.db.tables) need no schema name."""
+    engine = create_async_engine(
+        database_url, pool_size=5, execution_options=in_schema(test_settings.db_schema)
+    )
     yield engine
     await engine.dispose()
 
@@ -161,11 +166,6 @@ def database(connection: AsyncConnection) -> SavepointDatabase:
 
 
 @pytest.fixture
-def table(test_settings: Settings) -> Table:
-    return build_metadata(test_settings.db_schema)[1]
-
-
-@pytest.fixture
 def make_app(test_settings: Settings, database: SavepointDatabase) -> Callable[..., Litestar]:
     """create_app() on the test transaction; keyword arguments override settings."""
 
@@ -174,6 +174,13 @@ def make_app(test_settings: Settings, database: SavepointDatabase) -> Callable[.
         return create_app(settings, database=database)
 
     return make
+
+
+def qualified_name(table: Table, schema: str) -> str:
+    """`table` in `schema`, for SQL on a plain asyncpg connection, which no
+    schema_translate_map reaches."""
+    preparer = postgresql.dialect().identifier_preparer
+    return f"{preparer.quote_schema(schema)}.{preparer.quote(table.name)}"
 
 
 def msgspec_replace(settings: Settings, **overrides: object) -> Settings:

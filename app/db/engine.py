@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from app.db.tables import in_schema
 from app.errors import ConfigurationError, DatabaseNotMigrated, DatabaseUnavailable
 from app.settings import Settings
 
@@ -129,6 +130,7 @@ def make_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         pool_pre_ping=True,
         # Statement parameters hold ciphertext and keys; keep them out of error messages.
         hide_parameters=True,
+        execution_options=in_schema(settings.db_schema),
         connect_args={
             "timeout": 5,
             "command_timeout": 30,
@@ -224,6 +226,10 @@ class LazyTransaction:
         # A statement that failed dooms the transaction, even if the request recovered from
         # it (say, answered from memory because the database went away).
         self._failed: BaseException | None = None
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._database.engine
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         if self._conn is None:

@@ -12,8 +12,6 @@ import asyncio
 import logging
 from datetime import datetime
 
-from sqlalchemy import Table
-
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import KeychainRepository, PendingHits
@@ -58,29 +56,27 @@ class HitCounter:
             counted.last = max(counted.last, at)
 
 
-async def flush_hits(counter: HitCounter, database: Database, table: Table) -> int:
+async def flush_hits(counter: HitCounter, database: Database) -> int:
     """Write pending counts in one statement; on failure they wait for the next flush."""
     hits = counter.take()
     if not hits:
         return 0
     try:
         async with database.transaction() as conn:
-            await KeychainRepository(conn, table).add_hits(hits)
+            await KeychainRepository(conn).add_hits(hits)
     except BaseException:
         counter.give_back(hits)
         raise
     return len(hits)
 
 
-async def run_hit_flusher(
-    counter: HitCounter, database: Database, table: Table, interval: float
-) -> None:
+async def run_hit_flusher(counter: HitCounter, database: Database, interval: float) -> None:
     """Flush every `interval` seconds until cancelled, then once more."""
     try:
         while True:
             await asyncio.sleep(interval)
             try:
-                await flush_hits(counter, database, table)
+                await flush_hits(counter, database)
             except DatabaseUnavailable:
                 log.warning(
                     "hit counts not written: the database is unreachable; kept for the next flush"
@@ -89,6 +85,6 @@ async def run_hit_flusher(
                 log.exception("writing hit counts failed; kept for the next flush")
     finally:
         try:
-            await flush_hits(counter, database, table)
+            await flush_hits(counter, database)
         except Exception:
             log.warning("hit counts lost at shutdown: the last flush failed")

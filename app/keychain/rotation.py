@@ -7,8 +7,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Table
-
 from app.crypto import KeyRing, bound_data, new_write_id
 from app.db.engine import Database
 from app.errors import UnreadableEntry
@@ -25,14 +23,13 @@ class RotationResult:
     unreadable: int = 0
 
 
-async def count_to_reseal(database: Database, table: Table, keyring: KeyRing) -> int:
+async def count_to_reseal(database: Database, keyring: KeyRing) -> int:
     async with database.transaction() as conn:
-        return await KeychainRepository(conn, table).count_to_reseal(keyring.primary_key_id)
+        return await KeychainRepository(conn).count_to_reseal(keyring.primary_key_id)
 
 
 async def reseal_all(
     database: Database,
-    table: Table,
     keyring: KeyRing,
     batch_size: int,
     on_batch: Callable[[int], None] = lambda done: None,
@@ -43,7 +40,7 @@ async def reseal_all(
     after_key = ""
     while True:
         async with database.transaction() as conn:
-            repository = KeychainRepository(conn, table)
+            repository = KeychainRepository(conn)
             rows = await repository.to_reseal(keyring.primary_key_id, after_key, batch_size)
             for row in rows:
                 try:

@@ -6,8 +6,6 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import Table
-
 from app.db.engine import Database
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import KeychainRepository
@@ -25,7 +23,6 @@ class SweepResult:
 
 async def sweep_once(
     database: Database,
-    table: Table,
     batch_size: int,
     metrics: KeychainMetrics | None = None,
     *,
@@ -42,7 +39,7 @@ async def sweep_once(
     try:
         while True:
             async with database.transaction() as conn:
-                repository = KeychainRepository(conn, table)
+                repository = KeychainRepository(conn)
                 if not await repository.try_sweep_lock():
                     if deleted:  # another replica took over between our batches
                         break
@@ -69,7 +66,6 @@ async def sweep_once(
 
 async def run_sweeper(
     database: Database,
-    table: Table,
     interval: float,
     batch_size: int,
     metrics: KeychainMetrics | None = None,
@@ -82,7 +78,6 @@ async def run_sweeper(
         try:
             await sweep_once(
                 database,
-                table,
                 batch_size,
                 metrics,
                 ended_retention_seconds=ended_retention_seconds,

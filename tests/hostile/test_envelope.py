@@ -13,9 +13,10 @@ import pytest
 from hostile_support import tally
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import text
+from sqlalchemy import LargeBinary, literal_column, select, update
 
 from app.crypto import KeyRing
+from app.db.tables import keychain
 from app.errors import UnreadableEntry
 
 K1 = base64.b64encode(bytes(range(32))).decode()
@@ -162,7 +163,9 @@ TAMPERING = {
 
 async def tamper(connection, expression: str, key: str = KEY) -> None:
     await connection.execute(
-        text(f"UPDATE noetl.keychain SET data = {expression} WHERE cache_key = :key"), {"key": key}
+        update(keychain)
+        .where(keychain.c.cache_key == key)
+        .values(data=literal_column(expression, LargeBinary))
     )
 
 
@@ -190,9 +193,7 @@ async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(
 
     # The failed read did not count as a hit, the row stays for inspection, the rest still work.
     row = (
-        await connection.execute(
-            text("SELECT access_count FROM noetl.keychain WHERE cache_key = :k"), {"k": KEY}
-        )
+        await connection.execute(select(keychain.c.access_count).where(keychain.c.cache_key == KEY))
     ).one()
     assert row.access_count == 0
     assert (await client.get("/api/auth-cache/bystander:global")).json()["data"] == {"v": "fine"}
@@ -211,9 +212,7 @@ async def test_a_tampered_row_is_409_with_a_clear_detail_and_no_payload(
 async def test_any_flipped_byte_in_the_table_is_a_409_never_a_500(client, connection, data):
     if (await client.get(f"/api/auth-cache/{KEY}")).status_code == 404:
         await client.post(f"/api/auth-cache/{KEY}", json=BODY)
-    original = await connection.scalar(
-        text("SELECT data FROM noetl.keychain WHERE cache_key = :k"), {"k": KEY}
-    )
+    original = await connection.scalar(select(keychain.c.data).where(keychain.c.cache_key == KEY))
     position = data.draw(st.integers(0, len(original) - 1), label="position")
     mask = data.draw(st.integers(1, 255), label="mask")
     await tamper(connection, f"set_byte(data, {position}, get_byte(data, {position}) # {mask})")
@@ -225,6 +224,5 @@ async def test_any_flipped_byte_in_the_table_is_a_409_never_a_500(client, connec
         assert SECRET not in answer.text
     finally:
         await connection.execute(
-            text("UPDATE noetl.keychain SET data = :data WHERE cache_key = :k"),
-            {"data": original, "k": KEY},
+            update(keychain).where(keychain.c.cache_key == KEY).values(data=original)
         )

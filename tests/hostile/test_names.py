@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 from hostile_support import tally
-from sqlalchemy import text
+from sqlalchemy import func, select
+
+from app.db.tables import keychain
 
 BODY = {"token_data": {"api_key": "sk-name-test-31d0"}, "credential_type": "bearer"}
 
@@ -26,7 +28,7 @@ async def test_control_characters_in_names_are_400_and_nothing_is_stored(
     tally("control character in a name", answer.status_code)
     assert answer.status_code == 400, answer.text
     assert answer.json() == {"status_code": 400, "detail": f"{field} contains control characters"}
-    assert await connection.scalar(text("SELECT count(*) FROM noetl.keychain")) == 0
+    assert await connection.scalar(select(func.count()).select_from(keychain)) == 0
 
 
 async def test_a_nul_in_the_list_filter_is_400(client):

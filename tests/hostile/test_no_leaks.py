@@ -7,11 +7,13 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from hostile_support import ADMIN_TOKEN, API_TOKENS, WORKER_TOKEN, asgi_client, bearer
-from sqlalchemy import text
+from sqlalchemy import func, update
 
+from app.db.tables import keychain
 from app.logs import JsonFormatter, TextFormatter
 
 SECRET = "sk-live-7Qm2vX9rLk4Tz8Np"
@@ -100,9 +102,9 @@ async def test_a_full_request_cycle_logs_no_secret_and_no_token(all_logs, make_a
         await call("GET", "/api/auth-cache/never-written", headers=worker, expect=404)
         await call("POST", "/api/auth-cache/soon-old", json=body, headers=worker, expect=200)
         await connection.execute(
-            text(
-                "UPDATE noetl.keychain SET expires_at = now() - interval '1 s' WHERE cache_key = 'soon-old'"
-            )
+            update(keychain)
+            .where(keychain.c.cache_key == "soon-old")
+            .values(expires_at=func.now() - timedelta(seconds=1))
         )
         await call("GET", "/api/auth-cache/soon-old", headers=worker, expect=404)
         # Validation errors with the secret in the body.
@@ -148,11 +150,12 @@ async def test_a_full_request_cycle_logs_no_secret_and_no_token(all_logs, make_a
         await call("GET", key, headers={"Authorization": WORKER_TOKEN}, expect=401)
         await call("GET", "/api/auth-cache", headers=worker, expect=403)
         # A tampered row.
+        last = func.length(keychain.c.data) - 1
+        flipped = func.get_byte(keychain.c.data, last).op("#")(1)
         await connection.execute(
-            text(
-                "UPDATE noetl.keychain SET data = set_byte(data, length(data) - 1, get_byte(data, length(data) - 1) # 1)"
-                " WHERE cache_key = 'openai:global:bearer'"
-            )
+            update(keychain)
+            .where(keychain.c.cache_key == "openai:global:bearer")
+            .values(data=func.set_byte(keychain.c.data, last, flipped))
         )
         await call("GET", key, headers=worker, expect=409)
         # Admin calls, a delete, a cleanup.

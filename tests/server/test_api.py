@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, update
+
+from app.db.tables import keychain
 
 GLOBAL_TOKEN = {
     "token_data": {"access_token": "test123", "token_type": "bearer"},
@@ -78,16 +80,16 @@ async def test_absent_key_is_404_with_a_reason(client):
 async def test_expired_entry_is_404_before_it_is_swept(client, connection):
     await client.post("/api/auth-cache/old", json=GLOBAL_TOKEN)
     await connection.execute(
-        text(
-            "UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = 'old'"
-        )
+        update(keychain)
+        .where(keychain.c.cache_key == "old")
+        .values(expires_at=func.now() - timedelta(seconds=1))
     )
     miss = await client.get("/api/auth-cache/old")
     assert miss.status_code == 404
     assert "expired" in miss.json()["detail"]
     # The miss did not count as a hit.
     count = await connection.scalar(
-        text("SELECT access_count FROM noetl.keychain WHERE cache_key = 'old'")
+        select(keychain.c.access_count).where(keychain.c.cache_key == "old")
     )
     assert count == 0
 
@@ -180,9 +182,7 @@ async def test_list_returns_metadata_only_with_filters_and_paging(client):
 
 async def test_list_hides_expired_entries_unless_asked(client, connection):
     await client.post("/api/auth-cache/old", json=GLOBAL_TOKEN)
-    await connection.execute(
-        text("UPDATE noetl.keychain SET expires_at = now() - interval '1 hour'")
-    )
+    await connection.execute(update(keychain).values(expires_at=func.now() - timedelta(hours=1)))
     assert (await client.get("/api/auth-cache")).json()["total"] == 0
     assert (await client.get("/api/auth-cache", params={"include_expired": "true"})).json()[
         "total"

@@ -12,11 +12,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from importlib.metadata import version
 
 import msgspec
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, update
 from sqlalchemy.engine import make_url
 
 from app.asgi import create_app
@@ -24,6 +25,7 @@ from app.auth import TokenTable
 from app.cli import EXIT_CANNOT_LISTEN, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main
 from app.crypto import KeyRing
 from app.db.engine import Database, make_engine
+from app.db.tables import keychain as keychain_table
 from tests.conftest import TEST_KEY, TEST_KEY_ID, _admin, asgi_client, free_port
 
 SECRET = "sk-stats-secret-0123456789"
@@ -65,10 +67,9 @@ async def _fill(url: str, test_settings) -> None:
                     assert (await client.get(f"/api/auth-cache/{key}")).status_code == 200
         async with database.engine.begin() as conn:
             await conn.execute(
-                text(
-                    "UPDATE noetl.keychain SET expires_at = now() - interval '1 minute' WHERE cache_key = :k"
-                ),
-                {"k": "cfg:global"},
+                update(keychain_table)
+                .where(keychain_table.c.cache_key == "cfg:global")
+                .values(expires_at=func.now() - timedelta(minutes=1))
             )
     finally:
         await database.dispose()
@@ -285,14 +286,14 @@ def unprivileged_url(own_database, postgres_server_url) -> Iterator[str]:
 
 
 def test_an_error_of_the_database_that_is_no_outage_is_one_line_not_a_hang(
-    repo_root, unprivileged_url
+    repo_root, unprivileged_url, test_settings
 ):
     # Permission denied (42501) is neither an outage nor a caller's mistake: it used to become its
     # own __cause__, and the error printer, following causes, never returned.
     done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=unprivileged_url)
     assert done.returncode == EXIT_FAILED
     assert done.stderr.count("\n") == 1, done.stderr
-    assert "answered: permission denied for schema noetl" in done.stderr
+    assert f"answered: permission denied for schema {test_settings.db_schema}" in done.stderr
 
 
 def test_serve_on_a_port_already_served_says_so_and_exits_4(repo_root, own_database):

@@ -48,7 +48,6 @@ async def test_concurrent_hits_on_separate_connections_all_count(committed):
 
 async def test_rotation_under_load_reseals_every_row_and_reads_never_fail(committed):
     settings, database = committed
-    table = create_app(settings, database=database).state.runtime.table
     async with asgi_client(
         create_app(msgspec.structs.replace(settings, encryption_keys=K1), database=database)
     ) as old:
@@ -58,7 +57,7 @@ async def test_rotation_under_load_reseals_every_row_and_reads_never_fail(commit
     rotated = msgspec.structs.replace(settings, encryption_keys=f"{K2},{K1}")
     async with asgi_client(create_app(rotated, database=database)) as client:
         rotation = asyncio.create_task(
-            reseal_all(database, table, KeyRing.parse(f"{K2},{K1}"), batch_size=5)
+            reseal_all(database, KeyRing.parse(f"{K2},{K1}"), batch_size=5)
         )
         statuses = []
         while not rotation.done():
@@ -69,7 +68,7 @@ async def test_rotation_under_load_reseals_every_row_and_reads_never_fail(commit
         result = await rotation
     assert set(statuses) == {200}
     assert (result.resealed, result.unreadable) == (60, 0)
-    assert await count_to_reseal(database, table, KeyRing.parse(f"{K2},{K1}")) == 0
+    assert await count_to_reseal(database, KeyRing.parse(f"{K2},{K1}")) == 0
 
     async with asgi_client(
         create_app(msgspec.structs.replace(settings, encryption_keys=K2), database=database)

@@ -7,9 +7,10 @@ import os
 import stat
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, update
 
 from app.crypto import KeyRing
+from app.db.tables import keychain
 from app.errors import ConfigurationError, UnreadableEntry
 
 PLAINTEXT_SECRET = "sk-live-very-secret-value-4242"
@@ -20,7 +21,9 @@ async def test_the_data_column_never_holds_the_plaintext(client, connection):
     await client.post("/api/auth-cache/openai:global", json=body)
     raw, key_id = (
         await connection.execute(
-            text("SELECT data, key_id FROM noetl.keychain WHERE cache_key = 'openai:global'")
+            select(keychain.c.data, keychain.c.key_id).where(
+                keychain.c.cache_key == "openai:global"
+            )
         )
     ).one()
     assert PLAINTEXT_SECRET.encode() not in raw
@@ -37,11 +40,11 @@ async def test_a_ciphertext_copied_to_another_row_does_not_open(client, connecti
     await client.post(
         "/api/auth-cache/attacker:global", json={**body, "token_data": {"api_key": "mine"}}
     )
+    victims = select(keychain.c.data).where(keychain.c.cache_key == "victim:global")
     await connection.execute(
-        text(
-            "UPDATE noetl.keychain SET data = (SELECT data FROM noetl.keychain WHERE cache_key = 'victim:global')"
-            " WHERE cache_key = 'attacker:global'"
-        )
+        update(keychain)
+        .where(keychain.c.cache_key == "attacker:global")
+        .values(data=victims.scalar_subquery())
     )
     answer = await client.get("/api/auth-cache/attacker:global")
     assert answer.status_code == 409
@@ -105,11 +108,11 @@ async def test_an_older_ciphertext_replayed_onto_its_row_does_not_open(client, c
     await client.post(
         key, json={"token_data": {"access_token": "revoked-yesterday"}, "credential_type": "bearer"}
     )
-    old = (await connection.execute(text("SELECT data FROM noetl.keychain"))).scalar_one()
+    old = (await connection.execute(select(keychain.c.data))).scalar_one()
     await client.post(
         key, json={"token_data": {"access_token": "current"}, "credential_type": "bearer"}
     )
-    await connection.execute(text("UPDATE noetl.keychain SET data = :old"), {"old": old})
+    await connection.execute(update(keychain).values(data=old))
     answer = await client.get(key)
     assert answer.status_code == 409
     assert "revoked-yesterday" not in answer.text
@@ -118,15 +121,15 @@ async def test_an_older_ciphertext_replayed_onto_its_row_does_not_open(client, c
 @pytest.mark.parametrize(
     "tampering",
     [
-        "execution_id = 43",  # moved to another execution, to pass its access check
-        "written_by = 'someone-else'",  # made to look like another principal's
-        "credential_name = 'granted-credential'",  # renamed into a grant
+        {"execution_id": 43},  # moved to another execution, to pass its access check
+        {"written_by": "someone-else"},  # made to look like another principal's
+        {"credential_name": "granted-credential"},  # renamed into a grant
     ],
 )
 async def test_the_ciphertext_is_bound_to_the_rows_access_fields(client, connection, tampering):
     body = {"token_data": {"v": PLAINTEXT_SECRET}, "credential_type": "bearer", "execution_id": 42}
     await client.post("/api/auth-cache/db:42", json=body)
-    await connection.execute(text(f"UPDATE noetl.keychain SET {tampering}"))
+    await connection.execute(update(keychain).values(tampering))
     answer = await client.get("/api/auth-cache/db:42")
     assert answer.status_code == 409
     assert PLAINTEXT_SECRET not in answer.text

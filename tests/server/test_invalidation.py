@@ -28,7 +28,6 @@ from tests.conftest import TEST_SIGNING_KEYS
 from tests.local_server import LocalKeychainServer
 
 ISSUER = "engine-issuer-token-0123456789"
-CHANNEL = channel_name("noetl")
 
 
 def plain_dsn(url: str) -> str:
@@ -38,31 +37,22 @@ def plain_dsn(url: str) -> str:
 async def test_a_cleanup_is_announced_only_when_it_commits(own_database, test_settings):
     heard: asyncio.Queue[str] = asyncio.Queue()
     listening = await asyncpg.connect(plain_dsn(own_database))
-    await listening.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[-1]))
+    channel = channel_name(test_settings.db_schema)
+    await listening.add_listener(channel, lambda *args: heard.put_nowait(args[-1]))
     database = Database(make_engine(test_settings, own_database))
     try:
         with pytest.raises(RuntimeError):
             async with database.transaction() as conn:
-                await KeychainRepository(conn, _table(test_settings)).announce(
-                    Invalidation(ended_execution_id=1)
-                )
+                await KeychainRepository(conn).announce(Invalidation(ended_execution_id=1))
                 raise RuntimeError("roll back")
         async with database.transaction() as conn:
-            await KeychainRepository(conn, _table(test_settings)).announce(
-                Invalidation(ended_execution_id=2)
-            )
+            await KeychainRepository(conn).announce(Invalidation(ended_execution_id=2))
         assert await asyncio.wait_for(heard.get(), 5) == '{"ended_execution_id":2}'
         await asyncio.sleep(0.2)
         assert heard.empty()  # the rolled-back one never came
     finally:
         await listening.close()
         await database.dispose()
-
-
-def _table(settings):
-    from app.db.tables import build_metadata
-
-    return build_metadata(settings.db_schema)[1]
 
 
 @pytest.fixture
@@ -182,18 +172,20 @@ async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(
     must not leave a token working: after the reconnect the database is asked again."""
     database = Database(make_engine(test_settings, own_database))
     ended = EndedExecutions()
-    ended.listener = InvalidationListener(database.engine.url, CHANNEL, ended.on_invalidation)
+    ended.listener = InvalidationListener(
+        database.engine.url, channel_name(test_settings.db_schema), ended.on_invalidation
+    )
     listening = asyncio.create_task(ended.listener.run())
 
     async def ask(ids):
         async with database.transaction() as conn:
-            return await KeychainRepository(conn, _table(test_settings)).ended_among(ids)
+            return await KeychainRepository(conn).ended_among(ids)
 
     try:
         await _until(lambda: ended.listener.connected)
         assert await ended.first_ended((9,), ask) is None  # learned: 9 is live
         async with database.transaction() as conn:
-            await KeychainRepository(conn, _table(test_settings)).mark_ended(9)  # and no NOTIFY
+            await KeychainRepository(conn).mark_ended(9)  # and no NOTIFY
         assert await ended.first_ended((9,), ask) is None  # trusted while listening
         epoch = ended.listener.epoch
         for pid in await asyncio.to_thread(_listeners, own_database):
@@ -202,9 +194,7 @@ async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(
         assert await ended.first_ended((9,), ask) == 9
         # Heard on the channel (announced only, so the table would say otherwise): known from memory.
         async with database.transaction() as conn:
-            await KeychainRepository(conn, _table(test_settings)).announce(
-                Invalidation(ended_execution_id=10)
-            )
+            await KeychainRepository(conn).announce(Invalidation(ended_execution_id=10))
         deadline = time.monotonic() + 5
         while await ended.first_ended((10,), ask) != 10:
             assert time.monotonic() < deadline, "the notification never arrived"

@@ -11,14 +11,16 @@ import base64
 import logging
 import os
 import time
+from datetime import timedelta
 
 import jwt
 import pytest
 import pytest_asyncio
-from sqlalchemy import text
+from sqlalchemy import func, select, update
 
 from app.audit import ReadAudit
 from app.auth import Principal
+from app.db.tables import keychain
 from tests.conftest import asgi_client
 
 W1 = "w1-worker-token-0123456789"
@@ -156,7 +158,7 @@ async def test_another_principal_cannot_replace_a_live_global_entry(api, connect
             key, json=body({"access_token": "w1b"}, credential_name="crm"), headers=bearer(W1)
         )
     ).status_code == 200
-    await connection.execute(text("UPDATE noetl.keychain SET expires_at = now() - interval '1 s'"))
+    await connection.execute(update(keychain).values(expires_at=func.now() - timedelta(seconds=1)))
     assert (
         await api.post(
             key, json=body({"access_token": "w2"}, credential_name="crm"), headers=bearer(W2)
@@ -164,7 +166,7 @@ async def test_another_principal_cannot_replace_a_live_global_entry(api, connect
     ).status_code == 200
     row = (
         await connection.execute(
-            text("SELECT written_by FROM noetl.keychain WHERE cache_key = 'crm:global:oauth2'")
+            select(keychain.c.written_by).where(keychain.c.cache_key == "crm:global:oauth2")
         )
     ).one()
     assert row.written_by == "w2"
@@ -324,7 +326,7 @@ async def test_a_refused_read_does_not_count_as_a_hit(api, connection):
     intruder = await mint(api, 43)
     for _ in range(3):
         assert (await api.get("/api/auth-cache/db:42", headers=bearer(intruder))).status_code == 403
-    count = (await connection.execute(text("SELECT access_count FROM noetl.keychain"))).scalar_one()
+    count = (await connection.execute(select(keychain.c.access_count))).scalar_one()
     assert count == 0
 
 

@@ -11,17 +11,22 @@ import pytest
 from sqlalchemy import event
 
 from app import invalidation
+from app.db.tables import keychain
 from app.invalidation import LISTENER_APPLICATION_NAME
 from app.keychain.service import KeychainService
+from tests.conftest import qualified_name
 from tests.server.replicas import read_into_memory, replica, until
 
 BODY = {"token_data": {"value": "sk-from-memory"}, "credential_type": "bearer"}
 
 
-async def _row(url: str, key: str):
+async def _row(settings, url: str, key: str):
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        return await conn.fetchrow("SELECT * FROM noetl.keychain WHERE cache_key = $1", key)
+        return await conn.fetchrow(
+            f"SELECT * FROM {qualified_name(keychain, settings.db_schema)} WHERE cache_key = $1",
+            key,
+        )
     finally:
         await conn.close()
 
@@ -40,8 +45,10 @@ async def test_hits_come_from_memory_and_their_counts_are_written_at_shutdown(
         ]
         assert counts == list(range(counts[0], counts[0] + 5)) and counts[0] >= 2
         assert checkouts == []  # not one connection taken for those five hits
-        assert (await _row(own_database, "k:global"))["access_count"] == 0  # not flushed yet
-    row = await _row(own_database, "k:global")
+        assert (await _row(test_settings, own_database, "k:global"))[
+            "access_count"
+        ] == 0  # not flushed yet
+    row = await _row(test_settings, own_database, "k:global")
     assert row["access_count"] == counts[-1]
     assert row["accessed_at"] > row["created_at"]
 
@@ -52,7 +59,7 @@ async def test_counts_from_two_replicas_add_up(test_settings, own_database):
         for server, hits in ((a, 3), (b, 4)):
             for _ in range(hits):
                 assert (await server.client.get("/api/auth-cache/k:global")).status_code == 200
-    assert (await _row(own_database, "k:global"))["access_count"] == 7
+    assert (await _row(test_settings, own_database, "k:global"))["access_count"] == 7
 
 
 async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, own_database):
@@ -137,7 +144,7 @@ async def test_a_replace_starts_the_count_again_even_with_hits_pending(test_sett
             "/api/auth-cache/k:global", json=BODY
         )  # hits on the old version pending
         await a.client.get("/api/auth-cache/k:global")
-    assert (await _row(own_database, "k:global"))["access_count"] == 1
+    assert (await _row(test_settings, own_database, "k:global"))["access_count"] == 1
 
 
 async def test_what_memory_held_before_a_gap_in_listening_is_dropped(test_settings, own_database):
@@ -147,7 +154,10 @@ async def test_what_memory_held_before_a_gap_in_listening_is_dropped(test_settin
         # A change that no notification announced, as one lost in a gap would be.
         conn = await asyncpg.connect(own_database.replace("postgresql+asyncpg://", "postgresql://"))
         try:
-            await conn.execute("UPDATE noetl.keychain SET expires_at = now() - interval '1 s'")
+            await conn.execute(
+                f"UPDATE {qualified_name(keychain, test_settings.db_schema)}"
+                " SET expires_at = now() - interval '1 s'"
+            )
             epoch = a.process.tier.listener.epoch
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 
 import httpx
 import msgspec
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import func, text, update
 
 from app.asgi import create_app
 from app.db.engine import Database, make_engine
+from app.db.tables import keychain
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import SWEEP_LOCK_ID
 from app.keychain.sweeper import sweep_once
@@ -39,10 +41,9 @@ def value(samples, name: str, **labels: str) -> float | None:
 
 async def _expire(connection, key: str) -> None:
     await connection.execute(
-        text(
-            "UPDATE noetl.keychain SET expires_at = now() - interval '1 second' WHERE cache_key = :k"
-        ),
-        {"k": key},
+        update(keychain)
+        .where(keychain.c.cache_key == key)
+        .values(expires_at=func.now() - timedelta(seconds=1))
     )
 
 
@@ -83,7 +84,7 @@ async def test_writes_deletes_and_execution_cleanups(client):
 
 
 async def test_sweeps_count_passes_by_result_and_rows(
-    app, client, connection, database, table, engine, test_settings
+    app, client, connection, database, engine, test_settings
 ):
     metrics = app.state.runtime.metrics
     for key in ("old-1", "old-2", "old-3"):
@@ -96,14 +97,10 @@ async def test_sweeps_count_passes_by_result_and_rows(
             text("SELECT pg_advisory_xact_lock(:id)"), {"id": SWEEP_LOCK_ID}
         )
         assert not (
-            await sweep_once(
-                database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600
-            )
+            await sweep_once(database, batch_size=2, metrics=metrics, ended_retention_seconds=3600)
         ).swept
     assert (
-        await sweep_once(
-            database, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600
-        )
+        await sweep_once(database, batch_size=2, metrics=metrics, ended_retention_seconds=3600)
     ).deleted == 3
     unreachable = Database(
         make_engine(test_settings, f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
@@ -111,7 +108,7 @@ async def test_sweeps_count_passes_by_result_and_rows(
     try:
         with pytest.raises(DatabaseUnavailable):
             await sweep_once(
-                unreachable, table, batch_size=2, metrics=metrics, ended_retention_seconds=3600
+                unreachable, batch_size=2, metrics=metrics, ended_retention_seconds=3600
             )
     finally:
         await unreachable.dispose()

@@ -12,7 +12,8 @@ import time
 import asyncpg
 import httpx
 
-from tests.conftest import TEST_KEY, TEST_KEY_ID
+from app.db.tables import keychain
+from tests.conftest import TEST_KEY, TEST_KEY_ID, qualified_name
 from tests.local_server import LocalKeychainServer
 from tests.server.replicas import read_into_memory, replica
 
@@ -35,7 +36,8 @@ async def test_an_exhausted_pool_is_a_quick_503_and_hits_from_memory_go_on(
             # A replace that waits on this row lock holds the pool's one connection.
             async with locker.transaction():
                 await locker.execute(
-                    "SELECT 1 FROM noetl.keychain WHERE cache_key = 'held:global' FOR UPDATE"
+                    f"SELECT 1 FROM {qualified_name(keychain, test_settings.db_schema)}"
+                    " WHERE cache_key = 'held:global' FOR UPDATE"
                 )
                 stuck = asyncio.ensure_future(
                     a.client.post("/api/auth-cache/held:global", json=BODY)

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import asyncpg
 import httpx
 
+from app.db.tables import keychain
 from tests.cluster import NO_KEEPALIVE, RoundRobinProxy, plain_dsn, replicas
-from tests.conftest import TEST_KEY_ID
+from tests.conftest import TEST_KEY_ID, qualified_name
 
 
 def _payload(*ids: int) -> dict[str, object]:
@@ -22,7 +23,7 @@ def _payload(*ids: int) -> dict[str, object]:
 
 
 async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_whole(
-    own_database, tmp_path
+    own_database, tmp_path, test_settings
 ):
     key = "contended:global"
     writers_per_replica, writes_each = 2, 20
@@ -111,7 +112,9 @@ async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_w
     conn = await asyncpg.connect(plain_dsn(own_database))
     try:
         assert await conn.fetchval(
-            "SELECT credential_name FROM noetl.keychain WHERE cache_key = $1", key
+            f"SELECT credential_name FROM {qualified_name(keychain, test_settings.db_schema)}"
+            " WHERE cache_key = $1",
+            key,
         ) == (f"writer-{final[0]}")
     finally:
         await conn.close()
@@ -144,7 +147,9 @@ def _crash_body(n: int, version: int) -> dict[str, object]:
     }
 
 
-async def test_a_replica_killed_mid_burst_leaves_only_whole_rows(own_database, tmp_path):
+async def test_a_replica_killed_mid_burst_leaves_only_whole_rows(
+    own_database, tmp_path, test_settings
+):
     with replicas(own_database, tmp_path, 2, sweep_interval_seconds="0") as (victim, survivor):
         jobs = _crash_jobs(keys=150, lag=10)
         acknowledged: dict[int, int] = {}
@@ -188,7 +193,9 @@ async def test_a_replica_killed_mid_burst_leaves_only_whole_rows(own_database, t
 
         conn = await asyncpg.connect(plain_dsn(own_database))
         try:
-            rows = await conn.fetch("SELECT * FROM noetl.keychain ORDER BY cache_key")
+            rows = await conn.fetch(
+                f"SELECT * FROM {qualified_name(keychain, test_settings.db_schema)} ORDER BY cache_key"
+            )
         finally:
             await conn.close()
         found = {}

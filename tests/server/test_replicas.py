@@ -11,8 +11,10 @@ from datetime import datetime
 import asyncpg
 import httpx
 
+from app.db.tables import keychain
 from app.keychain.repository import SWEEP_LOCK_ID
 from tests.cluster import NO_KEEPALIVE, RoundRobinProxy, plain_dsn, replicas, sample, scrape
+from tests.conftest import qualified_name
 
 REPLICAS = 3
 # The replicas, the database and this test share the machine's clock, but a replica compares
@@ -47,8 +49,9 @@ async def _until(check, timeout: float, what: str) -> None:
 
 
 async def test_one_replica_sweeps_at_a_time_and_each_expired_row_is_swept_once(
-    own_database, tmp_path
+    own_database, tmp_path, test_settings
 ):
+    table = qualified_name(keychain, test_settings.db_schema)
     with replicas(own_database, tmp_path, REPLICAS, sweep_interval_seconds="0.2") as servers:
         urls = [server.url for server in servers]
         conn = await asyncpg.connect(plain_dsn(own_database))
@@ -61,7 +64,7 @@ async def test_one_replica_sweeps_at_a_time_and_each_expired_row_is_swept_once(
                     assert answer.status_code == 200, answer.text
 
             async def all_swept() -> bool:
-                return await conn.fetchval("SELECT count(*) FROM noetl.keychain") == 0
+                return await conn.fetchval(f"SELECT count(*) FROM {table}") == 0
 
             await _until(all_swept, 10, "the sweepers deleted every expired row")
             counts = await _sweeps(urls)
@@ -74,7 +77,7 @@ async def test_one_replica_sweeps_at_a_time_and_each_expired_row_is_swept_once(
             # sweep's DELETE, while the sweeping replica holds the sweep lock.
             locker = conn.transaction()
             await locker.start()
-            await conn.execute("LOCK TABLE noetl.keychain IN SHARE MODE")
+            await conn.execute(f"LOCK TABLE {table} IN SHARE MODE")
 
             async def a_sweep_is_stalled() -> bool:
                 waiting = await conn.fetchval(
@@ -177,7 +180,7 @@ async def test_an_entry_expired_on_one_replica_is_served_by_none(own_database, t
             assert answer.status_code == 404 and "expired" in answer.json()["detail"]
 
 
-async def test_hits_on_every_replica_add_up_in_the_table(own_database, tmp_path):
+async def test_hits_on_every_replica_add_up_in_the_table(own_database, tmp_path, test_settings):
     hits = 30
     # Counts reach the table only when the servers stop, which must write them all.
     with replicas(
@@ -207,7 +210,8 @@ async def test_hits_on_every_replica_add_up_in_the_table(own_database, tmp_path)
     try:
         assert (
             await conn.fetchval(
-                "SELECT access_count FROM noetl.keychain WHERE cache_key = 'counted:global'"
+                f"SELECT access_count FROM {qualified_name(keychain, test_settings.db_schema)}"
+                " WHERE cache_key = 'counted:global'"
             )
             == hits
         )

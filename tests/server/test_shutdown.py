@@ -10,7 +10,8 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import TEST_KEY, TEST_KEY_ID
+from app.db.tables import keychain
+from tests.conftest import TEST_KEY, TEST_KEY_ID, qualified_name
 from tests.local_server import LocalKeychainServer
 
 BODY = {"token_data": {"value": "sk-drained"}, "credential_type": "bearer"}
@@ -45,8 +46,9 @@ async def _wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
 
 
 async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_exits_0(
-    server, own_database
+    server, own_database, test_settings
 ):
+    table = qualified_name(keychain, test_settings.db_schema)
     async with httpx.AsyncClient(base_url=server.url) as http:
         for key in ("held:global", "counted:global", "fresh:global"):
             assert (await http.post(f"/api/auth-cache/{key}", json=BODY)).status_code == 200
@@ -63,9 +65,7 @@ async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_ex
         # fresh:global (not in memory yet) waiting for that connection.
         locker = conn.transaction()
         await locker.start()
-        await conn.execute(
-            "SELECT 1 FROM noetl.keychain WHERE cache_key = 'held:global' FOR UPDATE"
-        )
+        await conn.execute(f"SELECT 1 FROM {table} WHERE cache_key = 'held:global' FOR UPDATE")
         answers: dict[str, httpx.Response] = {}
 
         def send(method: str, key: str) -> threading.Thread:
@@ -96,7 +96,7 @@ async def test_sigterm_answers_the_requests_in_flight_writes_their_counts_and_ex
             await asyncio.to_thread(thread.join, 10)
         assert {method: a.status_code for method, a in answers.items()} == {"POST": 200, "GET": 200}
         assert await asyncio.to_thread(server._process.wait, 30) == 0
-        counts = dict(await conn.fetch("SELECT cache_key, access_count FROM noetl.keychain"))
+        counts = dict(await conn.fetch(f"SELECT cache_key, access_count FROM {table}"))
         assert counts == {"held:global": 0, "counted:global": 3, "fresh:global": 1}
     finally:
         await conn.close()

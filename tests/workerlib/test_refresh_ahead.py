@@ -8,6 +8,9 @@ import time
 
 import asyncpg
 
+from app.db.tables import keychain
+from app.invalidation import channel_name
+from tests.conftest import qualified_name
 from tests.server.replicas import replica, until
 from tests.workerlib.helpers import IDP_URL, token_endpoint
 from workerlib import KeychainClient
@@ -38,7 +41,7 @@ async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(
 
         first = KeychainClient(http_client=server.client)
         assert (await token(first))[0] == "at-first"  # the miss: fetched and cached
-        await age_the_cached_token(own_database, "crm")
+        await age_the_cached_token(own_database, test_settings.db_schema, "crm")
         # Each reader its own client, as separate worker processes would be.
         readers = [KeychainClient(http_client=server.client) for _ in range(READERS)]
         got = await asyncio.gather(*(token(r) for r in readers))
@@ -56,18 +59,19 @@ async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(
     assert refreshes == 1
 
 
-async def age_the_cached_token(url: str, name: str) -> None:
+async def age_the_cached_token(url: str, schema: str, name: str) -> None:
     """Make the cached token 3,000 s old with 100 s left (its refresh window is the last 10-15%),
     and tell the servers, as a write would."""
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         key = await conn.fetchval(
-            "UPDATE noetl.keychain SET created_at = now() - interval '3000 s', expires_at = now() + interval '100 s'"
-            " WHERE credential_name = $1 RETURNING cache_key",
+            f"UPDATE {qualified_name(keychain, schema)} SET created_at = now() - interval '3000 s',"
+            " expires_at = now() + interval '100 s' WHERE credential_name = $1 RETURNING cache_key",
             name,
         )
         await conn.execute(
-            "SELECT pg_notify('keychain_noetl', json_build_object('keys', json_build_array($1::text))::text)",
+            "SELECT pg_notify($1, json_build_object('keys', json_build_array($2::text))::text)",
+            channel_name(schema),
             key,
         )
     finally:
