@@ -248,7 +248,7 @@ async def _lifespan(app: Litestar) -> AsyncIterator[None]:
         else database.engine.url
     )
     listener = InvalidationListener(
-        listen_url, channel_name(schema_of(runtime.database.engine)), process.on_invalidation
+        listen_url, channel_name(schema_of(database.engine)), process.on_invalidation
     )
     process.ended_executions.listener = listener
     if tier is not None:

@@ -27,6 +27,8 @@ from app.logs import configure_logging
 from app.settings import Settings, load_settings
 
 if TYPE_CHECKING:  # the commands import the heavy parts only when they run
+    from alembic.config import Config
+
     from app.db.engine import Database
 
 # argparse itself exits 2 on bad usage.

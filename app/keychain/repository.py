@@ -8,12 +8,12 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Alias,
+    CursorResult,
     DateTime,
     Executable,
     Integer,
     Interval,
     LargeBinary,
-    Result,
     Row,
     Text,
     and_,
@@ -174,13 +174,23 @@ def _add_hits() -> Update:
 _ADD_HITS = _add_hits()
 
 
+# SQLAlchemy types a result by its statement's columns; _execute takes any statement.
+AnyResult = CursorResult[*tuple[Any, ...]]
+AnyRow = Row[*tuple[Any, ...]]
+
+
+def columns(row: AnyRow) -> Mapping[str, Any]:
+    """A row's columns by name (SQLAlchemy types the keys as names or Column objects)."""
+    return cast("Mapping[str, Any]", row._mapping)
+
+
 class KeychainRepository:
     def __init__(self, conn: AsyncConnection | LazyTransaction) -> None:
         self.conn = conn
 
     async def _execute(
         self, statement: Executable, parameters: Mapping[str, Any] | None = None
-    ) -> Result[Any]:
+    ) -> AnyResult:
         """Every statement goes through here, so database errors become domain errors once."""
         try:
             return await self.conn.execute(statement, parameters)
@@ -203,7 +213,7 @@ class KeychainRepository:
         """Readiness: the database answers and has been migrated."""
         await self._execute(select(literal(1)).select_from(t).limit(0))
 
-    async def get_and_touch(self, cache_key: str) -> Row[Any] | None:
+    async def get_and_touch(self, cache_key: str) -> AnyRow | None:
         """Read a live row and count the hit in the same statement, so concurrent hits all count."""
         result = await self._execute(_TOUCH, {"key": cache_key})
         return result.one_or_none()
@@ -211,7 +221,7 @@ class KeychainRepository:
     async def read_live(self, cache_key: str) -> Mapping[str, Any] | None:
         """The live row, every column, without counting a hit (the memory tier counts)."""
         row = (await self._execute(_READ_LIVE, {"key": cache_key})).one_or_none()
-        return None if row is None else row._mapping
+        return None if row is None else columns(row)
 
     async def add_hits(self, hits: PendingHits) -> None:
         """Add counted hits to their rows in one statement; a row replaced since (another
@@ -232,17 +242,17 @@ class KeychainRepository:
         stmt = select(t.c.expires_at).where(t.c.cache_key == cache_key)
         return (await self._execute(stmt)).scalar_one_or_none()
 
-    async def lock(self, cache_key: str) -> Row[Any] | None:
+    async def lock(self, cache_key: str) -> AnyRow | None:
         """The row's metadata and whether it is live, locked until the transaction ends."""
         return (await self._execute(_LOCK, {"key": cache_key})).one_or_none()
 
-    async def insert_new(self, values: Mapping[str, Any]) -> Row[Any] | None:
+    async def insert_new(self, values: Mapping[str, Any]) -> AnyRow | None:
         """Insert a new entry; None when the key is taken (the caller decides on replacing).
 
         An `expires_at` of None means now() + ttl_seconds, by the database's clock."""
         return (await self._execute(_INSERT_NEW, _write_parameters(values))).one_or_none()
 
-    async def replace(self, values: Mapping[str, Any]) -> Row[Any]:
+    async def replace(self, values: Mapping[str, Any]) -> AnyRow:
         """Overwrite the entry under the key: a new write, so its counters start again."""
         return (await self._execute(_REPLACE, _write_parameters(values))).one()
 
@@ -338,7 +348,7 @@ class KeychainRepository:
         )
         return (await self._execute(stmt)).rowcount
 
-    async def list_meta(self, query: EntryQuery) -> tuple[list[Row[Any]], int]:
+    async def list_meta(self, query: EntryQuery) -> tuple[list[AnyRow], int]:
         conditions = []
         if query.execution_id is not None:
             conditions.append(
@@ -374,7 +384,7 @@ class KeychainRepository:
         )
         return [(scope, count) for scope, count in (await self._execute(stmt)).all()]
 
-    async def entry_counts(self) -> list[Row[Any]]:
+    async def entry_counts(self) -> list[AnyRow]:
         """Per scope and cache type: live rows, expired rows not yet swept, and total hits."""
         live = t.c.expires_at > func.now()
         stmt = (
@@ -390,7 +400,7 @@ class KeychainRepository:
         )
         return list((await self._execute(stmt)).all())
 
-    async def most_accessed(self, limit: int) -> list[Row[Any]]:
+    async def most_accessed(self, limit: int) -> list[AnyRow]:
         """Metadata of the most-read entries (never `data`), live or not yet swept."""
         stmt = (
             select(
@@ -426,9 +436,7 @@ class KeychainRepository:
         result = await self._execute(delete(t).where(t.c.cache_key.in_(doomed.scalar_subquery())))
         return result.rowcount
 
-    async def to_reseal(
-        self, primary_key_id: str, after_key: str, batch_size: int
-    ) -> list[Row[Any]]:
+    async def to_reseal(self, primary_key_id: str, after_key: str, batch_size: int) -> list[AnyRow]:
         """Rows to re-seal, in key order after `after_key` (keyset paging makes it resumable):
         sealed by another key, or sealed before writes were bound (no write_id).
 
@@ -445,7 +453,8 @@ class KeychainRepository:
 
     async def count_to_reseal(self, primary_key_id: str) -> int:
         stmt = select(func.count()).select_from(t).where(_needs_reseal(primary_key_id))
-        return (await self._execute(stmt)).scalar_one()
+        count: int = (await self._execute(stmt)).scalar_one()
+        return count
 
     async def replace_sealed(
         self, cache_key: str, data: bytes, key_id: str, write_id: bytes

@@ -11,7 +11,7 @@ from app.crypto import KeyRing, bound_data, new_write_id
 from app.db.engine import Database
 from app.errors import UnreadableEntry
 from app.invalidation import key_messages
-from app.keychain.repository import KeychainRepository
+from app.keychain.repository import KeychainRepository, columns
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ async def reseal_all(
             rows = await repository.to_reseal(keyring.primary_key_id, after_key, batch_size)
             for row in rows:
                 try:
-                    payload = keyring.open(row.data, bound_data(row._mapping))
+                    payload = keyring.open(row.data, bound_data(columns(row)))
                 except UnreadableEntry as exc:
                     result.unreadable += 1
                     log.warning("cannot re-seal entry: %s", exc, extra={"cache_key": row.cache_key})
@@ -52,7 +52,7 @@ async def reseal_all(
                 # Rows sealed before writes were bound get bound now; others keep their write
                 # id, so hits counted in memory against it still land.
                 write_id = row.write_id or new_write_id()
-                sealed = keyring.seal(payload, bound_data({**row._mapping, "write_id": write_id}))
+                sealed = keyring.seal(payload, bound_data({**columns(row), "write_id": write_id}))
                 await repository.replace_sealed(
                     row.cache_key, sealed.envelope, sealed.key_id, write_id
                 )

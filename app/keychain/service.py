@@ -34,7 +34,7 @@ from app.keychain import access
 from app.keychain.ended import EndedExecutions
 from app.keychain.fills import FillWaits
 from app.keychain.hits import HitCounter
-from app.keychain.repository import KeychainRepository
+from app.keychain.repository import KeychainRepository, columns
 from app.keychain.schemas import (
     Entry,
     EntryMeta,
@@ -340,7 +340,7 @@ class KeychainService:
                 raise
             log.warning("database unreachable: serving from memory", extra={"cache_key": cache_key})
             return entry.row, False
-        return (None if row is None else row._mapping), True
+        return (None if row is None else columns(row)), True
 
     def _outage_entry(self, cache_key: str) -> CachedEntry | None:
         tier = self.process.tier
@@ -449,7 +449,7 @@ class KeychainService:
             if existing is None:
                 continue
             if existing.live:
-                access.check_replace(principal, existing._mapping)
+                access.check_replace(principal, columns(existing))
             return await self.repository.replace(values), False
         raise DatabaseUnavailable("the entry kept changing under concurrent writers; retry")
 
@@ -490,7 +490,7 @@ class KeychainService:
         if existing is None:
             raise EntryNotFound("no entry for this key", reason="absent")
         if existing.live:
-            access.check_replace(principal, existing._mapping)
+            access.check_replace(principal, columns(existing))
         await self.repository.delete(cache_key)
         await self._invalidate(Invalidation(keys=[cache_key]))
         log.info("cache delete", extra={"cache_key": cache_key, "actor": principal.name})
