@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -136,6 +137,35 @@ def own_database(make_empty_database: Callable[[], str], test_settings: Settings
     url = make_empty_database()
     migrate(load_settings({}, database_url=url, db_schema=test_settings.db_schema))
     return url
+
+
+@dataclass
+class CommittedDatabase:
+    """A migrated database of the test's own, where writes really commit, and the real app on
+    it: for what the rolled-back test transaction cannot show (other processes and
+    connections see the rows, NOTIFY is delivered, the CLI reads what the app wrote)."""
+
+    url: str
+    settings: Settings
+    database: Database
+
+    def app(self, **overrides: object) -> Litestar:
+        """create_app() on this database; keyword arguments override settings."""
+        return create_app(msgspec_replace(self.settings, **overrides), database=self.database)
+
+    def client(self, **overrides: object) -> httpx.AsyncClient:
+        """An in-process client of `app(**overrides)`, to use as `async with`."""
+        return asgi_client(self.app(**overrides))
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def committed(own_database: str, test_settings: Settings) -> AsyncIterator[CommittedDatabase]:
+    settings = msgspec_replace(test_settings, database_url=own_database, db_pool_size=10)
+    database = Database(make_engine(settings))
+    try:
+        yield CommittedDatabase(own_database, settings, database)
+    finally:
+        await database.dispose()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -15,18 +15,16 @@ from collections.abc import Iterator
 from datetime import timedelta
 from importlib.metadata import version
 
-import msgspec
 import pytest
 from sqlalchemy import func, update
 from sqlalchemy.engine import make_url
 
-from app.asgi import create_app
 from app.auth import TokenTable
 from app.cli import EXIT_CANNOT_LISTEN, EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE, main
 from app.crypto import KeyRing
-from app.db.engine import Database, make_engine
 from app.db.tables import keychain as keychain_table
-from tests.conftest import TEST_KEY, TEST_KEY_ID, _admin, asgi_client, free_port
+from tests.bodies import entry_body
+from tests.conftest import TEST_KEY, TEST_KEY_ID, CommittedDatabase, _admin, asgi_client, free_port
 
 SECRET = "sk-stats-secret-0123456789"
 
@@ -44,12 +42,8 @@ def keychain(cwd, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def _fill(url: str, test_settings) -> None:
+async def _fill(committed: CommittedDatabase) -> None:
     """Write and read entries through the real app, committed, then expire one with SQL."""
-    settings = msgspec.structs.replace(test_settings, database_url=url)
-    database = Database(make_engine(settings))
-    app = create_app(settings, database=database)
-    body = {"token_data": {"api_key": SECRET}, "credential_type": "bearer"}
     writes = {
         "openai:101": {"execution_id": 101},
         "openai:102": {"execution_id": 102, "parent_execution_id": 101},
@@ -57,28 +51,27 @@ async def _fill(url: str, test_settings) -> None:
         "cfg:global": {"cache_type": "config", "scope_type": "global"},
     }
     reads = {"openai:101": 3, "openai:102": 1, "tok:global:bearer": 5, "cfg:global": 2}
-    try:
-        async with asgi_client(app) as client:
-            for key, fields in writes.items():
-                answer = await client.post(f"/api/auth-cache/{key}", json={**body, **fields})
-                assert answer.status_code == 200
-            for key, times in reads.items():
-                for _ in range(times):
-                    assert (await client.get(f"/api/auth-cache/{key}")).status_code == 200
-        async with database.engine.begin() as conn:
-            await conn.execute(
-                update(keychain_table)
-                .where(keychain_table.c.cache_key == "cfg:global")
-                .values(expires_at=func.now() - timedelta(minutes=1))
+    async with committed.client() as client:
+        for key, fields in writes.items():
+            answer = await client.post(
+                f"/api/auth-cache/{key}", json=entry_body({"api_key": SECRET}, **fields)
             )
-    finally:
-        await database.dispose()
+            assert answer.status_code == 200
+        for key, times in reads.items():
+            for _ in range(times):
+                assert (await client.get(f"/api/auth-cache/{key}")).status_code == 200
+    async with committed.database.engine.begin() as conn:
+        await conn.execute(
+            update(keychain_table)
+            .where(keychain_table.c.cache_key == "cfg:global")
+            .values(expires_at=func.now() - timedelta(minutes=1))
+        )
 
 
-async def test_stats_json_reports_committed_rows(repo_root, own_database, test_settings):
-    await _fill(own_database, test_settings)
+async def test_stats_json_reports_committed_rows(repo_root, committed):
+    await _fill(committed)
 
-    done = keychain(repo_root, "stats", "--json", "--top", "2", KEYCHAIN_DATABASE_URL=own_database)
+    done = keychain(repo_root, "stats", "--json", "--top", "2", KEYCHAIN_DATABASE_URL=committed.url)
     assert done.returncode == EXIT_OK, done.stderr
     assert SECRET not in done.stdout
     stats = json.loads(done.stdout)
@@ -104,9 +97,9 @@ async def test_stats_json_reports_committed_rows(repo_root, own_database, test_s
     assert "data" not in top[0] and top[0]["expires_at"]
 
 
-async def test_stats_text_is_a_readable_summary(repo_root, own_database, test_settings):
-    await _fill(own_database, test_settings)
-    done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=own_database)
+async def test_stats_text_is_a_readable_summary(repo_root, committed):
+    await _fill(committed)
+    done = keychain(repo_root, "stats", KEYCHAIN_DATABASE_URL=committed.url)
     assert done.returncode == EXIT_OK, done.stderr
     assert done.stdout.startswith("live entries: 3   expired, not yet swept: 1   hits: 11")
     assert "top 4 keys by access count:" in done.stdout
@@ -225,7 +218,7 @@ def test_serve_refuses_a_shared_database_without_keys_or_tokens(repo_root, env, 
     assert "t" * 20 not in done.stderr
 
 
-async def test_mint_token_prints_a_token_the_server_accepts(repo_root, own_database, test_settings):
+async def test_mint_token_prints_a_token_the_server_accepts(repo_root, committed, test_settings):
     done = keychain(
         repo_root,
         "mint-token",
@@ -235,28 +228,21 @@ async def test_mint_token_prints_a_token_the_server_accepts(repo_root, own_datab
         "crm",
         "--ttl",
         "600",
-        KEYCHAIN_DATABASE_URL=own_database,
+        KEYCHAIN_DATABASE_URL=committed.url,
         KEYCHAIN_TOKEN_SIGNING_KEYS=test_settings.token_signing_keys,
     )
     assert done.returncode == EXIT_OK, done.stderr
     token = done.stdout.strip()
     assert "execution 42, expires" in done.stderr and token not in done.stderr
-    settings = msgspec.structs.replace(test_settings, database_url=own_database, api_tokens="")
-    database = Database(make_engine(settings))
-    try:
-        async with asgi_client(create_app(settings, database=database)) as client:
-            headers = {"Authorization": f"Bearer {token}"}
-            body = {"token_data": {"v": 1}, "credential_type": "bearer", "execution_id": 42}
-            assert (
-                await client.post("/api/auth-cache/k:42", json=body, headers=headers)
-            ).status_code == 200
-            assert (
-                await client.post(
-                    "/api/auth-cache/k:43", json={**body, "execution_id": 43}, headers=headers
-                )
-            ).status_code == 403
-    finally:
-        await database.dispose()
+    async with committed.client(api_tokens="") as client:
+        headers = {"Authorization": f"Bearer {token}"}
+        for execution_id, status in ((42, 200), (43, 403)):
+            answer = await client.post(
+                f"/api/auth-cache/k:{execution_id}",
+                json=entry_body({"v": 1}, execution_id=execution_id),
+                headers=headers,
+            )
+            assert answer.status_code == status
 
 
 def test_mint_token_without_a_signing_key_says_what_to_set(repo_root, own_database):
@@ -327,10 +313,7 @@ async def test_keys_new_prints_an_entry_the_server_seals_with(tmp_path, make_app
     assert entry not in first.stderr
     # As the newest key, in front of the one that sealed the old rows.
     async with asgi_client(make_app(encryption_keys=f"{entry},{TEST_KEY_ID}:{TEST_KEY}")) as client:
-        written = await client.post(
-            "/api/auth-cache/fresh:global",
-            json={"token_data": {"v": 1}, "credential_type": "bearer"},
-        )
+        written = await client.post("/api/auth-cache/fresh:global", json=entry_body({"v": 1}))
         assert written.status_code == 200 and written.json()["key_id"] == "k9"
         assert (await client.get("/api/auth-cache/fresh:global")).json()["data"] == {"v": 1}
     assert list(tmp_path.iterdir()) == []  # nothing stored

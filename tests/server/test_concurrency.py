@@ -9,37 +9,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import AsyncIterator
-
-import msgspec
-import pytest_asyncio
 
 from app.asgi import create_app
-from app.cli import migrate
 from app.crypto import KeyRing
-from app.db.engine import Database, make_engine
 from app.keychain.rotation import count_to_reseal, reseal_all
+from tests.bodies import entry_body
 from tests.conftest import asgi_client
 
 K1 = "k1:" + base64.b64encode(os.urandom(32)).decode()
 K2 = "k2:" + base64.b64encode(os.urandom(32)).decode()
-BODY = {"token_data": {"v": "x"}, "credential_type": "bearer", "ttl_seconds": 600}
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def committed(make_empty_database, test_settings) -> AsyncIterator[tuple]:
-    url = await asyncio.to_thread(make_empty_database)  # it drives its own event loop
-    await asyncio.to_thread(migrate, msgspec.structs.replace(test_settings, database_url=url))
-    settings = msgspec.structs.replace(test_settings, database_url=url, db_pool_size=10)
-    database = Database(make_engine(settings))
-    yield settings, database
-    await database.dispose()
 
 
 async def test_concurrent_hits_on_separate_connections_all_count(committed):
-    settings, database = committed
-    async with asgi_client(create_app(settings, database=database)) as client:
-        await client.post("/api/auth-cache/busy", json=BODY)
+    async with committed.client() as client:
+        await client.post("/api/auth-cache/busy", json=entry_body({"v": "x"}))
         answers = await asyncio.gather(*(client.get("/api/auth-cache/busy") for _ in range(30)))
         assert [a.status_code for a in answers] == [200] * 30
         # Each hit saw its own increment: no two read the same count, none was lost.
@@ -47,17 +30,13 @@ async def test_concurrent_hits_on_separate_connections_all_count(committed):
 
 
 async def test_rotation_under_load_reseals_every_row_and_reads_never_fail(committed):
-    settings, database = committed
-    async with asgi_client(
-        create_app(msgspec.structs.replace(settings, encryption_keys=K1), database=database)
-    ) as old:
+    async with committed.client(encryption_keys=K1) as old:
         for i in range(60):
-            await old.post(f"/api/auth-cache/entry-{i}", json={**BODY, "token_data": {"v": i}})
+            await old.post(f"/api/auth-cache/entry-{i}", json=entry_body({"v": i}))
 
-    rotated = msgspec.structs.replace(settings, encryption_keys=f"{K2},{K1}")
-    async with asgi_client(create_app(rotated, database=database)) as client:
+    async with committed.client(encryption_keys=f"{K2},{K1}") as client:
         rotation = asyncio.create_task(
-            reseal_all(database, KeyRing.parse(f"{K2},{K1}"), batch_size=5)
+            reseal_all(committed.database, KeyRing.parse(f"{K2},{K1}"), batch_size=5)
         )
         statuses = []
         while not rotation.done():
@@ -68,18 +47,15 @@ async def test_rotation_under_load_reseals_every_row_and_reads_never_fail(commit
         result = await rotation
     assert set(statuses) == {200}
     assert (result.resealed, result.unreadable) == (60, 0)
-    assert await count_to_reseal(database, KeyRing.parse(f"{K2},{K1}")) == 0
+    assert await count_to_reseal(committed.database, KeyRing.parse(f"{K2},{K1}")) == 0
 
-    async with asgi_client(
-        create_app(msgspec.structs.replace(settings, encryption_keys=K2), database=database)
-    ) as new:
+    async with committed.client(encryption_keys=K2) as new:
         for i in range(60):
             assert (await new.get(f"/api/auth-cache/entry-{i}")).json()["data"] == {"v": i}
 
 
 async def test_an_app_without_an_injected_database_owns_and_disposes_its_engine(committed):
-    settings, _ = committed
-    app = create_app(settings)
+    app = create_app(committed.settings)
     runtime = app.state.runtime
     async with app.lifespan():
         async with asgi_client(app) as client:

@@ -14,7 +14,6 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.db.engine import Database, make_engine
 from app.invalidation import (
     LISTENER_APPLICATION_NAME,
     Invalidation,
@@ -34,12 +33,12 @@ def plain_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-async def test_a_cleanup_is_announced_only_when_it_commits(own_database, test_settings):
+async def test_a_cleanup_is_announced_only_when_it_commits(committed):
     heard: asyncio.Queue[str] = asyncio.Queue()
-    listening = await asyncpg.connect(plain_dsn(own_database))
-    channel = channel_name(test_settings.db_schema)
+    listening = await asyncpg.connect(plain_dsn(committed.url))
+    channel = channel_name(committed.settings.db_schema)
     await listening.add_listener(channel, lambda *args: heard.put_nowait(args[-1]))
-    database = Database(make_engine(test_settings, own_database))
+    database = committed.database
     try:
         with pytest.raises(RuntimeError):
             async with database.transaction() as conn:
@@ -52,7 +51,6 @@ async def test_a_cleanup_is_announced_only_when_it_commits(own_database, test_se
         assert heard.empty()  # the rolled-back one never came
     finally:
         await listening.close()
-        await database.dispose()
 
 
 @pytest.fixture
@@ -165,15 +163,13 @@ def test_a_replica_whose_listener_is_cut_reconnects_and_hears_the_next_cleanup(
     assert answer.status_code == 401, answer.text
 
 
-async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(
-    own_database, test_settings
-):
+async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(committed):
     """A notification missed while the listener was away (here: an end recorded without one)
     must not leave a token working: after the reconnect the database is asked again."""
-    database = Database(make_engine(test_settings, own_database))
+    database = committed.database
     ended = EndedExecutions()
     ended.listener = InvalidationListener(
-        database.engine.url, channel_name(test_settings.db_schema), ended.on_invalidation
+        database.engine.url, channel_name(committed.settings.db_schema), ended.on_invalidation
     )
     listening = asyncio.create_task(ended.listener.run())
 
@@ -188,8 +184,8 @@ async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(
             await KeychainRepository(conn).mark_ended(9)  # and no NOTIFY
         assert await ended.first_ended((9,), ask) is None  # trusted while listening
         epoch = ended.listener.epoch
-        for pid in await asyncio.to_thread(_listeners, own_database):
-            await asyncio.to_thread(_terminate, own_database, pid)
+        for pid in await asyncio.to_thread(_listeners, committed.url):
+            await asyncio.to_thread(_terminate, committed.url, pid)
         await _until(lambda: ended.listener.connected and ended.listener.epoch > epoch)
         assert await ended.first_ended((9,), ask) == 9
         # Heard on the channel (announced only, so the table would say otherwise): known from memory.
@@ -203,7 +199,6 @@ async def test_what_was_learned_before_a_gap_in_listening_is_not_trusted(
         listening.cancel()
         with pytest.raises(asyncio.CancelledError):
             await listening
-        await database.dispose()
 
 
 async def _until(condition, timeout: float = 10.0) -> None:

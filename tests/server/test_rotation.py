@@ -14,6 +14,7 @@ from sqlalchemy import func, insert, select
 from app.crypto import KeyRing
 from app.db.tables import keychain
 from app.keychain.rotation import count_to_reseal, reseal_all
+from tests.bodies import entry_body
 from tests.conftest import asgi_client
 
 K1 = "k1:" + base64.b64encode(os.urandom(32)).decode()
@@ -21,7 +22,7 @@ K2 = "k2:" + base64.b64encode(os.urandom(32)).decode()
 
 
 async def _write(client, key: str, value: str) -> None:
-    body = {"token_data": {"value": value}, "credential_type": "bearer", "ttl_seconds": 600}
+    body = entry_body({"value": value}, ttl_seconds=600)
     assert (await client.post(f"/api/auth-cache/{key}", json=body)).status_code == 200
 
 
@@ -80,28 +81,16 @@ async def test_rows_no_key_opens_are_reported_and_left_alone(make_app, connectio
     assert await _rows(connection) == before
 
 
-async def test_the_rotate_keys_command_reseals_committed_rows(make_empty_database, test_settings):
-    import msgspec
-
-    from app.asgi import create_app
-    from app.cli import migrate
-    from app.db.engine import Database, make_engine
-
-    url = await asyncio.to_thread(make_empty_database)  # it drives its own event loop
-    await asyncio.to_thread(migrate, msgspec.structs.replace(test_settings, database_url=url))
-
-    async def committed_client(keys: str):
-        settings = msgspec.structs.replace(test_settings, database_url=url, encryption_keys=keys)
-        database = Database(make_engine(settings))
-        return database, asgi_client(create_app(settings, database=database))
-
-    database, client = await committed_client(K1)
-    async with client:
+async def test_the_rotate_keys_command_reseals_committed_rows(committed):
+    async with committed.client(encryption_keys=K1) as client:
         for i in range(3):
             await _write(client, f"entry-{i}", f"value-{i}")
-    await database.dispose()
 
-    env = {**os.environ, "KEYCHAIN_DATABASE_URL": url, "KEYCHAIN_ENCRYPTION_KEYS": f"{K2},{K1}"}
+    env = {
+        **os.environ,
+        "KEYCHAIN_DATABASE_URL": committed.url,
+        "KEYCHAIN_ENCRYPTION_KEYS": f"{K2},{K1}",
+    }
     process = await asyncio.create_subprocess_exec(
         os.path.join(os.path.dirname(sys.executable), "keychain"),
         "rotate-keys",
@@ -115,13 +104,11 @@ async def test_the_rotate_keys_command_reseals_committed_rows(make_empty_databas
     assert process.returncode == 0, stderr.decode()
     assert "re-sealed 3 rows under key 'k2'" in stdout.decode()
 
-    database, client = await committed_client(K2)
-    async with client:
+    async with committed.client(encryption_keys=K2) as client:
         for i in range(3):
             assert (await client.get(f"/api/auth-cache/entry-{i}")).json()["data"] == {
                 "value": f"value-{i}"
             }
-    await database.dispose()
 
 
 async def test_rows_sealed_before_writes_were_bound_still_open_and_rotation_binds_them(
