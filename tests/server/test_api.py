@@ -8,31 +8,32 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.db.tables import keychain
+from tests.bodies import entry_body
 
-GLOBAL_TOKEN = {
-    "token_data": {"access_token": "test123", "token_type": "bearer"},
-    "credential_type": "oauth2_client_credentials",
-    "cache_type": "token",
-    "scope_type": "global",
-    "execution_id": None,
-    "parent_execution_id": None,
-    "credential_name": "test_token",
-    "ttl_seconds": 3600,
-    "expires_at": None,
-}
+GLOBAL_TOKEN = entry_body(
+    {"access_token": "test123", "token_type": "bearer"},
+    credential_type="oauth2_client_credentials",
+    cache_type="token",
+    scope_type="global",
+    execution_id=None,
+    parent_execution_id=None,
+    credential_name="test_token",
+    ttl_seconds=3600,
+    expires_at=None,
+)
 SECRET_PATH = "projects/123/secrets/openai-api-key/versions/1"
 
 
 def secret_body(execution_id: int, parent: int | None = None, value: str = "sk-demo") -> dict:
-    return {
-        "token_data": {"value": value},
-        "credential_type": "secret_manager",
-        "cache_type": "secret",
-        "scope_type": "execution",
-        "execution_id": execution_id,
-        "parent_execution_id": parent,
-        "credential_name": SECRET_PATH,
-    }
+    return entry_body(
+        {"value": value},
+        credential_type="secret_manager",
+        cache_type="secret",
+        scope_type="execution",
+        execution_id=execution_id,
+        parent_execution_id=parent,
+        credential_name=SECRET_PATH,
+    )
 
 
 async def test_put_then_get_returns_the_payload_and_counts_the_hit(client):
@@ -120,14 +121,14 @@ async def test_expires_at_may_be_given_instead_of_a_ttl(client):
 
 
 async def test_credential_name_defaults_to_the_key_prefix(client):
-    body = {"token_data": {"v": 1}, "credential_type": "bearer"}
+    body = entry_body({"v": 1})
     meta = (await client.post("/api/auth-cache/github:global:bearer", json=body)).json()
     assert meta["credential_name"] == "github"
     assert meta["scope_type"] == "global"
 
 
 async def test_execution_id_alone_implies_execution_scope(client):
-    body = {"token_data": {"v": 1}, "credential_type": "secret_manager", "execution_id": 7}
+    body = entry_body({"v": 1}, credential_type="secret_manager", execution_id=7)
     assert (await client.post("/api/auth-cache/s:7", json=body)).json()["scope_type"] == "execution"
 
 

@@ -10,12 +10,13 @@ import pytest_asyncio
 
 from app.auth import TokenTable
 from app.errors import ConfigurationError
+from tests.bodies import entry_body
 from tests.conftest import asgi_client
 
 WORKER_TOKEN = "worker-token-0123456789"
 ADMIN_TOKEN = "admin-token-0123456789ab"
 ADMIN_DIGEST = hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest()
-BODY = {"token_data": {"api_key": "sk-audited-secret"}, "credential_type": "bearer"}
+BODY = entry_body({"api_key": "sk-audited-secret"})
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -91,7 +92,7 @@ async def test_writes_deletes_and_denials_are_audited_without_data_or_tokens(sec
     await secured.post("/api/auth-cache/k", json=BODY, headers=bearer(WORKER_TOKEN))
     await secured.post(
         "/api/auth-cache/k",
-        json={"token_data": 1, "credential_type": "x"},
+        json=entry_body(1, credential_type="x"),
         headers=bearer(WORKER_TOKEN),
     )
     await secured.delete("/api/auth-cache/k", headers=bearer(WORKER_TOKEN))

@@ -12,12 +12,13 @@ from sqlalchemy import select, update
 from app.crypto import KeyRing
 from app.db.tables import keychain
 from app.errors import ConfigurationError, UnreadableEntry
+from tests.bodies import entry_body
 
 PLAINTEXT_SECRET = "sk-live-very-secret-value-4242"
 
 
 async def test_the_data_column_never_holds_the_plaintext(client, connection):
-    body = {"token_data": {"api_key": PLAINTEXT_SECRET}, "credential_type": "bearer"}
+    body = entry_body({"api_key": PLAINTEXT_SECRET})
     await client.post("/api/auth-cache/openai:global", json=body)
     raw, key_id = (
         await connection.execute(
@@ -35,7 +36,7 @@ async def test_the_data_column_never_holds_the_plaintext(client, connection):
 
 
 async def test_a_ciphertext_copied_to_another_row_does_not_open(client, connection):
-    body = {"token_data": {"api_key": PLAINTEXT_SECRET}, "credential_type": "bearer"}
+    body = entry_body({"api_key": PLAINTEXT_SECRET})
     await client.post("/api/auth-cache/victim:global", json=body)
     await client.post(
         "/api/auth-cache/attacker:global", json={**body, "token_data": {"api_key": "mine"}}
@@ -105,13 +106,9 @@ async def test_an_older_ciphertext_replayed_onto_its_row_does_not_open(client, c
     """The review: the associated data bound only the cache key, so someone with write access
     to the table could put back yesterday's ciphertext of the same key."""
     key = "/api/auth-cache/crm:global:oauth2"
-    await client.post(
-        key, json={"token_data": {"access_token": "revoked-yesterday"}, "credential_type": "bearer"}
-    )
+    await client.post(key, json=entry_body({"access_token": "revoked-yesterday"}))
     old = (await connection.execute(select(keychain.c.data))).scalar_one()
-    await client.post(
-        key, json={"token_data": {"access_token": "current"}, "credential_type": "bearer"}
-    )
+    await client.post(key, json=entry_body({"access_token": "current"}))
     await connection.execute(update(keychain).values(data=old))
     answer = await client.get(key)
     assert answer.status_code == 409
@@ -127,7 +124,7 @@ async def test_an_older_ciphertext_replayed_onto_its_row_does_not_open(client, c
     ],
 )
 async def test_the_ciphertext_is_bound_to_the_rows_access_fields(client, connection, tampering):
-    body = {"token_data": {"v": PLAINTEXT_SECRET}, "credential_type": "bearer", "execution_id": 42}
+    body = entry_body({"v": PLAINTEXT_SECRET}, execution_id=42)
     await client.post("/api/auth-cache/db:42", json=body)
     await connection.execute(update(keychain).values(tampering))
     answer = await client.get("/api/auth-cache/db:42")

@@ -9,15 +9,12 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from tests.bodies import entry_body
 from tests.server.replicas import replica
 
 KEY = "projects/1/secrets/burst/versions/1:42"
 URL = f"/api/auth-cache/{KEY}"
-BODY = {
-    "token_data": {"value": "sk-filled-once"},
-    "credential_type": "secret_manager",
-    "execution_id": 42,
-}
+BODY = entry_body({"value": "sk-filled-once"}, credential_type="secret_manager", execution_id=42)
 LEASE = "keychain-fill-lease"
 
 

@@ -23,6 +23,7 @@ from app.invalidation import (
 from app.keychain.ended import EndedExecutions
 from app.keychain.repository import KeychainRepository
 from tests import cluster
+from tests.bodies import entry_body
 from tests.conftest import TEST_SIGNING_KEYS
 from tests.local_server import LocalKeychainServer
 
@@ -111,7 +112,7 @@ def _mint(server: LocalKeychainServer, execution_id: int) -> str:
 
 def _write_and_read(server: LocalKeychainServer, token: str, execution_id: int) -> int:
     headers = {"Authorization": f"Bearer {token}"}
-    body = {"token_data": {"v": 1}, "credential_type": "bearer", "execution_id": execution_id}
+    body = entry_body({"v": 1}, execution_id=execution_id)
     httpx.post(f"{server.url}/api/auth-cache/k:{execution_id}", json=body, headers=headers)
     return httpx.get(f"{server.url}/api/auth-cache/k:{execution_id}", headers=headers).status_code
 

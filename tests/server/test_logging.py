@@ -10,10 +10,11 @@ import msgspec
 import pytest
 
 from app.logs import JsonFormatter, TextFormatter, configure_logging, request_id
+from tests.bodies import entry_body
 from tests.conftest import asgi_client
 
 SECRET = "sk-logging-secret-0123456789"
-BODY = {"token_data": {"api_key": SECRET}, "credential_type": "bearer"}
+BODY = entry_body({"api_key": SECRET})
 GENERATED = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -121,7 +122,7 @@ async def test_the_line_per_read_can_be_turned_off_and_reads_stay_audited(make_a
     async with asgi_client(app) as client:
         await client.post(
             "/api/auth-cache/quiet:global",
-            json={"token_data": {"v": 1}, "credential_type": "bearer"},
+            json=entry_body({"v": 1}),
         )
         with caplog.at_level(logging.INFO):
             assert (await client.get("/api/auth-cache/quiet:global")).status_code == 200

@@ -14,10 +14,11 @@ from app import invalidation
 from app.db.tables import keychain
 from app.invalidation import LISTENER_APPLICATION_NAME
 from app.keychain.service import KeychainService
+from tests.bodies import entry_body
 from tests.conftest import qualified_name
 from tests.server.replicas import read_into_memory, replica, until
 
-BODY = {"token_data": {"value": "sk-from-memory"}, "credential_type": "bearer"}
+BODY = entry_body({"value": "sk-from-memory"})
 
 
 async def _row(settings, url: str, key: str):
@@ -68,7 +69,7 @@ async def test_a_change_on_one_replica_reaches_the_others_memory(test_settings, 
         assert (await b.client.get("/api/auth-cache/k:global")).json()["data"] == BODY["token_data"]
         await read_into_memory(b, "k:global")
 
-        replaced = {**BODY, "token_data": {"value": "sk-rotated"}}
+        replaced = entry_body({"value": "sk-rotated"})
         await a.client.post("/api/auth-cache/k:global", json=replaced)
 
         async def b_sees_the_new_value():

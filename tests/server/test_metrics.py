@@ -18,9 +18,10 @@ from app.db.tables import keychain
 from app.errors import DatabaseUnavailable
 from app.keychain.repository import SWEEP_LOCK_ID
 from app.keychain.sweeper import sweep_once
+from tests.bodies import entry_body
 from tests.conftest import asgi_client, free_port
 
-BODY = {"token_data": {"api_key": "sk-metrics-secret"}, "credential_type": "bearer"}
+BODY = entry_body({"api_key": "sk-metrics-secret"})
 
 
 async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, frozenset], float]:

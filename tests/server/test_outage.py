@@ -17,11 +17,12 @@ import pgserver
 import psutil
 import pytest
 
+from tests.bodies import entry_body
 from tests.cluster import replicas
 from tests.local_server import LocalKeychainServer
 from workerlib import KeychainClient, fetch_secret
 
-BODY = {"token_data": {"value": "sk-outage"}, "credential_type": "bearer"}
+BODY = entry_body({"value": "sk-outage"})
 
 
 def stop_postgres(pgdata: Path) -> None:
@@ -108,7 +109,7 @@ def test_a_postgres_restarted_while_nobody_asked_fails_no_request_after_it(tmp_p
         url = f"{server.url}/api/auth-cache"
         committed = {f"k{i}:global": {"value": f"sk-{i}"} for i in range(20)}
         for key, data in committed.items():
-            assert httpx.post(f"{url}/{key}", json={**BODY, "token_data": data}).status_code == 200
+            assert httpx.post(f"{url}/{key}", json=entry_body(data)).status_code == 200
         stop_postgres(server.data_dir / "postgres")
         start_postgres(server.data_dir / "postgres")
         for key, data in committed.items():
@@ -138,9 +139,7 @@ def test_three_replicas_under_load_ride_out_a_postgres_outage_and_recover_on_the
     committed = {f"k{i}:global": {"value": f"sk-{i}"} for i in range(30)}
     with replicas(url, tmp_path, 3, sweep_interval_seconds="1") as servers:
         for i, (key, data) in enumerate(committed.items()):
-            answer = httpx.post(
-                f"{servers[i % 3].url}/api/auth-cache/{key}", json={**BODY, "token_data": data}
-            )
+            answer = httpx.post(f"{servers[i % 3].url}/api/auth-cache/{key}", json=entry_body(data))
             assert answer.status_code == 200
         seen: list[tuple[str, int, str]] = []  # (phase, status, detail) of every read
         phase, stop = ["up"], threading.Event()

@@ -13,11 +13,12 @@ import asyncpg
 import httpx
 
 from app.db.tables import keychain
+from tests.bodies import entry_body
 from tests.conftest import TEST_KEY, TEST_KEY_ID, qualified_name
 from tests.local_server import LocalKeychainServer
 from tests.server.replicas import read_into_memory, replica
 
-BODY = {"token_data": {"value": "sk-busy"}, "credential_type": "bearer"}
+BODY = entry_body({"value": "sk-busy"})
 
 
 async def test_an_exhausted_pool_is_a_quick_503_and_hits_from_memory_go_on(

@@ -19,11 +19,12 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.bodies import entry_body
 from tests.cluster import replicas
 from tests.conftest import TEST_KEY, TEST_KEY_ID
 from tests.local_server import LocalKeychainServer, free_port
 
-BODY = {"token_data": {"value": "sk-pooled"}, "credential_type": "bearer"}
+BODY = entry_body({"value": "sk-pooled"})
 
 pytestmark = pytest.mark.skipif(
     shutil.which("pgbouncer") is None,

@@ -8,6 +8,7 @@ import logging
 import pytest_asyncio
 
 from app.cli import EXIT_OK
+from tests.bodies import entry_body
 from tests.conftest import TEST_KEY, TEST_KEY_ID, asgi_client
 from tests.server.replicas import read_into_memory, replica, until
 from tests.server.test_cli import keychain
@@ -35,13 +36,13 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def body(credential_name: str, execution_id: int | None) -> dict[str, object]:
-    return {
-        "token_data": {"value": "sk-leaked"},
-        "credential_type": "secret_manager",
-        "credential_name": credential_name,
-        "execution_id": execution_id,
-        "scope_type": "global" if execution_id is None else "execution",
-    }
+    return entry_body(
+        {"value": "sk-leaked"},
+        credential_type="secret_manager",
+        credential_name=credential_name,
+        execution_id=execution_id,
+        scope_type="global" if execution_id is None else "execution",
+    )
 
 
 @pytest_asyncio.fixture(loop_scope="session")

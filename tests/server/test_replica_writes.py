@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 
 from app.db.tables import keychain
+from tests.bodies import entry_body
 from tests.cluster import NO_KEEPALIVE, RoundRobinProxy, plain_dsn, replicas
 from tests.conftest import TEST_KEY_ID, qualified_name
 
@@ -37,11 +38,7 @@ async def test_concurrent_writers_on_one_key_last_write_wins_and_every_read_is_w
 
         async def writer(http: httpx.AsyncClient, writer_id: int) -> None:
             for seq in range(writes_each):
-                body = {
-                    "token_data": _payload(writer_id, seq),
-                    "credential_type": "bearer",
-                    "credential_name": f"writer-{writer_id}",
-                }
+                body = entry_body(_payload(writer_id, seq), credential_name=f"writer-{writer_id}")
                 answer = await http.post(f"/api/auth-cache/{key}", json=body)
                 writes.append(
                     (answer.status_code, answer.status_code == 200 and answer.json()["created"])
@@ -135,16 +132,15 @@ def _crash_key(n: int) -> str:
 
 
 def _crash_body(n: int, version: int) -> dict[str, object]:
-    return {
-        "token_data": _payload(n, version),
-        "credential_type": "bearer",
-        "cache_type": "secret",
-        "scope_type": "execution",
-        "credential_name": f"cred-{n}-v{version}",
-        "execution_id": 10_000 + n,
-        "parent_execution_id": 20_000 + version,
-        "ttl_seconds": 600 + version,
-    }
+    return entry_body(
+        _payload(n, version),
+        cache_type="secret",
+        scope_type="execution",
+        credential_name=f"cred-{n}-v{version}",
+        execution_id=10_000 + n,
+        parent_execution_id=20_000 + version,
+        ttl_seconds=600 + version,
+    )
 
 
 async def test_a_replica_killed_mid_burst_leaves_only_whole_rows(

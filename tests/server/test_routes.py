@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.bodies import entry_body
 from tests.conftest import asgi_client
 
-BODY = {"token_data": {"api_key": "sk-routes-0123456789"}, "credential_type": "bearer"}
+BODY = entry_body({"api_key": "sk-routes-0123456789"})
 WORKER_TOKEN = "routes-worker-token-0123456789abcdef"
 NO_SUCH_ROUTE = {
     "status_code": 404,

@@ -23,11 +23,12 @@ from app.invalidation import Invalidation, channel_name
 from app.keychain.repository import KeychainRepository
 from app.keychain.sweeper import sweep_once
 from app.settings import load_settings
+from tests.bodies import entry_body
 from tests.cluster import plain_dsn
 from tests.server.replicas import read_into_memory, replica, until
 
 SCHEMA = "keychain_alt"
-BODY = {"token_data": {"v": "x"}, "credential_type": "bearer"}
+BODY = entry_body({"v": "x"})
 
 
 @pytest_asyncio.fixture(loop_scope="session")

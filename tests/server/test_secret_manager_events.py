@@ -16,6 +16,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.errors import ConfigurationError
+from tests.bodies import entry_body
 from tests.conftest import asgi_client, free_port
 from tests.pubsub import AUDIENCE, PATH, PUSHER, claims, pubsub_settings, push_body, signed
 from tests.server.replicas import read_into_memory, replica, until
@@ -67,14 +68,14 @@ def forger_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def entry_body(cache_key: str, execution_id: int | None) -> dict[str, object]:
-    return {
-        "token_data": {"value": SECRET_VALUE},
-        "credential_type": "secret_manager",
-        "credential_name": cache_key.split(":", 1)[0],
-        "execution_id": execution_id,
-        "scope_type": "execution" if execution_id is not None else "global",
-    }
+def secret_entry(cache_key: str, execution_id: int | None) -> dict[str, object]:
+    return entry_body(
+        {"value": SECRET_VALUE},
+        credential_type="secret_manager",
+        credential_name=cache_key.split(":", 1)[0],
+        execution_id=execution_id,
+        scope_type="execution" if execution_id is not None else "global",
+    )
 
 
 def audit_events(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -104,7 +105,7 @@ async def test_each_event_drops_what_it_makes_stale_on_every_replica_and_nothing
             for key, execution_id in ENTRIES.items():
                 assert (
                     await a.client.post(
-                        f"/api/auth-cache/{key}", json=entry_body(key, execution_id)
+                        f"/api/auth-cache/{key}", json=secret_entry(key, execution_id)
                     )
                 ).status_code in (200, 201)
             for server in replicas:
@@ -170,7 +171,7 @@ async def events(make_app, jwks_url):
     ) as client:
         for key in (f"{SECRET}/versions/1:global", f"{SECRET}/versions/latest:global"):
             assert (
-                await client.post(f"/api/auth-cache/{key}", json=entry_body(key, None))
+                await client.post(f"/api/auth-cache/{key}", json=secret_entry(key, None))
             ).status_code == 200
         yield client
 

@@ -11,10 +11,11 @@ import httpx
 import pytest
 
 from app.db.tables import keychain
+from tests.bodies import entry_body
 from tests.conftest import TEST_KEY, TEST_KEY_ID, qualified_name
 from tests.local_server import LocalKeychainServer
 
-BODY = {"token_data": {"value": "sk-drained"}, "credential_type": "bearer"}
+BODY = entry_body({"value": "sk-drained"})
 
 
 def _dsn(url: str) -> str:

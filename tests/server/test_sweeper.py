@@ -10,8 +10,9 @@ from sqlalchemy import func, select, text, update
 from app.db.tables import keychain
 from app.keychain.repository import SWEEP_LOCK_ID
 from app.keychain.sweeper import run_sweeper, sweep_once
+from tests.bodies import entry_body
 
-BODY = {"token_data": {"v": "x"}, "credential_type": "bearer", "ttl_seconds": 60}
+BODY = entry_body({"v": "x"}, ttl_seconds=60)
 RETENTION = 3600  # how long ended executions are remembered
 
 

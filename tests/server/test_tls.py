@@ -26,10 +26,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from app.cli import EXIT_FAILED, migrate
 from app.settings import load_settings
+from tests.bodies import entry_body
 from tests.conftest import TEST_KEY, TEST_KEY_ID, free_port
 
 READY_TIMEOUT_S = 60.0
-ENTRY = {"token_data": {"api_key": "sk-over-tls"}, "credential_type": "bearer", "execution_id": 7}
+ENTRY = entry_body({"api_key": "sk-over-tls"}, execution_id=7)
 
 
 def _name(common_name: str) -> x509.Name:

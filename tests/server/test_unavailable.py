@@ -11,13 +11,14 @@ from sqlalchemy.engine import make_url
 
 from app.asgi import create_app
 from app.db.engine import Database, async_url, make_engine
+from tests.bodies import entry_body
 from tests.conftest import asgi_client
 
 UNREACHABLE = {"status_code": 503, "detail": "the database is unreachable; retry shortly"}
 
 
 async def test_reads_and_writes_answer_503_with_retry_after(down_client):
-    body = {"token_data": {"v": "secret-value"}, "credential_type": "bearer"}
+    body = entry_body({"v": "secret-value"})
     for answer in (
         await down_client.get("/api/auth-cache/some-key"),
         await down_client.post("/api/auth-cache/some-key", json=body),
