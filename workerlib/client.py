@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import msgspec
 
+from workerlib._loop import LoopBinding
 from workerlib.errors import (
     BadRequest,
     ExecutionEnded,
@@ -38,7 +39,6 @@ from workerlib.errors import (
     RateLimited,
     Unauthorized,
     UnreadableEntry,
-    WrongEventLoop,
 )
 from workerlib.models import (
     Deleted,
@@ -242,25 +242,6 @@ def _detail(response: httpx.Response) -> str:
     return detail
 
 
-class _LoopBinding:
-    """The event loop a pool belongs to: the first one it is used on. Shared by the copies
-    with_token() makes, as they share the pool."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def check(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-        elif loop is not self._loop:
-            raise WrongEventLoop(
-                "this KeychainClient was first used on another event loop, and its connections "
-                "belong to that loop: make a KeychainClient per loop (per asyncio.run, per "
-                "thread), inside `async with KeychainClient() as keychain:`"
-            )
-
-
 class KeychainClient:
     """Async client for the Keychain HTTP API; one pooled connection set for its whole life.
 
@@ -326,7 +307,12 @@ class KeychainClient:
         # (up to `retries` waits of a second) before degrading; keep it above 1.
         self.max_retry_after = max_retry_after
         self._owns_http = http_client is None
-        self._binding = _LoopBinding()
+        # Shared by the copies with_token() makes, as they share the pool.
+        self._binding = LoopBinding(
+            "this KeychainClient was first used on another event loop, and its connections "
+            "belong to that loop: make a KeychainClient per loop (per asyncio.run, per "
+            "thread), inside `async with KeychainClient() as keychain:`"
+        )
         self._http = http_client or httpx.AsyncClient(
             limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
             verify=_tls_verify(verify, environ),

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from workerlib.errors import SecretError, SecretNotFound, WrongEventLoop
+from workerlib._loop import LoopBinding
+from workerlib.errors import SecretError, SecretNotFound
 
 EMULATOR_HOST_ENV = "SECRET_MANAGER_EMULATOR_HOST"
 PROVIDER_ENV = "KEYCHAIN_SECRET_PROVIDER"
@@ -94,7 +95,10 @@ class GoogleSecretManagerProvider:
         self.timeout = timeout
         # Made on the first access, so that a worker whose reads all hit never opens one.
         self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._binding = LoopBinding(
+            "this GoogleSecretManagerProvider's channel was made on another event loop and "
+            "belongs to it: make a provider per loop, inside `async with`"
+        )
 
     async def __aenter__(self) -> GoogleSecretManagerProvider:
         return self
@@ -103,14 +107,9 @@ class GoogleSecretManagerProvider:
         await self.close()
 
     def _running_loops_client(self) -> Any:
-        loop = asyncio.get_running_loop()
+        self._binding.check()
         if self._client is None:
-            self._client, self._loop = self._make_client(), loop
-        elif loop is not self._loop:
-            raise WrongEventLoop(
-                "this GoogleSecretManagerProvider's channel was made on another event loop and "
-                "belongs to it: make a provider per loop, inside `async with`"
-            )
+            self._client = self._make_client()
         return self._client
 
     def _make_client(self) -> Any:
@@ -168,7 +167,8 @@ class GoogleSecretManagerProvider:
     async def close(self) -> None:
         """Close the channel, if one was made, on the loop it belongs to; the next access makes
         a new one. Raises nothing of its own."""
-        client, self._client, self._loop = self._client, None, None
+        client, self._client = self._client, None
+        self._binding.release()
         if client is not None:
             await client.transport.close()
 
