@@ -50,6 +50,7 @@ from workerlib.models import (
     ExecutionTokenRequest,
     FillLease,
 )
+from workerlib.providers import ConfiguredProvider, SecretProvider
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,8 @@ class KeychainClient:
         # (up to `retries` waits of a second) before degrading; keep it above 1.
         self.max_retry_after = max_retry_after
         self._owns_http = http_client is None
+        self._provider = ConfiguredProvider()  # shared by with_token() copies, like the pool
+        self._is_copy = False
         # Shared by the copies with_token() makes, as they share the pool.
         self._binding = LoopBinding(
             "this KeychainClient was first used on another event loop, and its connections "
@@ -337,9 +340,17 @@ class KeychainClient:
 
     async def close(self) -> None:
         """Close the pool, if this client made it (not an injected http_client, not a
-        with_token() copy's). Raises nothing."""
+        with_token() copy's), and the configured secret provider with it. Raises nothing."""
         if self._owns_http:
             await self._http.aclose()
+        if not self._is_copy:
+            await self._provider.close()
+
+    def configured_provider(self) -> SecretProvider:
+        """The secret provider the operator configured (KEYCHAIN_SECRET_PROVIDER): what
+        fetch_secret, resolve_auth and warm_execution read a miss from when given none. Made at
+        the first call, closed with this client. Raises SecretError for an unknown provider."""
+        return self._provider.get()
 
     def with_token(self, token: str) -> KeychainClient:
         """This client for another token (an execution's), sharing this one's pool, settings and
@@ -348,6 +359,7 @@ class KeychainClient:
         other = copy.copy(self)
         other._token = _checked_token(token, "token")
         other._owns_http = False
+        other._is_copy = True
         return other
 
     # -- the API ---------------------------------------------------------------------------

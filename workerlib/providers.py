@@ -263,3 +263,24 @@ def provider_from_env() -> SecretProvider:
             raise SecretError("", f"{PROVIDER_ENV}=file needs {SECRETS_DIR_ENV}")
         return FileProvider(directory)
     raise SecretError("", f"unknown {PROVIDER_ENV} {kind!r}; use secret_manager, env or file")
+
+
+class ConfiguredProvider:
+    """The provider the operator configured (provider_from_env), made at the first miss that
+    needs one and kept until close(): a KeychainClient holds one, so that its misses share one
+    Secret Manager channel, on the client's event loop, and closing the client closes it."""
+
+    def __init__(self) -> None:
+        self._provider: SecretProvider | None = None
+
+    def get(self) -> SecretProvider:
+        """The provider, made now if not yet. Raises SecretError for a configuration that
+        names no provider it knows."""
+        if self._provider is None:
+            self._provider = provider_from_env()
+        return self._provider
+
+    async def close(self) -> None:
+        provider, self._provider = self._provider, None
+        if isinstance(provider, GoogleSecretManagerProvider):
+            await provider.close()

@@ -24,11 +24,8 @@ from workerlib.errors import KeychainError
 from workerlib.keys import cache_key
 from workerlib.models import Entry, FillLease
 from workerlib.providers import (
-    GoogleSecretManagerProvider,
     SecretProvider,
-    SecretVersion,
     access_version,
-    provider_from_env,
 )
 
 log = logging.getLogger(__name__)
@@ -50,8 +47,8 @@ async def fetch_secret(
     Cached execution-scoped under `{name}:{execution_id}`; with no execution id, globally
     under `{name}:global`; and the same way under the version served, when the provider says
     `name` was an alias for it. On a miss the value comes from `provider`; None is the one the
-    operator configured (KEYCHAIN_SECRET_PROVIDER), made for that miss and closed after it:
-    pass a provider you keep open to reuse its connection across misses.
+    operator configured (KEYCHAIN_SECRET_PROVIDER), which `keychain` keeps open for its misses
+    and closes with itself.
 
     Raises SecretNotFound (naming the secret) when the provider has none, SecretError when it
     cannot read it, InvalidKey for a name or execution id that cannot make a key, and
@@ -69,7 +66,7 @@ async def fetch_secret(
         return None
 
     async def produce() -> tuple[str, Store]:
-        served = await _from_provider(provider, name)
+        served = await access_version(provider or keychain.configured_provider(), name)
 
         async def put(
             keychain: KeychainClient, entry_key: str, credential_name: str, lease: FillLease | None
@@ -120,20 +117,6 @@ async def fetch_secret(
         unstored=f"secret {name} was not cached",
         unreadable=f"cached secret {name} is unreadable; fetching and rewriting it",
     )
-
-
-async def _from_provider(provider: SecretProvider | None, name: str) -> SecretVersion:
-    if provider is not None:
-        return await access_version(provider, name)
-    # Only a miss needs a provider, so a hit never builds one. Made per miss rather than kept for
-    # the process: a Secret Manager channel belongs to one event loop, and single flight
-    # already makes one miss of a burst. The cost is a new connection per miss.
-    configured = provider_from_env()
-    try:
-        return await access_version(configured, name)
-    finally:
-        if isinstance(configured, GoogleSecretManagerProvider):
-            await configured.close()
 
 
 def _version_id(name: str) -> str:

@@ -1,8 +1,9 @@
 """A KeychainClient (and a GoogleSecretManagerProvider) belongs to the event loop it is first
 used on: a worker makes one per loop, inside `async with`, so that it is closed before its loop
 ends. Used from another loop it says so (WrongEventLoop) instead of failing somewhere in httpx.
-CredentialCache and fetch_secret's configured provider make their own per call, so they work
-from any loop. These tests are synchronous: they run their own loops, over real HTTP and gRPC.
+CredentialCache makes a client per call, so it works from any loop; the provider the operator
+configured belongs to the client whose misses it serves, and closes with it. These tests are
+synchronous: they run their own loops, over real HTTP and gRPC.
 """
 
 from __future__ import annotations
@@ -155,21 +156,27 @@ def test_credential_cache_works_from_any_loop_and_thread(
         in_threads(task, 2)
 
 
-def test_fetch_secrets_configured_provider_is_made_and_closed_per_miss(
+def test_the_configured_provider_serves_a_clients_misses_and_closes_with_it(
     keychain_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def task() -> str:
+    async def task() -> list[str]:
         async with (
             SecretManagerEmulator({NAME: "v"}) as emulator,
             KeychainClient(keychain_url) as keychain,
         ):
             monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", emulator.address)
-            return await fetch_secret(NAME, execution_id=1, keychain=keychain)
+            values = [await fetch_secret(NAME, execution_id=1, keychain=keychain)]
+            provider = keychain.configured_provider()
+            values.append(await fetch_secret(NAME, execution_id=2, keychain=keychain))
+            # One channel for all of the client's misses, its with_token() copies' included.
+            assert keychain.configured_provider() is provider
+            assert keychain.with_token("execution-token").configured_provider() is provider
+            return values
 
     monkeypatch.delenv("KEYCHAIN_SECRET_PROVIDER", raising=False)
-    with nothing_left_behind(caplog):
-        assert asyncio.run(task()) == "v"
-        assert asyncio.run(task()) == "v"
+    with nothing_left_behind(caplog):  # the channel closed with each client, on its own loop
+        assert asyncio.run(task()) == ["v", "v"]
+        assert asyncio.run(task()) == ["v", "v"]
 
 
 def test_a_provider_belongs_to_its_loop_until_closed(caplog: pytest.LogCaptureFixture) -> None:

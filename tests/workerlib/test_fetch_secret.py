@@ -8,6 +8,7 @@ import logging
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import BASE_URL, asgi_client
@@ -191,16 +192,21 @@ async def test_an_unreadable_entry_is_a_miss_and_is_overwritten(
 
 
 async def test_with_no_provider_given_the_operators_configured_one_serves_a_miss(
-    keychain: KeychainClient, secret_manager: SecretManagerEmulator, monkeypatch: pytest.MonkeyPatch
+    keychain: KeychainClient,
+    client: httpx.AsyncClient,
+    secret_manager: SecretManagerEmulator,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     secret_manager.add(NAME, VALUE)
     monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", secret_manager.address)
     monkeypatch.delenv("KEYCHAIN_SECRET_PROVIDER", raising=False)
     assert await fetch_secret(NAME, execution_id=11, keychain=keychain) == VALUE
     assert await keychain.get(f"{NAME}:11") is not None
+    # The setting is read once per client, at its first miss: a worker configured for env.
     monkeypatch.setenv("KEYCHAIN_SECRET_PROVIDER", "env")
     monkeypatch.setenv("KEYCHAIN_SECRET_OPENAI_API_KEY", "from-env")
-    assert await fetch_secret(NAME, execution_id=12, keychain=keychain) == "from-env"
+    async with KeychainClient(BASE_URL, http_client=client) as env_worker:
+        assert await fetch_secret(NAME, execution_id=12, keychain=env_worker) == "from-env"
 
 
 async def test_a_hit_never_builds_a_provider(
