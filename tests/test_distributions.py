@@ -134,6 +134,8 @@ def test_workerlib_installs_alone_and_talks_to_a_server(wheels, tmp_path, own_da
     answer = json.loads(done.stdout)
     assert answer["round_trip"] is True
     assert Path(answer["module"]).is_relative_to(tmp_path / "worker")
+    # Typed for the worker's own type checker (PEP 561).
+    assert (Path(answer["module"]).parent / "py.typed").is_file()
 
 
 def test_the_server_wheel_migrates_and_serves_from_any_directory(
