@@ -22,17 +22,22 @@ def _drop(key: tuple[int, Hashable], task: asyncio.Task[Any]) -> None:
         task.exception()  # retrieved: no "exception was never retrieved" if every caller left
 
 
-async def single_flight(key: Hashable, load: Callable[[], Coroutine[Any, Any, T]]) -> T:
+async def single_flight(
+    key: Hashable,
+    load: Callable[[], Coroutine[Any, Any, T]],
+    start: Callable[[Coroutine[Any, Any, T]], asyncio.Task[T]],
+) -> T:
     """Run `load()` once for all concurrent callers with this key and give each the result.
 
-    The load runs in its own task, shielded: one caller being cancelled (a step timing out)
-    does not cancel the load the other callers are waiting for.
+    The load runs in its own task, made by `start` (its owner's, which waits for it when it
+    closes), shielded: one caller being cancelled (a step timing out) does not cancel the load
+    the other callers are waiting for.
     """
     loop = asyncio.get_running_loop()
     flight_key = (id(loop), key)
     task = _inflight.get(flight_key)
     if task is None:
-        task = loop.create_task(load())
+        task = start(load())
         _inflight[flight_key] = task
         task.add_done_callback(lambda t: _drop(flight_key, t))
     return await asyncio.shield(task)

@@ -11,7 +11,6 @@ Only the producer's own errors reach the caller.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable, Mapping
 from typing import Any, TypeVar
@@ -80,7 +79,7 @@ async def read_through(
         return await _produce_and_store(keychain, lease, produce, cacheable, log, context, unstored)
 
     # Another client may carry another token, allowed other entries: loads are shared per client.
-    return await single_flight((id(keychain), *flight_key), load)
+    return await single_flight((id(keychain), *flight_key), load, keychain._start_task)
 
 
 async def _release(
@@ -91,10 +90,6 @@ async def _release(
         await keychain.release_fill_lease(lease)
     except KeychainError as exc:
         cache_failed(log, "fill lease not released; it runs out on its own", exc, context)
-
-
-# Refreshes under way; referenced so that they are not collected before they finish.
-_refreshes: set[asyncio.Task[None]] = set()
 
 
 def _start_refresh(
@@ -115,9 +110,7 @@ def _start_refresh(
                 extra=context,
             )
 
-    task = asyncio.get_running_loop().create_task(refresh())
-    _refreshes.add(task)
-    task.add_done_callback(_refreshes.discard)
+    keychain._start_task(refresh())  # the client keeps it, and lets it finish as it closes
 
 
 async def _produce_and_store(

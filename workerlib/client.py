@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import copy
 import email.utils
+import functools
 import logging
 import os
 import random
 import ssl
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -177,12 +178,22 @@ def _fill_wait(fill_wait: float | None, environ: Mapping[str, str]) -> float:
         ) from None
 
 
+@functools.cache
+def _default_tls_context() -> ssl.SSLContext:
+    """httpx's context for verify=True, made once per process: loading the CA bundle costs about
+    30 ms, paid by every client made (CredentialCache makes one per call). A context serves any
+    number of connections, on any loop or thread."""
+    return httpx.create_ssl_context()
+
+
 def _tls_verify(
     verify: bool | str | ssl.SSLContext | None, environ: Mapping[str, str]
 ) -> bool | ssl.SSLContext:
     setting = "verify"
     if verify is None:
         verify, setting = environ.get(CA_FILE_ENV) or True, CA_FILE_ENV
+    if verify is True:
+        return _default_tls_context()
     if not isinstance(verify, str):
         return verify
     try:
@@ -309,6 +320,9 @@ class KeychainClient:
         self.max_retry_after = max_retry_after
         self._owns_http = http_client is None
         self._provider = ConfiguredProvider()  # shared by with_token() copies, like the pool
+        # Work that goes on using this client after its caller returned (a refresh ahead, a load
+        # every waiter gave up on): close() lets it finish first. Shared by the copies too.
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._is_copy = False
         # Shared by the copies with_token() makes, as they share the pool.
         self._binding = LoopBinding(
@@ -339,12 +353,30 @@ class KeychainClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the pool, if this client made it (not an injected http_client, not a
-        with_token() copy's), and the configured secret provider with it. Raises nothing."""
-        if self._owns_http:
-            await self._http.aclose()
-        if not self._is_copy:
+        """Let this client's background work finish (for at most its timeout; then it is
+        cancelled), then close the pool, if this client made it (not an injected http_client,
+        not a with_token() copy's), and the configured secret provider. A copy's close() does
+        nothing. Raises nothing of its own."""
+        if self._is_copy:
+            return
+        try:
+            if self._tasks:
+                _, unfinished = await asyncio.wait(self._tasks, timeout=self._read_timeout)
+                for task in unfinished:
+                    task.cancel()
+                await asyncio.gather(*unfinished, return_exceptions=True)
+            if self._owns_http:
+                await self._http.aclose()
+        finally:
             await self._provider.close()
+
+    def _start_task(self, work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `work`, which uses this client, as a task that close() waits for."""
+        self._binding.check()
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def configured_provider(self) -> SecretProvider:
         """The secret provider the operator configured (KEYCHAIN_SECRET_PROVIDER): what

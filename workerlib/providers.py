@@ -272,15 +272,20 @@ class ConfiguredProvider:
 
     def __init__(self) -> None:
         self._provider: SecretProvider | None = None
+        self._closed = False
 
     def get(self) -> SecretProvider:
         """The provider, made now if not yet. Raises SecretError for a configuration that
-        names no provider it knows."""
+        names no provider it knows, RuntimeError once closed (a channel opened then would
+        never be closed)."""
+        if self._closed:
+            raise RuntimeError("the KeychainClient is closed: its secret provider with it")
         if self._provider is None:
             self._provider = provider_from_env()
         return self._provider
 
     async def close(self) -> None:
+        self._closed = True
         provider, self._provider = self._provider, None
         if isinstance(provider, GoogleSecretManagerProvider):
             await provider.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
 import sys
 import threading
@@ -20,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from tests.json_http import serving_json
 from tests.secret_manager_emulator import SecretManagerEmulator
 from workerlib import CredentialCache, KeychainClient, fetch_secret
 from workerlib.errors import WrongEventLoop
@@ -30,16 +30,11 @@ NAME = "projects/123/secrets/openai-api-key/versions/1"
 
 
 @pytest.fixture
-def keychain_url() -> Iterator[str]:
-    """A Keychain that misses every key and takes every write, over real HTTP."""
-
-    def answer(method: str, path: str, body: bytes) -> tuple[int, object]:
-        if method == "GET":
-            return 404, {"status_code": 404, "detail": "no live entry"}
-        return 400, {"status_code": 400, "detail": "not stored here"}
-
-    with serving_json(answer) as url:
-        yield url
+def keychain_url(keychain_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real `keychain serve` (open API), shared by the module's tests: entries written here
+    persist between them, so each test uses names of its own."""
+    monkeypatch.delenv("KEYCHAIN_API_TOKEN", raising=False)
+    return keychain_server
 
 
 @contextmanager
@@ -146,9 +141,16 @@ def test_credential_cache_works_from_any_loop_and_thread(
     """It builds a client per call from the environment, so no loop's client meets another loop."""
     monkeypatch.setenv("KEYCHAIN_SERVER_URL", keychain_url)
 
+    executions = itertools.count(1)
+
     async def task() -> None:
-        assert await CredentialCache.get_cached("svc", execution_id=1) is None
-        assert await CredentialCache.set_cached("svc", "bearer", {"t": "x"}) is False  # a 400
+        execution_id = next(executions)
+        assert await CredentialCache.get_cached("svc", execution_id=execution_id) is None
+        assert await CredentialCache.set_cached(
+            "svc", "bearer", {"t": "x"}, execution_id=execution_id
+        )
+        cached = await CredentialCache.get_cached("svc", execution_id=execution_id)
+        assert cached is not None and cached["data"] == {"t": "x"}
 
     with nothing_left_behind(caplog):
         asyncio.run(task())
@@ -159,15 +161,20 @@ def test_credential_cache_works_from_any_loop_and_thread(
 def test_the_configured_provider_serves_a_clients_misses_and_closes_with_it(
     keychain_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    executions = itertools.count(101)
+
     async def task() -> list[str]:
         async with (
             SecretManagerEmulator({NAME: "v"}) as emulator,
             KeychainClient(keychain_url) as keychain,
         ):
             monkeypatch.setenv("SECRET_MANAGER_EMULATOR_HOST", emulator.address)
-            values = [await fetch_secret(NAME, execution_id=1, keychain=keychain)]
+            # Misses both: executions of their own.
+            values = [await fetch_secret(NAME, execution_id=next(executions), keychain=keychain)]
             provider = keychain.configured_provider()
-            values.append(await fetch_secret(NAME, execution_id=2, keychain=keychain))
+            values.append(
+                await fetch_secret(NAME, execution_id=next(executions), keychain=keychain)
+            )
             # One channel for all of the client's misses, its with_token() copies' included.
             assert keychain.configured_provider() is provider
             assert keychain.with_token("execution-token").configured_provider() is provider

@@ -10,6 +10,7 @@ import asyncpg
 
 from app.db.tables import keychain
 from app.invalidation import channel_name
+from tests import cluster
 from tests.conftest import qualified_name
 from tests.server.replicas import replica, until
 from tests.workerlib.helpers import IDP_URL, token_endpoint
@@ -57,6 +58,36 @@ async def test_readers_in_the_refresh_window_never_wait_and_one_refresh_is_made(
         "keychain_fill_leases_total", {"purpose": "refresh"}
     )
     assert refreshes == 1
+
+
+async def test_a_refresh_ahead_finishes_before_its_client_closes(
+    test_settings, own_database, tmp_path
+):
+    """The reader chosen to refresh answers at once and refreshes in the background; a worker
+    that closes its client right after (`async with` around one step) still gets it written."""
+    idp = token_endpoint(expires_in=3600, delay=IDP_DELAY_S)
+    # No memory tier: every read sees the aged row at once.
+    with (
+        cluster.replicas(own_database, tmp_path, 1, memory_tier_max_entries="0") as (server,),
+    ):
+        async with idp.http_client(IDP_URL) as idp_http:
+
+            async def one_step() -> str:
+                async with KeychainClient(server.url) as keychain:  # its own pool, closed here
+                    return await client_credentials_token(
+                        "crm",
+                        token_url=TOKEN_URL,
+                        client_id="worker",
+                        client_secret="s3cret-value",
+                        keychain=keychain,
+                        http_client=idp_http,
+                    )
+
+            assert await one_step() == "at-first"
+            await age_the_cached_token(own_database, test_settings.db_schema, "crm")
+            assert await one_step() == "at-first"  # chosen to refresh: answered from the cache
+            assert len(idp.requests) == 2  # the refresh ran before the client closed
+            assert await one_step() == "at-second"  # and was written
 
 
 async def age_the_cached_token(url: str, schema: str, name: str) -> None:
