@@ -35,6 +35,12 @@ def _schema_and_url() -> tuple[str, str]:
     return attributes["keychain_schema"], attributes["url"]
 
 
+def _ours(name: str | None, type_: str, parent_names: object) -> bool:
+    """Autogenerate compares Keychain's own tables only: the schema (noetl by default) may be
+    the workflow platform's too, and its tables are not ours to drop."""
+    return type_ != "table" or name in metadata.tables or name == VERSION_TABLE
+
+
 def _run(connection: Connection, schema: str) -> None:
     # Wait for another migrator first (unbounded), then bound each migration's own waits.
     connection.execute(text("SELECT pg_advisory_lock(:id)"), {"id": MIGRATION_LOCK_ID})
@@ -54,6 +60,7 @@ def _run(connection: Connection, schema: str) -> None:
             target_metadata=metadata,
             version_table=VERSION_TABLE,
             include_schemas=False,
+            include_name=_ours,
             transaction_per_migration=True,
         )
         with context.begin_transaction():

@@ -107,10 +107,8 @@ class InvalidationListener:
                 try:
                     await self._listen_until_lost()
                     failures = 0
-                except (
-                    TimeoutError,
-                    OSError,
-                ) as exc:  # asyncpg errors are OSErrors or PostgresErrors
+                # asyncpg's connection errors are OSErrors; its server errors come below.
+                except (TimeoutError, OSError) as exc:
                     log.warning(
                         "invalidation listener cannot connect (%s); retrying", type(exc).__name__
                     )

@@ -34,7 +34,7 @@ import httpx
 
 from workerlib.client import KeychainClient
 from workerlib.errors import AuthConfigError, TokenEndpointError
-from workerlib.oauth import OAuthClient, cached_token, check_token_url
+from workerlib.oauth import AUTH_METHODS, OAuthClient, cached_token, check_token_url
 from workerlib.providers import PROVIDER_ENV, SECRETS_DIR_ENV, SecretProvider
 from workerlib.secrets import fetch_secret
 
@@ -112,6 +112,10 @@ def _kind_and_header(name: str, spec: Mapping[str, Any]) -> tuple[str, str]:
     """The entry's type, normalised, and the header it sets."""
     if not isinstance(spec, Mapping):
         raise AuthConfigError(f"auth entry {name!r} must be a mapping")
+    if spec.get("auth_method") and spec["auth_method"] not in AUTH_METHODS:
+        raise AuthConfigError(
+            f"auth entry {name!r}: auth_method must be one of {', '.join(AUTH_METHODS)}"
+        )
     kind = _kind(spec)
     if kind == "bearer":
         return kind, str(spec.get("header") or "Authorization")

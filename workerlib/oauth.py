@@ -30,6 +30,9 @@ from workerlib.models import Entry, FillLease
 
 log = logging.getLogger(__name__)
 
+# How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).
+AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
 CREDENTIAL_TYPE = "oauth2_client_credentials"
 INSECURE_HOSTS_ENV = "KEYCHAIN_OAUTH_INSECURE_HOSTS"
 REFRESH_MARGIN_SECONDS = 300
@@ -136,8 +139,8 @@ async def cached_token(
     A cached token needs no client secret: `client_secret()` (which may read a secret) runs only
     when a token has to be requested.
     """
-    if auth_method not in ("client_secret_basic", "client_secret_post"):
-        raise ValueError("auth_method must be 'client_secret_basic' or 'client_secret_post'")
+    if auth_method not in AUTH_METHODS:
+        raise ValueError(f"auth_method must be one of {', '.join(AUTH_METHODS)}")
     check_token_url(oauth.token_url, insecure_hosts)
     key = oauth2_token_key(name, oauth.digest())
 

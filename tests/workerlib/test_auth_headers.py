@@ -361,3 +361,17 @@ async def test_incomplete_entries_say_what_is_missing(
     with pytest.raises(AuthConfigError, match=message) as caught:
         await resolve_auth({"svc": spec}, execution_id=1, keychain=keychain)
     assert "'svc'" in str(caught.value)
+
+
+async def test_an_unknown_auth_method_is_refused_before_any_secret_is_read(
+    keychain: KeychainClient, secrets: SecretManagerEmulator
+) -> None:
+    spec = {
+        "type": "bearer",
+        "key": OAUTH_CLIENT,
+        "oauth_credential": "crm",
+        "auth_method": "private_key_jwt",
+    }
+    with pytest.raises(AuthConfigError, match="'crm': auth_method must be one of"):
+        await resolve_auth({"crm": spec}, execution_id=1, keychain=keychain)
+    assert secrets.total_calls == 0
