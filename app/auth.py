@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Literal
 
 import jwt
-from litestar import Request
 from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.middleware import ASGIMiddleware
@@ -39,7 +38,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.crypto import load_or_create_local_keys, parse_keys
 from app.errors import ConfigurationError
-from app.openapi import error_response
+from app.openapi import send_error
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +350,9 @@ class RequireRole(ASGIMiddleware):
         try:
             _authorize(scope)
         except (NotAuthorizedException, PermissionDeniedException) as refusal:
-            answer = error_response(refusal.status_code, refusal.detail, refusal.headers)
-            await answer.to_asgi_response(None, Request(scope))(scope, receive, send)
+            await send_error(
+                scope, receive, send, refusal.status_code, refusal.detail, refusal.headers
+            )
             return
         await next_app(scope, receive, send)
 

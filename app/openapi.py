@@ -6,12 +6,14 @@ can answer is listed here, so the OpenAPI document names every status a caller c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
-from litestar import Response
+from litestar import Request, Response
 from litestar.enums import MediaType
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.types import Receive, Scope, Send
 
 
 def error_response(
@@ -21,6 +23,19 @@ def error_response(
     # JSON said outright: a handler that answers HTML (the /schema pages) must not reformat it.
     body = {"status_code": status_code, "detail": detail}
     return Response(body, status_code=status_code, headers=headers, media_type=MediaType.JSON)
+
+
+async def send_error(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    status_code: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """error_response() sent from a middleware, which answers before any handler runs."""
+    answer = error_response(status_code, detail, headers)
+    await answer.to_asgi_response(None, Request(scope))(scope, receive, send)
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -41,8 +56,13 @@ _MEANING = {
 }
 
 
-def error_responses(*status_codes: int) -> dict[int, ResponseSpec]:
+def error_responses(
+    *status_codes: int, described: Mapping[int, str] | None = None
+) -> dict[int, ResponseSpec]:
+    """A route's error answers: each status with its usual meaning, or the one `described`
+    gives it on this route."""
+    meanings = {code: _MEANING[code] for code in status_codes} | dict(described or {})
     return {
-        code: ResponseSpec(ErrorBody, description=_MEANING[code], generate_examples=False)
-        for code in status_codes
+        code: ResponseSpec(ErrorBody, description=meaning, generate_examples=False)
+        for code, meaning in meanings.items()
     }

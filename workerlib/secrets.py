@@ -23,10 +23,7 @@ from workerlib.client import KeychainClient
 from workerlib.errors import KeychainError
 from workerlib.keys import cache_key
 from workerlib.models import Entry, FillLease
-from workerlib.providers import (
-    SecretProvider,
-    access_version,
-)
+from workerlib.providers import SecretProvider, access_version
 
 log = logging.getLogger(__name__)
 

@@ -253,3 +253,8 @@ class LazyTransaction:
             await context.__aexit__(None, None, None)
         else:
             await context.__aexit__(type(error), error, error.__traceback__)
+
+    async def commit(self) -> None:
+        """As a connection's commit(): this unit of work ends here (rolled back if a statement
+        failed), and the next statement begins another."""
+        await self.finish(None)

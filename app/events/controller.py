@@ -15,13 +15,12 @@ import msgspec
 from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.openapi.datastructures import ResponseSpec
 
 from app.audit import add_audit_details
 from app.errors import InvalidPush, Unauthenticated, VerificationUnavailable
 from app.events.secret_manager import Drop, PushBody, interpret
 from app.keychain.service import KeychainService
-from app.openapi import ErrorBody, error_responses
+from app.openapi import error_responses
 from app.runtime import provide_keychain_service, runtime_of
 
 # Secret Manager's messages are a few KiB; a Secret with every label, annotation and alias it
@@ -57,22 +56,15 @@ class SecretManagerEventController(Controller):
         status_code=200,
         request_max_body_size=MAX_PUSH_BYTES,
         opt={"audit": True},
-        responses={
-            **error_responses(413, 503),
-            400: ResponseSpec(
-                ErrorBody, description="Not a Pub/Sub push body", generate_examples=False
-            ),
-            401: ResponseSpec(
-                ErrorBody,
-                description="No push token, or one that does not verify",
-                generate_examples=False,
-            ),
-            404: ResponseSpec(
-                ErrorBody,
-                description="Not enabled on this server (KEYCHAIN_PUBSUB_AUDIENCE)",
-                generate_examples=False,
-            ),
-        },
+        responses=error_responses(
+            413,
+            503,
+            described={
+                400: "Not a Pub/Sub push body",
+                401: "No push token, or one that does not verify",
+                404: "Not enabled on this server (KEYCHAIN_PUBSUB_AUDIENCE)",
+            },
+        ),
     )
     async def secret_manager_event(
         self, request: Request[Any, Any, Any], service: NamedDependency[KeychainService]

@@ -11,7 +11,6 @@ from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import ClientException, SerializationException
 from litestar.middleware import ASGIMiddleware
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
 from litestar.serialization import encode_json
@@ -36,7 +35,7 @@ from app.keychain.schemas import (
     ScopeType as EntryScopeType,
 )
 from app.keychain.service import KeychainService, check_cache_key
-from app.openapi import ErrorBody, error_response, error_responses
+from app.openapi import error_responses, send_error
 from app.runtime import caller_of, provide_keychain_service, runtime_of
 
 Service = NamedDependency[KeychainService]
@@ -129,18 +128,7 @@ class ServeHitsFromMemory(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        runtime = runtime_of(scope["litestar_app"].state)
-        try:
-            cache_key = cache_key_sent(scope)
-        except InvalidEntry:
-            cache_key = ""
-        service = runtime.keychain_service(LazyTransaction(runtime.db))
-        coordinated = b"fill_wait=" in scope["query_string"]
-        entry = (
-            service.get_from_memory(cache_key, scope["state"]["principal"], coordinated)
-            if cache_key
-            else None
-        )
+        entry = _served_from_memory(scope)
         if entry is None:
             await next_app(scope, receive, send)
             return
@@ -152,6 +140,20 @@ class ServeHitsFromMemory(ASGIMiddleware):
         }
         await send(start)
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _served_from_memory(scope: Scope) -> Entry | None:
+    """The hit, if memory alone can serve it; None leaves the request to the handler."""
+    runtime = runtime_of(scope["litestar_app"].state)
+    if runtime.process.tier is None:
+        return None
+    try:
+        cache_key = cache_key_sent(scope)
+    except InvalidEntry:
+        return None  # the handler says what is wrong with the key
+    service = runtime.keychain_service(LazyTransaction(runtime.db))
+    coordinated = b"fill_wait=" in scope["query_string"]
+    return service.get_from_memory(cache_key, scope["state"]["principal"], coordinated)
 
 
 def _json_headers(length: int) -> list[tuple[bytes, bytes]]:
@@ -235,8 +237,7 @@ class EmptyKeyIsNoList(ASGIMiddleware):
             try:
                 check_cache_key(cache_key_sent(scope))
             except InvalidEntry as refusal:
-                answer = error_response(400, str(refusal))
-                await answer.to_asgi_response(None, Request(scope))(scope, receive, send)
+                await send_error(scope, receive, send, 400, str(refusal))
                 return
         await next_app(scope, receive, send)
 
@@ -308,14 +309,12 @@ class ExecutionController(_ApiController):
         summary="Drop every entry of an execution and of its sub-executions, and end its tokens (issuer)",
         status_code=200,
         opt={"roles": ("issuer",), "audit": True},
-        responses={
-            **error_responses(401, 403, 503),
-            404: ResponseSpec(
-                ErrorBody,
-                description="No such route: execution_id is not a whole number",
-                generate_examples=False,
-            ),
-        },
+        responses=error_responses(
+            401,
+            403,
+            503,
+            described={404: "No such route: execution_id is not a whole number"},
+        ),
     )
     async def cleanup_execution(self, service: Service, execution_id: ExecutionIdPath) -> Deleted:
         return Deleted(deleted=await service.cleanup_execution(execution_id))
@@ -338,17 +337,15 @@ class ExecutionTokenController(_ApiController):
         status_code=201,
         opt={"roles": ("issuer",), "audit": True},
         before_request=json_object_body(ExecutionTokenRequest),
-        responses={
-            **error_responses(401, 403, 503),
-            409: ResponseSpec(
-                ErrorBody, description="The execution has already ended", generate_examples=False
-            ),
-            501: ResponseSpec(
-                ErrorBody,
-                description="Execution tokens are not enabled (no signing key)",
-                generate_examples=False,
-            ),
-        },
+        responses=error_responses(
+            401,
+            403,
+            503,
+            described={
+                409: "The execution has already ended",
+                501: "Execution tokens are not enabled (no signing key)",
+            },
+        ),
     )
     async def mint_execution_token(
         self,

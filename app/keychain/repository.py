@@ -204,10 +204,7 @@ class KeychainRepository:
     async def commit(self) -> None:
         """End the caller's transaction here; the next statement begins another. A request about
         to wait commits first, so that it holds no connection while it waits."""
-        if isinstance(self.conn, LazyTransaction):
-            await self.conn.finish(None)
-        else:
-            await self.conn.commit()
+        await self.conn.commit()
 
     async def check_table(self) -> None:
         """Readiness: the database answers and has been migrated."""
