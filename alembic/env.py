@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from alembic import context
-from app.db.engine import database_url
+from app.db.engine import direct_database_url
 from app.db.tables import metadata
 from app.settings import load_settings
 
@@ -31,7 +31,7 @@ def _schema_and_url() -> tuple[str, str]:
     if "keychain_schema" not in attributes or "url" not in attributes:
         settings = load_settings()
         attributes.setdefault("keychain_schema", settings.db_schema)
-        attributes.setdefault("url", database_url(settings))
+        attributes.setdefault("url", direct_database_url(settings))
     return attributes["keychain_schema"], attributes["url"]
 
 

@@ -357,14 +357,19 @@ class RequireRole(ASGIMiddleware):
         await next_app(scope, receive, send)
 
 
+def bearer_token(authorization: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header; "" for any other header."""
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
 def _authorize(scope: Scope) -> None:
     runtime = scope["litestar_app"].state.runtime
     tokens: TokenTable = runtime.tokens
     # Off the raw scope: building Litestar's Headers for one header cost more than the lookup.
     sent = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-    scheme, _, token = sent.decode("latin-1").partition(" ")
-    token = token.strip()
-    if scheme.lower() == "bearer" and token and _looks_like_jwt(token):
+    token = bearer_token(sent.decode("latin-1"))
+    if token and _looks_like_jwt(token):
         signer = runtime.process.execution_tokens
         if signer is None:
             raise _unauthorized(
@@ -373,7 +378,7 @@ def _authorize(scope: Scope) -> None:
         principal: Principal | None = signer.verify(token)
     elif tokens.is_open:
         principal = OPEN_ACCESS
-    elif scheme.lower() == "bearer" and token:
+    elif token:
         principal = tokens.authenticate(token)
     else:
         principal = None

@@ -82,21 +82,13 @@ class SecretManagerEventController(Controller):
         try:
             audit(pusher=await verifier.verify(request.headers.get("authorization", "")))
             # Read only once the pusher is known: a stranger's body is never looked at.
-            raw = await request.body()
-        except (Unauthenticated, VerificationUnavailable) as exc:
+            body = _push_body(await request.body())
+        except (Unauthenticated, VerificationUnavailable, InvalidPush) as exc:
             audit(result="refused", reason=str(exc))
             raise
         except HTTPException as exc:  # over MAX_PUSH_BYTES
             audit(result="refused", reason=exc.detail)
             raise
-        try:
-            body = msgspec.json.decode(raw, type=PushBody)
-        except msgspec.ValidationError as exc:
-            audit(result="refused", reason=f"not a Pub/Sub push body: {exc}")
-            raise InvalidPush(f"not a Pub/Sub push body: {exc}") from None
-        except (msgspec.DecodeError, RecursionError):
-            audit(result="refused", reason="not a Pub/Sub push body: not JSON")
-            raise InvalidPush("not a Pub/Sub push body: not JSON") from None
         message = body.message
         audit(
             event_type=message.attributes.get("eventType", "")[:64],
@@ -114,3 +106,13 @@ class SecretManagerEventController(Controller):
             detail=f"dropped what the event makes stale of {action.resource}",
             dropped=dropped,
         )
+
+
+def _push_body(raw: bytes) -> PushBody:
+    """The push's envelope; InvalidPush saying why it is not one."""
+    try:
+        return msgspec.json.decode(raw, type=PushBody)
+    except msgspec.ValidationError as exc:
+        raise InvalidPush(f"not a Pub/Sub push body: {exc}") from None
+    except (msgspec.DecodeError, RecursionError):
+        raise InvalidPush("not a Pub/Sub push body: not JSON") from None

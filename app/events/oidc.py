@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 from jwt import PyJWKClient, PyJWKClientConnectionError
 
+from app.auth import bearer_token
 from app.errors import ConfigurationError, Unauthenticated, VerificationUnavailable
 from app.settings import Settings
 
@@ -48,9 +49,8 @@ class PushVerifier:
     async def verify(self, authorization: str) -> str:
         """The pusher's identity (its service account, else the token's subject); raises
         Unauthenticated saying what is wrong, VerificationUnavailable if the keys cannot be had."""
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+        token = bearer_token(authorization)
+        if not token:
             raise Unauthenticated(
                 "no bearer token: Pub/Sub sends one when the push subscription has "
                 "--push-auth-service-account"
